@@ -1,0 +1,108 @@
+"""`tinystories` command line: a table of subcommands mapped to library functions.
+
+Each library function takes one config dataclass; its options come from that
+dataclass's fields and docstrings (`tinystories.config`). A command may also
+take overrides of a second dataclass (e.g. model fields on top of a preset),
+passed as a dict keyword. A returned dict is printed as JSON. No logic lives
+here beyond that mapping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import typing
+from dataclasses import dataclass
+
+from tinystories.config import add_options, build, options_from
+from tinystories.errors import UserError
+
+
+@dataclass(frozen=True)
+class Command:
+    target: str
+    """'module:function' taking one config dataclass."""
+    help: str
+    """One line for `tinystories --help`."""
+    overrides: str | None = None
+    """'module:Class' whose fields may be overridden (`--<prefix>-<field>`), passed as a dict."""
+    overrides_kw: str = "overrides"
+    """Keyword argument that receives the overrides dict."""
+    overrides_prefix: str = ""
+    """Prefix for override options."""
+
+
+COMMANDS: dict[str, Command] = {
+    "tokenize": Command(
+        "tinystories.data.shards:tokenize",
+        "train or load a tokenizer and pretokenize stories into a dataset folder",
+    ),
+}
+
+
+def _load(ref: str) -> typing.Any:
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _config_class(fn: typing.Any) -> type:
+    hints = typing.get_type_hints(fn)
+    hints.pop("return", None)
+    return next(iter(hints.values()))
+
+
+def _top_help() -> str:
+    width = max(len(n) for n in COMMANDS)
+    rows = "\n".join(f"  {name:<{width}}  {cmd.help}" for name, cmd in COMMANDS.items())
+    return f"usage: tinystories COMMAND [options]\n\ncommands:\n{rows}\n\n`tinystories COMMAND --help` lists a command's options."
+
+
+def _find_command(argv: list[str]) -> tuple[str, list[str]]:
+    # Longest match first, so "eval loss" wins over a hypothetical "eval".
+    for n in (2, 1):
+        name = " ".join(argv[:n])
+        if len(argv) >= n and name in COMMANDS:
+            return name, argv[n:]
+    raise UserError(f"unknown command {' '.join(argv[:2])!r}; see `tinystories --help`")
+
+
+def run(argv: list[str]) -> typing.Any:
+    """Parse `argv` (without the program name) and call the library function."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_help())
+        return None
+    name, rest = _find_command(argv)
+    cmd = COMMANDS[name]
+    fn = _load(cmd.target)
+    cls = _config_class(fn)
+    parser = argparse.ArgumentParser(prog=f"tinystories {name}", description=cmd.help)
+    add_options(parser, cls)
+    over_cls = _load(cmd.overrides) if cmd.overrides else None
+    if over_cls is not None:
+        add_options(parser, over_cls, prefix=cmd.overrides_prefix, all_optional=True)
+    ns = parser.parse_args(rest)
+    cfg = build(cls, options_from(ns, cls))
+    kwargs = {}
+    if over_cls is not None:
+        kwargs[cmd.overrides_kw] = options_from(ns, over_cls, prefix=cmd.overrides_prefix)
+    return fn(cfg, **kwargs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one-line errors and a non-zero exit for user mistakes."""
+    try:
+        result = run(sys.argv[1:] if argv is None else argv)
+    except UserError as e:
+        print(f"tinystories: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("tinystories: interrupted", file=sys.stderr)
+        sys.exit(130)
+    if isinstance(result, dict):
+        print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""Config dataclasses: field docs, command-line options and TOML files.
+
+Each component owns a dataclass whose fields carry a docstring (a string
+literal right after the field). This module reads those docstrings for
+`--help`, turns fields into argparse options, and writes/reads configs as TOML.
+Integers accept size suffixes (`20M`, `1.5k`, `1e6`); a field with
+`metadata={"parse": fn}` uses its own parser (e.g. durations like `10m`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import functools
+import inspect
+import re
+import textwrap
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+from tinystories.errors import UserError
+
+T = TypeVar("T")
+
+_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9, "t": 10**12}
+
+
+def parse_count(text: str | int) -> int:
+    """'20M' -> 20_000_000, '1.5k' -> 1500, '1e6' -> 1_000_000, '4_096' -> 4096."""
+    if isinstance(text, int):
+        return text
+    s = str(text).strip().lower().replace("_", "")
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[0-9]+)?)([kmgbt]?)", s)
+    if not m:
+        raise UserError(f"not a count: {text!r} (use e.g. 500, 20M, 1.5k)")
+    value = float(m.group(1)) * _SUFFIX[m.group(2)]
+    if value != int(value):
+        raise UserError(f"not a whole count: {text!r}")
+    return int(value)
+
+
+_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | float) -> float:
+    """'90' or '90s' -> 90.0 seconds, '10m' -> 600.0, '1.5h' -> 5400.0, '1h30m' -> 5400.0."""
+    if isinstance(text, int | float):
+        return float(text)
+    s = str(text).strip().lower()
+    if re.fullmatch(r"[0-9]*\.?[0-9]+", s):
+        return float(s)
+    parts = re.findall(r"([0-9]*\.?[0-9]+)([smhd])", s)
+    if not parts or "".join(a + b for a, b in parts) != s:
+        raise UserError(f"not a duration: {text!r} (use e.g. 90s, 10m, 1.5h)")
+    return sum(float(a) * _DURATION[b] for a, b in parts)
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Map field name -> the docstring written under it in the class body."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):
+            continue
+        body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _resolved_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _converter(tp: Any, f: dataclasses.Field) -> Any:
+    if "parse" in f.metadata:
+        return f.metadata["parse"]
+    if tp is int:
+        return parse_count
+    if tp is float:
+        return float
+    return str
+
+
+def _wrap(conv: Any, name: str) -> Any:
+    # argparse reports ValueError/TypeError nicely; UserError would escape as a traceback.
+    def convert(text: str) -> Any:
+        try:
+            return conv(text)
+        except UserError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid value for --{name}: {text!r}") from None
+
+    convert.__name__ = name
+    return convert
+
+
+def add_options(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    prefix: str = "",
+    skip: tuple[str, ...] = (),
+    all_optional: bool = False,
+) -> None:
+    """Add one `--option` per field of dataclass `cls` (dest `prefix + field`).
+
+    `all_optional=True` gives every option a default of None (unset), used for
+    overrides on top of a preset.
+    """
+    docs = field_docs(cls)
+    hints = _resolved_types(cls)
+    group = parser.add_argument_group(cls.__name__)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.init or f.metadata.get("cli") is False:
+            continue
+        tp, _ = _unwrap_optional(hints[f.name])
+        flag = "--" + (prefix + f.name).replace("_", "-").replace(".", "-")
+        default = None if all_optional else _default(f)
+        help_ = docs.get(f.name, "")
+        if not all_optional and default is not None:
+            help_ += f" (default: {default})"
+        kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": default, "help": help_}
+        origin = get_origin(tp)
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif origin is Literal:
+            kwargs["choices"] = list(get_args(tp))
+        elif origin in (list, tuple):
+            inner = get_args(tp)[0] if get_args(tp) else str
+            kwargs["nargs"] = "+"
+            kwargs["type"] = _wrap(_converter(inner, f), f.name)
+        else:
+            kwargs["type"] = _wrap(_converter(tp, f), f.name)
+        for alias in f.metadata.get("aliases", ()):
+            group.add_argument(alias, flag, **kwargs)
+            break
+        else:
+            group.add_argument(flag, **kwargs)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def options_from(ns: argparse.Namespace, cls: type, *, prefix: str = "") -> dict[str, Any]:
+    """The values argparse collected for `cls`'s fields, unset (None) ones left out."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(ns, prefix + f.name, None)
+        if value is not None:
+            out[f.name] = tuple(value) if isinstance(f.default, tuple) else value
+    return out
+
+
+def build(cls: type[T], values: dict[str, Any]) -> T:
+    """Construct `cls` from a dict, rejecting unknown keys with a clear message."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise UserError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}")
+    hints = _resolved_types(cls)
+    fixed = {}
+    for key, value in values.items():
+        tp, _ = _unwrap_optional(hints[key])
+        if get_origin(tp) is tuple and isinstance(value, list):
+            value = tuple(value)
+        fixed[key] = value
+    return cls(**fixed)
+
+
+# --- TOML -------------------------------------------------------------------
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str | Path):
+        s = str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{s}"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def to_toml(sections: dict[str, Any]) -> str:
+    """Write {section: dataclass | dict} as TOML; None values are left out (TOML has no null).
+
+    A None inside a list (e.g. a per-layer window of None) is written as the
+    string "none" and read back by `from_toml` as None.
+    """
+    lines: list[str] = []
+    for name, obj in sections.items():
+        data = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
+        lines.append(f"[{name}]")
+        for key, value in data.items():
+            if value is None:
+                continue
+            if isinstance(value, list | tuple):
+                value = ["none" if x is None else x for x in value]
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def from_toml(text: str) -> dict[str, dict[str, Any]]:
+    """Read TOML written by `to_toml` ("none" in lists back to None)."""
+    data = tomllib.loads(text)
+    for section in data.values():
+        if isinstance(section, dict):
+            for key, value in section.items():
+                if isinstance(value, list):
+                    section[key] = [None if x == "none" else x for x in value]
+    return data
