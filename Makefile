@@ -27,7 +27,7 @@ test-slow: $(STAMP)
 	@$(TIME) pytest-slow $(BIN)/python -m pytest -m slow --timeout=600
 
 demo: $(STAMP)
-	@$(TIME) demo $(BIN)/python -m tinystories.demo --out runs/demo
+	@$(TIME) demo scripts/demo.sh
 
 bench: $(STAMP)
 	@$(TIME) bench sh benchmarks/run.sh

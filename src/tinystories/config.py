@@ -14,6 +14,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import itertools
 import re
 import textwrap
 import tomllib
@@ -71,7 +72,7 @@ def field_docs(cls: type) -> dict[str, str]:
         except (OSError, TypeError):
             continue
         body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
-        for node, nxt in zip(body, body[1:]):
+        for node, nxt in itertools.pairwise(body):
             if (
                 isinstance(node, ast.AnnAssign)
                 and isinstance(node.target, ast.Name)
@@ -106,6 +107,10 @@ def _converter(tp: Any, f: dataclasses.Field) -> Any:
     return str
 
 
+def _none_or(conv: Any, text: str) -> Any:
+    return None if text.lower() == "none" else conv(text)
+
+
 def _wrap(conv: Any, name: str) -> Any:
     # argparse reports ValueError/TypeError nicely; UserError would escape as a traceback.
     def convert(text: str) -> Any:
@@ -116,7 +121,7 @@ def _wrap(conv: Any, name: str) -> Any:
         except ValueError:
             raise argparse.ArgumentTypeError(f"invalid value for --{name}: {text!r}") from None
 
-    convert.__name__ = name
+    convert.__name__ = name  # type: ignore[attr-defined]
     return convert
 
 
@@ -152,9 +157,12 @@ def add_options(
         elif origin is Literal:
             kwargs["choices"] = list(get_args(tp))
         elif origin in (list, tuple):
-            inner = get_args(tp)[0] if get_args(tp) else str
+            inner, nullable = _unwrap_optional(get_args(tp)[0] if get_args(tp) else str)
+            conv = _converter(inner, f)
+            if nullable:  # e.g. per-layer windows: `--windows none 256`
+                conv = functools.partial(_none_or, conv)
             kwargs["nargs"] = "+"
-            kwargs["type"] = _wrap(_converter(inner, f), f.name)
+            kwargs["type"] = _wrap(conv, f.name)
         else:
             kwargs["type"] = _wrap(_converter(tp, f), f.name)
         for alias in f.metadata.get("aliases", ()):

@@ -1,0 +1,99 @@
+"""Config dataclasses: field docs, parsing of counts and durations, TOML round trip, CLI errors."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+import pytest
+
+from tinystories.cli import main, run
+from tinystories.config import (
+    add_options,
+    build,
+    field_docs,
+    from_toml,
+    options_from,
+    parse_count,
+    parse_duration,
+    to_toml,
+)
+from tinystories.errors import UserError
+
+
+@dataclass
+class Example:
+    steps: int = 10
+    """How many steps
+    to take."""
+    name: str | None = None
+    """A name."""
+    budget: float | None = field(default=None, metadata={"parse": parse_duration})
+    """Wall-clock budget."""
+    windows: tuple[int | None, ...] = (None, 256)
+    """Per-layer windows."""
+    fast: bool = True
+    """Go fast."""
+
+
+def test_field_docs_are_read_from_source() -> None:
+    docs = field_docs(Example)
+    assert docs["steps"] == "How many steps to take."
+    assert docs["fast"] == "Go fast."
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("500", 500), ("20M", 20_000_000), ("1.5k", 1500), ("1e6", 1_000_000), ("4_096", 4096), (7, 7)],
+)
+def test_parse_count(text: str, value: int) -> None:
+    assert parse_count(text) == value
+
+
+@pytest.mark.parametrize("bad", ["", "ten", "1.5", "3x", "-4"])
+def test_parse_count_rejects(bad: str) -> None:
+    with pytest.raises(UserError):
+        parse_count(bad)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90.0), ("90s", 90.0), ("10m", 600.0), ("1h30m", 5400.0)])
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_parse_duration_rejects() -> None:
+    with pytest.raises(UserError):
+        parse_duration("10 minutes")
+
+
+def test_toml_round_trip_keeps_none_in_lists() -> None:
+    text = to_toml({"example": Example(name="x")})
+    data = from_toml(text)["example"]
+    assert data == {"steps": 10, "name": "x", "windows": [None, 256], "fast": True}
+    assert build(Example, data) == Example(name="x")
+
+
+def test_options_from_argparse() -> None:
+    parser = argparse.ArgumentParser()
+    add_options(parser, Example)
+    ns = parser.parse_args(["--steps", "2k", "--budget", "10m", "--no-fast", "--windows", "none", "8"])
+    cfg = build(Example, options_from(ns, Example))
+    assert cfg == Example(steps=2000, budget=600.0, fast=False, windows=(None, 8))
+
+
+def test_build_rejects_unknown_keys() -> None:
+    with pytest.raises(UserError, match="unknown Example option"):
+        build(Example, {"stepz": 3})
+
+
+def test_cli_unknown_command_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["frobnicate"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tinystories: error: unknown command") and "\n" not in err
+
+
+def test_cli_top_level_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    run(["--help"])
+    assert "tokenize" in capsys.readouterr().out
