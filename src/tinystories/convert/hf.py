@@ -1,0 +1,350 @@
+"""Hugging Face GPT-Neo and Llama: configs and state dicts, both ways.
+
+Pure functions over configs and `{name: tensor}` dicts; reading and writing
+model folders builds on them. Our fused projections are split for HF
+(`attn.qkv` -> q_proj, k_proj, v_proj; SwiGLU's `mlp.fc` -> gate_proj, up_proj)
+and concatenated back on import. RoPE already uses HF Llama's rotate-half
+layout, so no weight is permuted. `transformers` is imported only where an HF
+config object is built.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tinystories.errors import UserError
+from tinystories.model import ModelConfig
+
+StateDict = dict[str, torch.Tensor]
+
+# Buffers that older transformers versions saved into checkpoints; they carry no weights.
+_IGNORED_SUFFIXES = (".attn.attention.bias", ".attn.attention.masked_bias", ".rotary_emb.inv_freq")
+
+
+def _get(hf_config: Any, key: str, default: Any = None) -> Any:
+    """Read a field from an HF config object or from its dict (config.json)."""
+    if isinstance(hf_config, dict):
+        return hf_config.get(key, default)
+    return getattr(hf_config, key, default)
+
+
+def _require(ok: bool, family: str, what: str) -> None:
+    if not ok:
+        raise UserError(f"this model cannot be expressed as HF {family}: {what}")
+
+
+def _take(sd: StateDict, key: str, used: set[str]) -> torch.Tensor:
+    if key not in sd:
+        raise UserError(f"checkpoint lacks weight {key!r}")
+    used.add(key)
+    return sd[key]
+
+
+def _check_all_used(sd: StateDict, used: set[str]) -> None:
+    left = sorted(k for k in sd if k not in used and not k.endswith(_IGNORED_SUFFIXES))
+    if left:
+        more = f" (and {len(left) - 5} more)" if len(left) > 5 else ""
+        raise UserError(f"checkpoint has weights this configuration does not use: {', '.join(left[:5])}{more}")
+
+
+def _split_qkv(w: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    q, kv = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    return w[:q], w[q : q + kv], w[q + kv :]
+
+
+# --- GPT-Neo -------------------------------------------------------------------
+
+
+def neo_attention_types(windows: tuple[int | None, ...], n_layer: int) -> list:
+    """GPT-Neo's run-length `attention_types` for per-layer windows (None = global)."""
+    kinds = ["global" if (not windows or w is None) else "local" for w in (windows or (None,) * n_layer)]
+    if n_layer % 2 == 0 and kinds == ["global", "local"] * (n_layer // 2):
+        return [[["global", "local"], n_layer // 2]]  # how the released checkpoints write it
+    return [[kinds, 1]]
+
+
+def neo_config_to_hf(cfg: ModelConfig, eot_id: int | None = None) -> Any:
+    """A `transformers.GPTNeoConfig` for cfg; UserError when a switch has no GPT-Neo equivalent.
+
+    eot_id becomes bos/eos; by default GPT-2's 50256 when the vocabulary has it, else none.
+    """
+    from transformers import GPTNeoConfig
+
+    family = "GPT-Neo"
+    _require(cfg.norm == "layer", family, "norm must be 'layer'")
+    _require(cfg.pos == "learned", family, "pos must be 'learned'")
+    _require(cfg.mlp == "gelu_tanh", family, "mlp must be 'gelu_tanh'")
+    _require(cfg.attn_scale == "none", family, "attn_scale must be 'none'")
+    _require(cfg.kv_heads == cfg.n_head, family, "n_kv_head must equal n_head")
+    _require(not cfg.qkv_bias and cfg.attn_out_bias and cfg.mlp_bias, family,
+             "biases must be: qkv_bias off, attn_out_bias and mlp_bias on")
+    local = {w for w in cfg.windows if w is not None}
+    if eot_id is None and cfg.vocab_size > 50256:
+        eot_id = 50256
+    _require(len(local) <= 1, family, f"all local layers must share one window, got {sorted(local)}")
+    return GPTNeoConfig(
+        vocab_size=cfg.vocab_size,
+        max_position_embeddings=cfg.max_seq_len,
+        hidden_size=cfg.d_model,
+        num_layers=cfg.n_layer,
+        num_heads=cfg.n_head,
+        attention_types=neo_attention_types(cfg.windows, cfg.n_layer),
+        window_size=local.pop() if local else 256,
+        intermediate_size=cfg.d_ff,  # None means 4 * hidden_size in GPT-Neo too, as the released configs say
+        activation_function="gelu_new",
+        layer_norm_epsilon=cfg.norm_eps,
+        resid_dropout=cfg.dropout,
+        embed_dropout=cfg.dropout,
+        attention_dropout=cfg.dropout,
+        initializer_range=cfg.init_std,
+        tie_word_embeddings=cfg.tie_embeddings,
+        bos_token_id=eot_id,
+        eos_token_id=eot_id,
+    )
+
+
+def neo_config_from_hf(hf_config: Any) -> ModelConfig:
+    """Our `ModelConfig` for a GPTNeoConfig (object or config.json dict). Dropout is set to 0."""
+    act = _get(hf_config, "activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise UserError(f"GPT-Neo activation {act!r} is not supported (only gelu_new, the tanh approximation)")
+    n_layer = _get(hf_config, "num_layers")
+    kinds = [kind for group, repeat in _get(hf_config, "attention_types") for _ in range(repeat) for kind in group]
+    if len(kinds) != n_layer:
+        raise UserError(f"GPT-Neo attention_types give {len(kinds)} layers, num_layers is {n_layer}")
+    window = _get(hf_config, "window_size", 256)
+    return ModelConfig(
+        vocab_size=_get(hf_config, "vocab_size"),
+        max_seq_len=_get(hf_config, "max_position_embeddings"),
+        d_model=_get(hf_config, "hidden_size"),
+        n_layer=n_layer,
+        n_head=_get(hf_config, "num_heads"),
+        d_ff=_get(hf_config, "intermediate_size"),
+        norm="layer",
+        norm_eps=_get(hf_config, "layer_norm_epsilon", 1e-5),
+        pos="learned",
+        mlp="gelu_tanh",
+        attn_scale="none",
+        windows=tuple(window if kind == "local" else None for kind in kinds),
+        qkv_bias=False,
+        attn_out_bias=True,
+        mlp_bias=True,
+        tie_embeddings=_get(hf_config, "tie_word_embeddings", True),
+        init_std=_get(hf_config, "initializer_range", 0.02),
+    )
+
+
+def neo_state_dict_to_hf(sd: StateDict, cfg: ModelConfig) -> StateDict:
+    """Our GPT state dict -> GPTNeoForCausalLM's (lm_head.weight included, shared when tied)."""
+    used: set[str] = set()
+    out = {
+        "transformer.wte.weight": _take(sd, "tok_emb.weight", used),
+        "transformer.wpe.weight": _take(sd, "pos_emb.weight", used),
+    }
+    for layer in range(cfg.n_layer):
+        ours, theirs = f"blocks.{layer}.", f"transformer.h.{layer}."
+        q, k, v = _split_qkv(_take(sd, ours + "attn.qkv.weight", used), cfg)
+        out |= {
+            theirs + "ln_1.weight": _take(sd, ours + "ln1.weight", used),
+            theirs + "ln_1.bias": _take(sd, ours + "ln1.bias", used),
+            theirs + "attn.attention.q_proj.weight": q,
+            theirs + "attn.attention.k_proj.weight": k,
+            theirs + "attn.attention.v_proj.weight": v,
+            theirs + "attn.attention.out_proj.weight": _take(sd, ours + "attn.out.weight", used),
+            theirs + "attn.attention.out_proj.bias": _take(sd, ours + "attn.out.bias", used),
+            theirs + "ln_2.weight": _take(sd, ours + "ln2.weight", used),
+            theirs + "ln_2.bias": _take(sd, ours + "ln2.bias", used),
+            theirs + "mlp.c_fc.weight": _take(sd, ours + "mlp.fc.weight", used),
+            theirs + "mlp.c_fc.bias": _take(sd, ours + "mlp.fc.bias", used),
+            theirs + "mlp.c_proj.weight": _take(sd, ours + "mlp.proj.weight", used),
+            theirs + "mlp.c_proj.bias": _take(sd, ours + "mlp.proj.bias", used),
+        }
+    out["transformer.ln_f.weight"] = _take(sd, "ln_final.weight", used)
+    out["transformer.ln_f.bias"] = _take(sd, "ln_final.bias", used)
+    out["lm_head.weight"] = out["transformer.wte.weight"] if cfg.tie_embeddings else _take(sd, "lm_head.weight", used)
+    _check_all_used(sd, used)
+    return out
+
+
+def neo_state_dict_from_hf(sd: StateDict, cfg: ModelConfig) -> StateDict:
+    """GPTNeoForCausalLM's state dict -> ours (a tied lm_head.weight is dropped)."""
+    used: set[str] = set()
+    out = {
+        "tok_emb.weight": _take(sd, "transformer.wte.weight", used),
+        "pos_emb.weight": _take(sd, "transformer.wpe.weight", used),
+    }
+    for layer in range(cfg.n_layer):
+        ours, theirs = f"blocks.{layer}.", f"transformer.h.{layer}."
+        attn = theirs + "attn.attention."
+        out |= {
+            ours + "ln1.weight": _take(sd, theirs + "ln_1.weight", used),
+            ours + "ln1.bias": _take(sd, theirs + "ln_1.bias", used),
+            ours + "attn.qkv.weight": torch.cat(
+                [_take(sd, attn + f"{p}_proj.weight", used) for p in ("q", "k", "v")]
+            ),
+            ours + "attn.out.weight": _take(sd, attn + "out_proj.weight", used),
+            ours + "attn.out.bias": _take(sd, attn + "out_proj.bias", used),
+            ours + "ln2.weight": _take(sd, theirs + "ln_2.weight", used),
+            ours + "ln2.bias": _take(sd, theirs + "ln_2.bias", used),
+            ours + "mlp.fc.weight": _take(sd, theirs + "mlp.c_fc.weight", used),
+            ours + "mlp.fc.bias": _take(sd, theirs + "mlp.c_fc.bias", used),
+            ours + "mlp.proj.weight": _take(sd, theirs + "mlp.c_proj.weight", used),
+            ours + "mlp.proj.bias": _take(sd, theirs + "mlp.c_proj.bias", used),
+        }
+    out["ln_final.weight"] = _take(sd, "transformer.ln_f.weight", used)
+    out["ln_final.bias"] = _take(sd, "transformer.ln_f.bias", used)
+    if cfg.tie_embeddings:
+        used.add("lm_head.weight")
+    else:
+        out["lm_head.weight"] = _take(sd, "lm_head.weight", used)
+    _check_all_used(sd, used)
+    return out
+
+
+# --- Llama ---------------------------------------------------------------------
+
+
+def llama_config_to_hf(cfg: ModelConfig, bos_id: int | None = 1, eos_id: int | None = 2) -> Any:
+    """A `transformers.LlamaConfig` for cfg; UserError when a switch has no Llama equivalent.
+
+    bos/eos default to llama2.c's sentencepiece ids (1 and 2).
+    """
+    from transformers import LlamaConfig
+
+    family = "Llama"
+    _require(cfg.norm == "rms", family, "norm must be 'rms'")
+    _require(cfg.pos == "rope", family, "pos must be 'rope'")
+    _require(cfg.mlp == "swiglu", family, "mlp must be 'swiglu'")
+    _require(cfg.attn_scale == "sqrt", family, "attn_scale must be 'sqrt'")
+    _require(all(w is None for w in cfg.windows), family, "all layers must be global (no windows)")
+    _require(cfg.qkv_bias == cfg.attn_out_bias, family, "qkv_bias and attn_out_bias must be equal")
+    return LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.ff_dim,
+        num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head,
+        num_key_value_heads=cfg.kv_heads,
+        head_dim=cfg.head_dim,
+        hidden_act="silu",
+        max_position_embeddings=cfg.max_seq_len,
+        rms_norm_eps=cfg.norm_eps,
+        rope_theta=cfg.rope_theta,
+        attention_bias=cfg.qkv_bias,
+        mlp_bias=cfg.mlp_bias,
+        attention_dropout=cfg.dropout,
+        initializer_range=cfg.init_std,
+        tie_word_embeddings=cfg.tie_embeddings,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+    )
+
+
+def _llama_rope_theta(hf_config: Any) -> float:
+    # transformers >= 5 keeps RoPE settings in rope_parameters; older versions in rope_theta / rope_scaling.
+    params = _get(hf_config, "rope_parameters") or {}
+    scaling = _get(hf_config, "rope_scaling") or {}
+    kind = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    if kind != "default":
+        raise UserError(f"Llama RoPE type {kind!r} is not supported (only plain RoPE)")
+    return float(params.get("rope_theta") or _get(hf_config, "rope_theta", 10000.0))
+
+
+def llama_config_from_hf(hf_config: Any) -> ModelConfig:
+    """Our `ModelConfig` for a LlamaConfig (object or config.json dict). Dropout is set to 0."""
+    act = _get(hf_config, "hidden_act", "silu")
+    if act != "silu":
+        raise UserError(f"Llama activation {act!r} is not supported (only silu)")
+    d_model, n_head = _get(hf_config, "hidden_size"), _get(hf_config, "num_attention_heads")
+    head_dim = _get(hf_config, "head_dim") or d_model // n_head
+    if head_dim * n_head != d_model:
+        raise UserError(f"Llama head_dim {head_dim} x {n_head} heads != hidden_size {d_model}; not supported")
+    bias = bool(_get(hf_config, "attention_bias", False))
+    return ModelConfig(
+        vocab_size=_get(hf_config, "vocab_size"),
+        max_seq_len=_get(hf_config, "max_position_embeddings"),
+        d_model=d_model,
+        n_layer=_get(hf_config, "num_hidden_layers"),
+        n_head=n_head,
+        n_kv_head=_get(hf_config, "num_key_value_heads") or n_head,
+        d_ff=_get(hf_config, "intermediate_size"),
+        norm="rms",
+        norm_eps=_get(hf_config, "rms_norm_eps", 1e-6),
+        pos="rope",
+        rope_theta=_llama_rope_theta(hf_config),
+        mlp="swiglu",
+        attn_scale="sqrt",
+        windows=(),
+        qkv_bias=bias,
+        attn_out_bias=bias,
+        mlp_bias=bool(_get(hf_config, "mlp_bias", False)),
+        tie_embeddings=bool(_get(hf_config, "tie_word_embeddings", False)),
+        init_std=_get(hf_config, "initializer_range", 0.02),
+    )
+
+
+def llama_state_dict_to_hf(sd: StateDict, cfg: ModelConfig) -> StateDict:
+    """Our GPT state dict -> LlamaForCausalLM's (lm_head.weight included, shared when tied)."""
+    used: set[str] = set()
+    out = {"model.embed_tokens.weight": _take(sd, "tok_emb.weight", used)}
+    ff = cfg.ff_dim
+    for layer in range(cfg.n_layer):
+        ours, theirs = f"blocks.{layer}.", f"model.layers.{layer}."
+        q, k, v = _split_qkv(_take(sd, ours + "attn.qkv.weight", used), cfg)
+        fc = _take(sd, ours + "mlp.fc.weight", used)
+        out |= {
+            theirs + "input_layernorm.weight": _take(sd, ours + "ln1.weight", used),
+            theirs + "self_attn.q_proj.weight": q,
+            theirs + "self_attn.k_proj.weight": k,
+            theirs + "self_attn.v_proj.weight": v,
+            theirs + "self_attn.o_proj.weight": _take(sd, ours + "attn.out.weight", used),
+            theirs + "post_attention_layernorm.weight": _take(sd, ours + "ln2.weight", used),
+            theirs + "mlp.gate_proj.weight": fc[:ff],
+            theirs + "mlp.up_proj.weight": fc[ff:],
+            theirs + "mlp.down_proj.weight": _take(sd, ours + "mlp.proj.weight", used),
+        }
+        if cfg.qkv_bias:
+            q, k, v = _split_qkv(_take(sd, ours + "attn.qkv.bias", used), cfg)
+            out |= {theirs + "self_attn.q_proj.bias": q, theirs + "self_attn.k_proj.bias": k,
+                    theirs + "self_attn.v_proj.bias": v,
+                    theirs + "self_attn.o_proj.bias": _take(sd, ours + "attn.out.bias", used)}
+        if cfg.mlp_bias:
+            fc_bias = _take(sd, ours + "mlp.fc.bias", used)
+            out |= {theirs + "mlp.gate_proj.bias": fc_bias[:ff], theirs + "mlp.up_proj.bias": fc_bias[ff:],
+                    theirs + "mlp.down_proj.bias": _take(sd, ours + "mlp.proj.bias", used)}
+    out["model.norm.weight"] = _take(sd, "ln_final.weight", used)
+    out["lm_head.weight"] = out["model.embed_tokens.weight"] if cfg.tie_embeddings else _take(sd, "lm_head.weight", used)
+    _check_all_used(sd, used)
+    return out
+
+
+def llama_state_dict_from_hf(sd: StateDict, cfg: ModelConfig) -> StateDict:
+    """LlamaForCausalLM's state dict -> ours (a tied lm_head.weight is dropped)."""
+    used: set[str] = set()
+    out = {"tok_emb.weight": _take(sd, "model.embed_tokens.weight", used)}
+    for layer in range(cfg.n_layer):
+        ours, theirs = f"blocks.{layer}.", f"model.layers.{layer}."
+        attn, mlp = theirs + "self_attn.", theirs + "mlp."
+        out |= {
+            ours + "ln1.weight": _take(sd, theirs + "input_layernorm.weight", used),
+            ours + "attn.qkv.weight": torch.cat([_take(sd, attn + f"{p}_proj.weight", used) for p in "qkv"]),
+            ours + "attn.out.weight": _take(sd, attn + "o_proj.weight", used),
+            ours + "ln2.weight": _take(sd, theirs + "post_attention_layernorm.weight", used),
+            ours + "mlp.fc.weight": torch.cat([_take(sd, mlp + f"{p}_proj.weight", used) for p in ("gate", "up")]),
+            ours + "mlp.proj.weight": _take(sd, mlp + "down_proj.weight", used),
+        }
+        if cfg.qkv_bias:
+            out[ours + "attn.qkv.bias"] = torch.cat([_take(sd, attn + f"{p}_proj.bias", used) for p in "qkv"])
+            out[ours + "attn.out.bias"] = _take(sd, attn + "o_proj.bias", used)
+        if cfg.mlp_bias:
+            out[ours + "mlp.fc.bias"] = torch.cat([_take(sd, mlp + f"{p}_proj.bias", used) for p in ("gate", "up")])
+            out[ours + "mlp.proj.bias"] = _take(sd, mlp + "down_proj.bias", used)
+    out["ln_final.weight"] = _take(sd, "model.norm.weight", used)
+    if cfg.tie_embeddings:
+        used.add("lm_head.weight")
+    else:
+        out["lm_head.weight"] = _take(sd, "lm_head.weight", used)
+    _check_all_used(sd, used)
+    return out

@@ -1,0 +1,596 @@
+"""The model: one GPT-style decoder covering both TinyStories families.
+
+GPT-Neo (the paper's released checkpoints) and Llama (llama2.c's reproductions)
+are not separate classes. They are presets (see `tinystories.presets`) over a
+handful of independent switches in `ModelConfig`: the norm (LayerNorm | RMSNorm),
+positions (learned | RoPE), the MLP (GELU | SwiGLU), the attention score scale
+(1/sqrt(head_dim) | none), a per-layer attention window, bias switches, grouped
+key/value heads and a tied classifier.
+
+Reading order: config -> loss -> positions -> attention -> MLP -> block -> GPT
+-> KV cache. Shapes: B batch, T new tokens, S keys visible to attention, C
+d_model, H query heads, K key/value heads, D head_dim, F d_ff, V vocab_size.
+
+Hooks: `forward(..., hooks={name: fn})` calls `fn(tensor)` at the named site; a
+returned tensor replaces the activation, None only observes. Names follow
+TransformerLens (`blocks.3.attn.hook_pattern`, `ln_final.hook_normalized`; the
+full list is `GPT.hook_sites()`); `hook_embed` is the token embedding, before
+learned positions are added. With `hooks=None` a site costs one call and one `if`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tinystories.errors import UserError
+
+IGNORE_INDEX = -1
+"""Target id that the loss skips (padding, prompt tokens in instruct training)."""
+
+Hooks = Mapping[str, Callable[[torch.Tensor], "torch.Tensor | None"]]
+
+
+# --- configuration ----------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a decoder. Defaults are GPT-Neo's switches; use `presets` for real sizes."""
+
+    vocab_size: int = 50257
+    """Number of token ids (rows of the embedding and of the classifier)."""
+    max_seq_len: int = 512
+    """Longest sequence trained on; learned positions have exactly this many rows."""
+    d_model: int = 64
+    """Width of the residual stream."""
+    n_layer: int = 8
+    """Number of transformer blocks."""
+    n_head: int = 16
+    """Number of query heads per attention layer."""
+    n_kv_head: int | None = None
+    """Number of key/value heads (grouped-query attention); None = n_head."""
+    d_ff: int | None = None
+    """MLP hidden width; None = family rule: 4*d_model for gelu_tanh, llama2.c's rule for swiglu."""
+    ff_multiple_of: int = 32
+    """SwiGLU only, when d_ff is None: the hidden width int(2/3 * 4*d_model) is rounded up to a multiple of this."""
+    norm: Literal["layer", "rms"] = "layer"
+    """Normalisation before each sublayer and at the end: LayerNorm (with bias) or RMSNorm."""
+    norm_eps: float = 1e-5
+    """Epsilon added to the variance inside the norm."""
+    pos: Literal["learned", "rope"] = "learned"
+    """Positions: a learned embedding added to the tokens, or rotary embeddings on queries and keys."""
+    rope_theta: float = 10000.0
+    """RoPE base; frequency i of a head is theta ** (-2i / head_dim)."""
+    mlp: Literal["gelu_tanh", "swiglu"] = "gelu_tanh"
+    """MLP kind: Linear-GELU(tanh approximation)-Linear, or SwiGLU (silu(gate) * up, then down)."""
+    attn_scale: Literal["sqrt", "none"] = "none"
+    """Attention scores are multiplied by 1/sqrt(head_dim) ("sqrt") or left unscaled ("none", as GPT-Neo)."""
+    windows: tuple[int | None, ...] = ()
+    """Per-layer attention window: key j is visible to query i iff 0 <= i-j < window; None = global; () = all global."""
+    qkv_bias: bool = False
+    """Bias on the query, key and value projections."""
+    attn_out_bias: bool = True
+    """Bias on the attention output projection."""
+    mlp_bias: bool = True
+    """Biases on the MLP's linear layers."""
+    tie_embeddings: bool = True
+    """The classifier reuses the token embedding matrix (no separate lm_head weight)."""
+    dropout: float = 0.0
+    """Dropout on embeddings, attention probabilities and sublayer outputs during training."""
+    init_std: float = 0.02
+    """Std of the normal init; residual output projections use init_std / sqrt(2 * n_layer)."""
+
+    def __post_init__(self) -> None:
+        self.windows = tuple(_parse_window(w) for w in self.windows)
+        for name in ("vocab_size", "max_seq_len", "d_model", "n_layer", "n_head", "ff_multiple_of"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise UserError(f"model option {name} must be a positive integer, got {getattr(self, name)!r}")
+        choices = {"norm": ("layer", "rms"), "pos": ("learned", "rope"),
+                   "mlp": ("gelu_tanh", "swiglu"), "attn_scale": ("sqrt", "none")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise UserError(f"model option {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.d_model % self.n_head:
+            raise UserError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+        if self.n_kv_head is not None and (self.n_kv_head < 1 or self.n_head % self.n_kv_head):
+            raise UserError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+        if self.d_ff is not None and self.d_ff < 1:
+            raise UserError(f"d_ff must be a positive integer or unset, got {self.d_ff}")
+        if self.pos == "rope" and self.head_dim % 2:
+            raise UserError(f"RoPE needs an even head_dim, got {self.head_dim}")
+        if len(self.windows) not in (0, self.n_layer):
+            raise UserError(f"windows has {len(self.windows)} entries; give one per layer ({self.n_layer}) or none")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.d_model // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """Number of key/value heads, n_kv_head resolved."""
+        return self.n_kv_head or self.n_head
+
+    @property
+    def ff_dim(self) -> int:
+        """MLP hidden width, d_ff resolved by the family rule when unset."""
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.mlp == "gelu_tanh":
+            return 4 * self.d_model
+        # llama2.c: 2/3 of 4*d keeps SwiGLU's three matrices near the parameter count of two.
+        hidden = int(2 * (4 * self.d_model) / 3)
+        return self.ff_multiple_of * math.ceil(hidden / self.ff_multiple_of)
+
+    def layer_window(self, layer: int) -> int | None:
+        """Attention window of `layer` (None = global)."""
+        return self.windows[layer] if self.windows else None
+
+
+def _parse_window(w: int | str | None) -> int | None:
+    # Windows also arrive as command-line or TOML text: "256", "none".
+    if isinstance(w, str):
+        w = None if w.strip().lower() in ("none", "global", "") else int(w) if w.strip().isdigit() else w
+    if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
+        raise UserError(f"an attention window must be a positive integer or none, got {w!r}")
+    return w
+
+
+class ModelOutput(NamedTuple):
+    logits: torch.Tensor | None
+    """(B, T, V), (B, 1, V) or None, as the `logits` argument asked."""
+    loss: torch.Tensor | None
+    """Mean cross-entropy over targets that are not IGNORE_INDEX; None without targets."""
+
+
+def _hook(hooks: Hooks | None, prefix: str, name: str, x: torch.Tensor) -> torch.Tensor:
+    # The name is only built when hooks were given, so the hook-free path allocates nothing.
+    if hooks is None:
+        return x
+    fn = hooks.get(prefix + name)
+    if fn is None:
+        return x
+    out = fn(x)
+    return x if out is None else out
+
+
+# --- loss -------------------------------------------------------------------
+
+LOSS_CHUNK_ELEMENTS = 2**23
+"""Logit elements materialised at once by the chunked loss (32 MiB in fp32)."""
+
+
+def _chunked_ce(h, weight, targets, rows, with_grads):
+    """Summed cross-entropy of h @ weight.T, `rows` rows at a time; optionally its gradients.
+
+    The gradient of cross-entropy w.r.t. the logits is softmax - onehot, known as
+    soon as a chunk's logits exist, so the input gradients are accumulated here
+    and the logits are never kept: one matmul per chunk fewer than recomputing
+    them in backward.
+    """
+    valid = targets != IGNORE_INDEX  # (N,)
+    safe = targets.clamp(min=0)  # ignored rows still need an index to gather
+    total = torch.zeros((), dtype=torch.float32, device=h.device)
+    grad_h = torch.empty_like(h) if with_grads else None
+    grad_w = torch.zeros_like(weight, dtype=torch.float32) if with_grads else None
+    for s in range(0, h.shape[0], rows):
+        hc, tc, vc = h[s : s + rows], safe[s : s + rows], valid[s : s + rows]
+        raw = hc @ weight.T  # (n, V), in the autocast dtype when autocast is on
+        logits = raw.float()
+        lse = torch.logsumexp(logits, dim=-1)  # (n,)
+        picked = logits.gather(1, tc[:, None])[:, 0]  # (n,)
+        total = total + ((lse - picked) * vc).sum()
+        if with_grads:
+            g = logits.sub_(lse[:, None]).exp_()  # softmax, in place: the logits are done with
+            g[torch.arange(len(tc), device=g.device), tc] -= 1.0
+            g = (g * vc[:, None]).to(raw.dtype)  # (n, V)
+            grad_h[s : s + rows] = g @ weight
+            grad_w += (g.T @ hc).float()
+    return total, valid.sum(), grad_h, grad_w
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, targets, rows):
+        total, count, grad_h, grad_w = _chunked_ce(h, weight, targets, rows, with_grads=True)
+        ctx.save_for_backward(grad_h, grad_w, count)
+        ctx.weight_dtype = weight.dtype
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w, count = ctx.saved_tensors
+        scale = grad_out / count
+        return (grad_h * scale.to(grad_h.dtype), (grad_w * scale).to(ctx.weight_dtype), None, None)
+
+
+def chunked_cross_entropy(
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int | None = None
+) -> torch.Tensor:
+    """Mean cross-entropy of the logits h @ weight.T against targets, skipping IGNORE_INDEX.
+
+    h (N, C), weight (V, C), targets (N,). Equals F.cross_entropy(h @ weight.T,
+    targets, ignore_index=-1), but at most `chunk_rows` x V logits exist at a
+    time, in the forward and in the backward.
+    """
+    rows = chunk_rows or max(1, LOSS_CHUNK_ELEMENTS // weight.shape[0])
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(h, weight, targets, rows)
+    total, count, _, _ = _chunked_ce(h, weight, targets, rows, with_grads=False)
+    return total / count
+
+
+# --- positions --------------------------------------------------------------
+
+
+def rope_tables(pos: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin for rotary embeddings at positions `pos` ((T,) or (B, T)) -> (..., T, 1, D) each, fp32.
+
+    Rotate-half layout (as HF Llama): dimension i pairs with i + D/2, both at frequency i.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float) / head_dim))
+    freqs = pos.float()[..., None] * inv_freq  # (..., T, D/2)
+    angles = torch.cat((freqs, freqs), dim=-1)[..., None, :]  # (..., T, 1, D): broadcasts over heads
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, T, heads, D) by the angles in cos/sin."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+# --- attention ----------------------------------------------------------------
+
+
+@dataclass
+class _Step:
+    """What every layer of one forward shares; built in GPT.forward, never kept."""
+
+    rope: tuple[torch.Tensor, torch.Tensor] | None  # cos, sin: (T, 1, D) or (B, T, 1, D)
+    masks: dict[int | None, torch.Tensor | None]  # window -> bool mask (True = visible); None = plain causal
+    cache: KVCache | None
+    write_pos: torch.Tensor | None  # (B, T) cache slots of the new tokens
+    kv_len: int  # S: keys visible to this step, cached ones included
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.prefix = f"blocks.{layer}.attn."
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
+        self.window = config.layer_window(layer)
+        self.scale = 1.0 / math.sqrt(self.head_dim) if config.attn_scale == "sqrt" else 1.0
+        self.dropout = config.dropout
+        # One fused projection: a single large matmul is faster than three small ones on CPU.
+        self.qkv = nn.Linear(config.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.qkv_bias)
+        self.out = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=config.attn_out_bias)
+        self.out_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, step: _Step, hooks: Hooks | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        H, K, D = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.qkv(x).split([H * D, K * D, K * D], dim=-1)
+        q, k, v = q.view(B, T, H, D), k.view(B, T, K, D), v.view(B, T, K, D)
+        if step.rope is not None:
+            q, k = apply_rope(q, *step.rope), apply_rope(k, *step.rope)
+
+        if step.cache is None:
+            k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, K, S, D)
+        else:
+            keys, values = step.cache.keys[self.layer], step.cache.values[self.layer]
+            rows = torch.arange(B, device=x.device)[:, None]
+            keys[rows, :, step.write_pos] = k.to(keys.dtype)  # slots (b, :, pos[b, t]) <- (B, T, K, D)
+            values[rows, :, step.write_pos] = v.to(values.dtype)
+            k = keys[:, :, : step.kv_len].to(q.dtype)  # (B, K, S, D)
+            v = values[:, :, : step.kv_len].to(q.dtype)
+        q = q.transpose(1, 2)  # (B, H, T, D)
+        if K != H:  # query head h reads key/value head h // (H / K)
+            k, v = k.repeat_interleave(H // K, dim=1), v.repeat_interleave(H // K, dim=1)  # (B, H, S, D)
+
+        mask = step.masks[self.window]
+        dropout = self.dropout if self.training else 0.0
+        if hooks is not None and self.prefix + "hook_pattern" in hooks:
+            y = self._explicit(q, k, v, mask, dropout, hooks)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout, scale=self.scale
+            )  # (B, H, T, D)
+        z = _hook(hooks, self.prefix, "hook_z", y.transpose(1, 2))  # (B, T, H, D)
+        return self.out_dropout(self.out(z.reshape(B, T, H * D)))  # (B, T, C)
+
+    def _explicit(self, q, k, v, mask, dropout, hooks):
+        """Attention with the probabilities materialised, so a hook can read or replace them."""
+        T, S = q.shape[-2], k.shape[-2]
+        if mask is None:  # the causal case SDPA handles with is_causal; here S == T
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
+        scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, T, S)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        pattern = scores.float().softmax(dim=-1).to(q.dtype)
+        pattern = _hook(hooks, self.prefix, "hook_pattern", pattern)
+        pattern = F.dropout(pattern, dropout, training=dropout > 0)
+        return pattern @ v  # (B, H, T, D)
+
+
+# --- MLP and block ------------------------------------------------------------
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.prefix = f"blocks.{layer}.mlp."
+        self.gated = config.mlp == "swiglu"
+        # SwiGLU's gate and up projections are fused into one matmul: rows [gate; up].
+        n_in = 2 * config.ff_dim if self.gated else config.ff_dim
+        self.fc = nn.Linear(config.d_model, n_in, bias=config.mlp_bias)
+        self.proj = nn.Linear(config.ff_dim, config.d_model, bias=config.mlp_bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, hooks: Hooks | None) -> torch.Tensor:
+        h = self.fc(x)  # (B, T, F) or (B, T, 2F)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(_hook(hooks, self.prefix, "hook_pre", gate)) * up  # hook_pre = the gate's input
+        else:
+            h = F.gelu(_hook(hooks, self.prefix, "hook_pre", h), approximate="tanh")
+        h = _hook(hooks, self.prefix, "hook_post", h)  # (B, T, F)
+        return self.dropout(self.proj(h))  # (B, T, C)
+
+
+def _norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "rms":
+        return nn.RMSNorm(config.d_model, eps=config.norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.norm_eps)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.prefix = f"blocks.{layer}."
+        self.ln1 = _norm(config)
+        self.attn = Attention(config, layer)
+        self.ln2 = _norm(config)
+        self.mlp = MLP(config, layer)
+
+    def forward(self, x: torch.Tensor, step: _Step, hooks: Hooks | None) -> torch.Tensor:
+        p = self.prefix
+        x = _hook(hooks, p, "hook_resid_pre", x)  # (B, T, C)
+        x = x + _hook(hooks, p, "hook_attn_out", self.attn(self.ln1(x), step, hooks))
+        x = _hook(hooks, p, "hook_resid_mid", x)
+        x = x + _hook(hooks, p, "hook_mlp_out", self.mlp(self.ln2(x), hooks))
+        return _hook(hooks, p, "hook_resid_post", x)
+
+
+# --- the model ------------------------------------------------------------------
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer configured by `ModelConfig`.
+
+    Parameters: `tok_emb`, `pos_emb` (learned positions only), `blocks.{l}.ln1`,
+    `.attn.qkv` (rows: H query heads, then K key heads, then K value heads),
+    `.attn.out`, `.ln2`, `.mlp.fc` (SwiGLU: rows [gate; up]), `.mlp.proj`,
+    `ln_final`, `lm_head` (untied classifier only).
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model) if config.pos == "learned" else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
+        self.ln_final = _norm(config)
+        self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """GPT-2 init: weights N(0, init_std), residual output projections scaled down, biases 0, norms 1."""
+        std = self.config.init_std
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                nn.init.normal_(module.weight, 0.0, std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm | nn.RMSNorm):
+                module.reset_parameters()
+        # Each block adds two outputs to the residual stream; this keeps its variance from growing with depth.
+        for block in self.blocks:
+            nn.init.normal_(block.attn.out.weight, 0.0, std / math.sqrt(2 * self.config.n_layer))
+            nn.init.normal_(block.mlp.proj.weight, 0.0, std / math.sqrt(2 * self.config.n_layer))
+
+    @property
+    def classifier_weight(self) -> torch.Tensor:
+        """(V, C): the token embedding when tied, else lm_head's weight."""
+        return self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
+
+    def hook_sites(self) -> list[str]:
+        """Every hook name `forward` accepts, in the order they run."""
+        per_block = ["hook_resid_pre", "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid",
+                     "mlp.hook_pre", "mlp.hook_post", "hook_mlp_out", "hook_resid_post"]
+        blocks = [f"blocks.{layer}.{name}" for layer in range(self.config.n_layer) for name in per_block]
+        return ["hook_embed", *blocks, "ln_final.hook_normalized"]
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        logits: Literal["all", "last", "none"] | torch.Tensor = "all",
+        cache: KVCache | None = None,
+        hooks: Hooks | None = None,
+    ) -> ModelOutput:
+        """Run the decoder on idx (B, T).
+
+        targets (B, T): next-token ids, IGNORE_INDEX (-1) skipped; the loss is
+        computed in chunks (training should pass logits="none"). logits: "all"
+        (B, T, V), "last" (B, 1, V), "none", or a (B,) long tensor of per-row
+        positions within the T tokens (B, 1, V). cache: new tokens of row b take
+        positions cache.lengths[b] + t; lengths advance by T. hooks: see module doc.
+        """
+        B, T = idx.shape
+        if hooks is not None:
+            unknown = sorted(set(hooks) - set(self.hook_sites()))
+            if unknown:
+                raise UserError(f"unknown hook site(s): {', '.join(unknown)} (see GPT.hook_sites())")
+        step = self._plan(B, T, idx.device, cache)
+
+        x = _hook(hooks, "", "hook_embed", self.tok_emb(idx))  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(self._positions(T, idx.device, cache))
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, step, hooks)
+        x = _hook(hooks, "", "ln_final.hook_normalized", self.ln_final(x))  # (B, T, C)
+        if cache is not None:
+            cache.lengths += T
+
+        loss = None
+        if targets is not None:
+            loss = chunked_cross_entropy(x.reshape(B * T, -1), self.classifier_weight, targets.reshape(B * T))
+        if isinstance(logits, torch.Tensor):
+            x = x[torch.arange(B, device=x.device), logits][:, None]  # (B, 1, C)
+        elif logits == "last":
+            x = x[:, -1:]
+        elif logits == "none":
+            return ModelOutput(None, loss)
+        elif logits != "all":
+            raise ValueError(f"logits must be 'all', 'last', 'none' or a (B,) tensor, got {logits!r}")
+        return ModelOutput(F.linear(x, self.classifier_weight), loss)
+
+    def _positions(self, T: int, device: torch.device, cache: KVCache | None) -> torch.Tensor:
+        """Positions of the new tokens: (T,) without a cache, (B, T) with one."""
+        new = torch.arange(T, device=device)
+        return new if cache is None else cache.lengths[:, None] + new
+
+    def _plan(self, B: int, T: int, device: torch.device, cache: KVCache | None) -> _Step:
+        """Positions, rotary tables and attention masks, shared by all layers of one forward."""
+        cfg = self.config
+        kv_len = T if cache is None else int(cache.lengths.max()) + T  # one host sync per forward
+        if cache is not None and kv_len > cache.max_len:
+            raise UserError(f"KV cache holds {cache.max_len} positions; this step needs {kv_len}")
+        if cfg.pos == "learned" and kv_len > cfg.max_seq_len:
+            raise UserError(f"sequence of {kv_len} tokens exceeds the model's max_seq_len {cfg.max_seq_len}")
+        # When no row has cached tokens, every row sits at positions 0..T-1, as without a cache.
+        fresh = kv_len == T
+        pos = self._positions(T, device, None if fresh else cache)  # (T,) or (B, T)
+
+        masks: dict[int | None, torch.Tensor | None] = {}
+        for window in {cfg.layer_window(layer) for layer in range(cfg.n_layer)}:
+            if fresh and (window is None or window >= T):
+                masks[window] = None  # plain causal: SDPA's is_causal fast path
+                continue
+            dist = pos[..., :, None] - torch.arange(kv_len, device=device)  # (T, S) or (B, T, S): i - j
+            mask = dist >= 0
+            if window is not None:
+                mask &= dist < window
+            masks[window] = mask if fresh else mask[:, None]  # (T, S) or (B, 1, T, S)
+
+        rope = rope_tables(pos, cfg.head_dim, cfg.rope_theta) if cfg.pos == "rope" else None
+        write_pos = None if cache is None else cache.lengths[:, None] + torch.arange(T, device=device)
+        return _Step(rope=rope, masks=masks, cache=cache, write_pos=write_pos, kv_len=kv_len)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Number of parameters (a tied classifier counted once, as the embedding).
+
+        non_embedding=True leaves out the token and position embeddings. An untied
+        classifier (lm_head) is a matmul every token pays for, so it stays in the
+        non-embedding count; a tied one is the token embedding and is left out.
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.tok_emb.weight.numel()
+            if self.pos_emb is not None:
+                n -= self.pos_emb.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward) at sequence length seq_len (default max_seq_len).
+
+        6 * N + 12 * sum over layers of (H * D * keys_l), where N counts the
+        weights of every matmul (non-embedding parameters plus the classifier,
+        tied or not), and keys_l is the number of keys a query attends to in
+        layer l, averaged over the T positions: (T + 1) / 2 for a global causal
+        layer, less for a windowed one. The 12 is 2 matmuls (q.k and p.v) x 2
+        FLOPs per multiply-add x 3 (forward and the two backward matmuls).
+        """
+        cfg = self.config
+        T = seq_len or cfg.max_seq_len
+        n = self.num_params(non_embedding=True)
+        if self.lm_head is None:
+            n += self.tok_emb.weight.numel()
+        attn = 0.0
+        for layer in range(cfg.n_layer):
+            w = min(cfg.layer_window(layer) or T, T)
+            # sum_{i<T} min(i + 1, w) = w(w+1)/2 + (T - w) * w
+            keys = (w * (w + 1) / 2 + (T - w) * w) / T
+            attn += 12 * cfg.n_head * cfg.head_dim * keys
+        return 6 * n + attn
+
+
+# --- KV cache -------------------------------------------------------------------
+
+
+class KVCache:
+    """Keys and values of past tokens, per layer, with a length per row.
+
+    Rows advance independently: row b's next token goes to slot lengths[b], and
+    slots at or beyond lengths[b] are never attended to, so a right-padded
+    prefill is fixed by setting lengths[b] back to the real length, and a row is
+    emptied for a new sequence by `reset`. Plain tensors, owned by the caller.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        batch_size: int,
+        max_len: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        if config.pos == "learned" and max_len > config.max_seq_len:
+            raise UserError(f"a KV cache of {max_len} positions exceeds max_seq_len {config.max_seq_len}")
+        shape = (batch_size, config.kv_heads, max_len, config.head_dim)  # (B, K, S, D)
+        dtype = dtype or torch.get_default_dtype()
+        self.max_len = max_len
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        """(B,) tokens held per row; the next token of row b takes position lengths[b]."""
+
+    @property
+    def batch_size(self) -> int:
+        return self.lengths.shape[0]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Row i becomes old row index[i] (beam search); index may repeat rows or change B."""
+        self.keys = [k.index_select(0, index) for k in self.keys]
+        self.values = [v.index_select(0, index) for v in self.values]
+        self.lengths = self.lengths.index_select(0, index)
+
+    def reset(self, rows: torch.Tensor | list[int] | None = None) -> None:
+        """Empty the given rows (indices or a (B,) bool mask; all when None) to start new sequences."""
+        if rows is None:
+            self.lengths.zero_()
+            return
+        rows = torch.as_tensor(rows, device=self.lengths.device)
+        self.lengths[rows if rows.dtype == torch.bool else rows.long()] = 0  # a mask or row indices
+
+
+def count_params(config: ModelConfig, non_embedding: bool = False) -> int:
+    """`GPT.num_params` without allocating weights (the model is built on the meta device)."""
+    with torch.device("meta"):
+        return GPT(config).num_params(non_embedding=non_embedding)
+
