@@ -1,0 +1,394 @@
+"""Training: the loop, the run folder, exact resume, DDP equivalence, bad input.
+
+Each test builds a tiny dataset folder itself (written per the dataset-folder
+contract in docs/internals.md) from the real first 201 TinyStories validation
+stories, and trains a micro Llama-shaped model (d 32, 2 layers, seq 64).
+
+The golden loss curve in tests/fixtures/train_golden.json is regenerated with
+
+    TINYSTORIES_REGEN_GOLDEN=1 .venv/bin/python -m pytest tests/test_train.py -k golden
+
+(only after a deliberate change to the model, the loader or the loop).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tinystories import run as runlib
+from tinystories.data.loader import Layout, TrainBatches, val_windows
+from tinystories.errors import UserError
+from tinystories.io import sha256_file
+from tinystories.train import TrainConfig, lr_at, resolve, train
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).parent / "fixtures" / "train_golden.json"
+
+MICRO = {"d_model": 32, "n_layer": 2, "n_head": 4, "n_kv_head": 2, "max_seq_len": 64}
+MICRO_FLAGS = ["--model-d-model", "32", "--model-n-layer", "2", "--model-n-head", "4", "--model-n-kv-head", "2",
+               "--model-max-seq-len", "64"]
+
+
+# --- a tiny dataset folder --------------------------------------------------------
+
+
+def make_dataset(folder: Path, stories: Path, vocab_size: int = 512) -> Path:
+    """A dataset folder from a story file: 512-token BPE, 10% of the stories held out."""
+    from tinystories.data.shards import TokenizeConfig, tokenize
+
+    tokenize(TokenizeConfig(data=(str(stories),), out=str(folder), vocab_size=vocab_size, val_fraction=0.1,
+                            workers=1))
+    return folder
+
+
+@pytest.fixture
+def dataset(tmp_path: Path, valid_stories: Path) -> Path:
+    return make_dataset(tmp_path / "data", valid_stories)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: reductions in a fixed order, and no stalls when other work shares the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def open_split(dataset: Path, name: str):
+    from tinystories.data.shards import open_dataset
+
+    return open_dataset(dataset).splits[name]
+
+
+def micro_cfg(dataset: Path, run: Path, **kw) -> TrainConfig:
+    base = dict(data=str(dataset), run=str(run), seq_len=64, batch_size=4, lr=3e-3, log_interval=1,
+                eval_interval=0, eval_tokens=2048, ckpt_interval=0, progress=False, seed=7)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def cli(*args: str, env_extra: dict | None = None, module: str = "tinystories") -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=120)
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(run: Path) -> dict[int, float]:
+    return {row["step"]: row["loss"] for row in metrics(run)}
+
+
+def weights(run: Path, step: int | None = None) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    ckpt = runlib.find_checkpoint(run, step)
+    return load_file(str(ckpt / "model.safetensors"))
+
+
+def tree_hash(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --- loader -----------------------------------------------------------------------
+
+
+def test_batches_are_a_pure_function_of_seed_and_step(dataset: Path) -> None:
+    a = TrainBatches(open_split(dataset, "train"), 64, seed=3)
+    b = TrainBatches(open_split(dataset, "train"), 64, seed=3)
+    one = Layout(micro_batch=8, grad_accum=1)
+    # Reading steps out of order (as after a resume) gives the same windows.
+    late = b.batch(5, one)
+    early = b.batch(0, one)
+    assert np.array_equal(a.batch(0, one), early)
+    assert np.array_equal(a.batch(5, one), late)
+    # Any split of the global batch over ranks and micro-steps covers the same windows in order.
+    split = Layout(micro_batch=2, grad_accum=2, world_size=2)
+    parts = [a.batch(5, split, rank, micro) for rank in range(2) for micro in range(2)]
+    assert np.array_equal(np.concatenate(parts), late)
+    assert not np.array_equal(TrainBatches(open_split(dataset, "train"), 64, seed=4).batch(0, one), early)
+
+
+def test_an_epoch_sees_every_window_once(dataset: Path) -> None:
+    batches = TrainBatches(open_split(dataset, "train"), 64, seed=1)
+    n = batches.windows_per_epoch
+    starts = [batches.window_start(g) for g in range(n)]
+    offset = starts[0] % 64
+    assert sorted(s - offset for s in starts) == [64 * k for k in range(n)]
+    # Stride seq_len: each window's last token is the next one's first, so every
+    # next-token pair of the covered stretch is predicted exactly once.
+    assert n * 64 + 64 > batches.split.n_tokens - 64
+    # The next epoch is another permutation (and usually another offset).
+    nxt = [batches.window_start(g) for g in range(n, 2 * n)]
+    assert nxt != starts
+
+
+def test_val_windows_are_fixed_and_spread(dataset: Path) -> None:
+    val = open_split(dataset, "val")
+    a = val_windows(val, 64, max_tokens=640)
+    assert a.shape == (10, 65)
+    assert np.array_equal(a, val_windows(val, 64, max_tokens=640))
+    everything = val_windows(val, 64, max_tokens=0)
+    assert len(everything) > len(a)
+    assert np.array_equal(a[-1], everything[-1])  # evenly spread, ends at the split's end
+
+
+# --- schedule ---------------------------------------------------------------------
+
+
+def test_default_warmup_and_cosine_schedule() -> None:
+    long = resolve(TrainConfig(max_steps=5000), seq_len=64)
+    assert long.warmup == 100 and long.decay_steps == 5000 and long.min_lr == pytest.approx(5e-5)
+    short = resolve(TrainConfig(max_steps=300), seq_len=64)
+    assert short.warmup == 30  # 10% of the run
+    lrs = [lr_at(s, short) for s in range(300)]
+    assert lrs[0] == pytest.approx(5e-4 / 30)
+    assert lrs[29] == pytest.approx(5e-4)
+    assert all(a <= b for a, b in itertools.pairwise(lrs[:30]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[29:]))
+    assert lr_at(300, short) == pytest.approx(5e-5)
+    tokens = resolve(TrainConfig(max_tokens=64 * 32 * 1000), seq_len=64)
+    assert tokens.decay_steps == 1000
+    const = resolve(TrainConfig(time=60, schedule="constant"), seq_len=64)
+    assert lr_at(10_000, const) == 5e-4
+    with pytest.raises(UserError, match="cosine schedule needs a length"):
+        resolve(TrainConfig(time=60), seq_len=64)
+
+
+# --- training ---------------------------------------------------------------------
+
+
+def unigram_entropy_nats(dataset: Path) -> float:
+    counts = np.bincount(np.fromfile(dataset / "train_0000.bin", dtype=np.uint16), minlength=512)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def test_loss_goes_down_and_the_run_folder_is_complete(dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cfg = micro_cfg(dataset, run, max_steps=120, batch_size=8, lr=1e-2, eval_interval=60, ckpt_interval=60,
+                    log_interval=5)
+    summary = train(cfg, MICRO)
+    assert summary is not None and summary["step"] == 120
+    rows = metrics(run)
+    for row in rows:
+        assert {"step", "tokens", "loss", "lr", "tokens_per_s"} <= row.keys()
+    evals = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in evals] == [60, 120]
+    assert all(math.isfinite(r["val_bpb"]) and r["val_bpb"] > 0 for r in evals)
+    first, last = rows[0]["loss"], rows[-1]["loss"]
+    assert first > math.log(512) - 0.6  # starts near uniform over 512 tokens
+    assert last < first - 1.2, (first, last)
+    # Below the unigram entropy: the model uses context, not just token frequencies.
+    assert evals[1]["val_loss"] < evals[0]["val_loss"] < unigram_entropy_nats(dataset) + 0.1
+    assert evals[1]["val_loss"] < unigram_entropy_nats(dataset) - 0.3
+    meta = json.loads((dataset / "meta.json").read_text())
+    bpt = meta["splits"]["val"]["bytes"] / meta["splits"]["val"]["tokens"]
+    assert evals[-1]["val_bpb"] == pytest.approx(evals[-1]["val_loss"] / math.log(2) / bpt)
+    # Warmup default: min(100, 10% of 120) = 12 steps, linear; then cosine to lr / 10.
+    lrs = {r["step"]: r["lr"] for r in rows}
+    assert lrs[5] == pytest.approx(1e-2 * 5 / 12)
+    assert lrs[15] < 1e-2 and lrs[15] == pytest.approx(1e-2, rel=1e-2)
+    assert lrs[120] == pytest.approx(1e-3, rel=1e-2)
+
+    # The run folder holds everything a later stage needs.
+    assert [s for s, _ in runlib.list_checkpoints(run)] == [60, 120]
+    for name in ("model.safetensors", "optim.pt", "state.json"):
+        assert (run / "ckpt" / "step_000120" / name).is_file()
+    state = runlib.read_state(runlib.latest_checkpoint(run))
+    assert state["step"] == 120 and state["tokens"] == 120 * 8 * 64 and state["elapsed"] > 0
+    assert {"torch", "numpy", "python"} <= state["rng"].keys() and state["config_hash"]
+    env = json.loads((run / "env.json").read_text())
+    assert {"python", "torch", "numpy", "threads", "device", "hostname", "git"} <= env.keys()
+    config = runlib.read_config(run)
+    assert config.model.vocab_size == 512 and config.model.d_model == 32
+    assert config.train.warmup == 12 and config.data["content_hash"] == meta["content_hash"]
+    assert (run / "tokenizer.json").read_bytes() == (dataset / "tokenizer.json").read_bytes()
+
+    loaded = runlib.load_run(run)
+    assert loaded.step == 120 and not loaded.model.training
+    assert loaded.tokenizer.vocab_size == 512
+    x = torch.tensor([loaded.tokenizer.encode("Once upon a time")])
+    assert loaded.model(x).logits.shape == (1, x.shape[1], 512)
+    assert runlib.load_run(run, step=60).step == 60
+
+
+def test_time_budget_is_cumulative_across_resumes(dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    first = train(micro_cfg(dataset, run, time=1.0, schedule="constant", log_interval=1000), MICRO)
+    assert first is not None and first["step"] > 0 and first["elapsed_s"] >= 1.0
+    again = train(micro_cfg(dataset, run, time=1.0, resume=True, log_interval=1000), {})
+    assert again is not None and again["step"] == first["step"]  # the budget is already spent
+    more = train(micro_cfg(dataset, run, time=1.5, resume=True, log_interval=1000), {})
+    assert more is not None and more["step"] > first["step"] and more["elapsed_s"] >= 1.5
+    assert [r["step"] for r in metrics(run)] == [first["step"], more["step"]]
+
+
+def test_golden_loss_curve(dataset: Path, tmp_path: Path) -> None:
+    """The first 50 steps of a fixed micro run match the stored curve (1e-4, not bitwise across torch versions)."""
+    summary = train(micro_cfg(dataset, tmp_path / "run", max_steps=50, lr=1e-3), MICRO)
+    assert summary is not None
+    curve = [losses(tmp_path / "run")[s] for s in range(1, 51)]
+    content_hash = json.loads((dataset / "meta.json").read_text())["content_hash"]
+    if os.environ.get("TINYSTORIES_REGEN_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        record = {"torch": torch.__version__, "run": "micro_cfg(max_steps=50, lr=1e-3) with MICRO",
+                  "dataset_content_hash": content_hash, "loss": curve}
+        GOLDEN.write_text(json.dumps(record, indent=1) + "\n")
+    golden = json.loads(GOLDEN.read_text())
+    assert golden["dataset_content_hash"] == content_hash, (
+        "the test dataset changed (tokenizer training?); regenerate the golden curve if that is intended"
+    )
+    worst = max(abs(a - b) for a, b in zip(curve, golden["loss"]))
+    assert worst < 1e-4, f"loss curve differs from the golden one by {worst:.2e}"
+
+
+def test_resume_continues_the_exact_trajectory(dataset: Path, tmp_path: Path) -> None:
+    """20 steps, then --resume to 40, in separate processes == one 40-step run, bitwise."""
+    common = ["train", "--data", str(dataset), "--seq-len", "64", "--batch-size", "4", "--lr", "3e-3",
+              "--decay-steps", "40", "--log-interval", "1", "--eval-interval", "0", "--eval-tokens", "1024",
+              "--ckpt-interval", "0", "--seed", "7", "--model-dropout", "0.1", *MICRO_FLAGS]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    r = cli(*common, "--run", str(whole), "--max-steps", "40")
+    assert r.returncode == 0, r.stderr
+    r = cli(*common, "--run", str(parts), "--max-steps", "20")
+    assert r.returncode == 0, r.stderr
+    # Resume with only the budget given: everything else comes from the run's config.toml.
+    r = cli("train", "--run", str(parts), "--resume", "--max-steps", "40", "--log-interval", "1")
+    assert r.returncode == 0, r.stderr
+    assert losses(parts) == losses(whole)  # bitwise: floats compared exactly
+    assert sorted(losses(parts)) == list(range(1, 41))
+    a, b = weights(whole), weights(parts)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [s for s, _ in runlib.list_checkpoints(parts)] == [20, 40]
+    env = json.loads((parts / "env.json").read_text())
+    assert len(env["resumes"]) == 1
+
+
+def test_ddp_two_ranks_equal_one_process(dataset: Path, tmp_path: Path) -> None:
+    """Global batch 8 as 2 gloo ranks x 2 micro-steps x 2 windows == one process with batch 8."""
+    common = ["--data", str(dataset), "--seq-len", "64", "--batch-size", "8", "--lr", "3e-3", "--max-steps", "10",
+              "--log-interval", "1", "--eval-interval", "0", "--eval-tokens", "1024", "--seed", "7",
+              "--device", "cpu", *MICRO_FLAGS]
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    r = cli("train", "--run", str(single), *common)
+    assert r.returncode == 0, r.stderr
+    # --run-dir: torchrun's own parser would take --run as an abbreviation of its --run-path.
+    torchrun = ["--standalone", "--nproc_per_node", "2", "-m", "tinystories", "train", "--run-dir", str(ddp),
+                "--grad-accum", "2", *common]
+    r = cli(*torchrun, module="torch.distributed.run")
+    if r.returncode != 0 and any(s in r.stderr for s in ("ddress already in use", "DistNetworkError", "Rendezvous")):
+        # A free port picked by torchrun can be taken by another process before it binds; try once more.
+        shutil.rmtree(ddp, ignore_errors=True)
+        r = cli(*torchrun, module="torch.distributed.run")
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = losses(single), losses(ddp)
+    assert sorted(a) == sorted(b) == list(range(1, 11))
+    assert all(abs(a[s] - b[s]) < 1e-5 for s in a), (a, b)
+    wa, wb = weights(single), weights(ddp)
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5, rtol=0) for k in wa)
+    assert json.loads((ddp / "env.json").read_text())["world_size"] == 2
+    assert json.loads(r.stdout)["step"] == 10  # only rank 0 prints the summary
+
+
+# --- bad input --------------------------------------------------------------------
+
+
+@pytest.fixture
+def trained(dataset: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "trained"
+    train(micro_cfg(dataset, run, max_steps=4, ckpt_interval=2), MICRO)
+    return run
+
+
+def _refused(args: list[str], match: str, folder: Path) -> None:
+    before = tree_hash(folder)
+    r = cli(*args)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tinystories: error:") and match in lines[0], r.stderr
+    assert tree_hash(folder) == before
+
+
+def test_resume_with_nothing_to_resume(dataset: Path, tmp_path: Path) -> None:
+    _refused(["train", "--run", str(tmp_path / "nope"), "--resume", "--max-steps", "8"], "nothing to resume", tmp_path)
+
+
+def test_existing_run_without_resume_is_refused(trained: Path, dataset: Path) -> None:
+    _refused(["train", "--data", str(dataset), "--run", str(trained), "--max-steps", "8"], "already exists", trained)
+
+
+def test_resume_refuses_changes_that_break_exactness(trained: Path, dataset: Path) -> None:
+    base = ["train", "--run", str(trained), "--resume", "--max-steps", "8"]
+    _refused([*base, "--lr", "1e-2"], "--lr", trained)
+    _refused([*base, "--batch-size", "8"], "--batch-size", trained)
+    _refused([*base, "--seed", "8"], "--seed", trained)
+    _refused([*base, "--model-n-layer", "3"], "--model-n-layer", trained)
+    text = dataset.parent / "other.txt"
+    text.write_text("\n<|endoftext|>\n".join(f"Story {i}: a cat sat on a mat." for i in range(300)))
+    other = make_dataset(dataset.parent / "other", text)
+    _refused([*base, "--data", str(other)], "content hash", trained)
+
+
+def test_corrupt_or_truncated_checkpoint(trained: Path) -> None:
+    weights_file = trained / "ckpt" / "step_000004" / "model.safetensors"
+    data = weights_file.read_bytes()
+    weights_file.write_bytes(data[: len(data) // 2])
+    _refused(["train", "--run", str(trained), "--resume", "--max-steps", "8"], "corrupt or truncated", trained)
+    with pytest.raises(UserError, match="corrupt or truncated"):
+        runlib.load_run(trained)
+    weights_file.write_bytes(b"\x00" * 7)
+    with pytest.raises(UserError, match="corrupt or truncated"):
+        runlib.load_run(trained)
+    assert runlib.load_run(trained, step=2).step == 2
+
+
+def test_checkpoint_that_does_not_match_the_config(trained: Path) -> None:
+    config = trained / "config.toml"
+    config.write_text(config.read_text().replace("d_model = 32", "d_model = 16"))
+    with pytest.raises(UserError, match="does not match the config"):
+        runlib.load_run(trained)
+
+
+def test_tokenizer_that_does_not_match_the_checkpoint(trained: Path, tmp_path: Path) -> None:
+    from tinystories.data.tokenizer import train_bpe
+
+    train_bpe(["Once upon a time there was a cat."] * 10, 300).save(tmp_path / "tok300")
+    (trained / "tokenizer.json").write_bytes((tmp_path / "tok300" / "tokenizer.json").read_bytes())
+    _refused(["train", "--run", str(trained), "--resume", "--max-steps", "8"], "vocab_size", trained)
+    with pytest.raises(UserError, match="do not belong together"):
+        runlib.load_run(trained)
+
+
+def test_no_run_and_no_checkpoint(tmp_path: Path, trained: Path) -> None:
+    with pytest.raises(UserError, match="no run"):
+        runlib.load_run(tmp_path / "missing")
+    for ckpt in (trained / "ckpt").iterdir():
+        ckpt.rename(trained / ckpt.name)
+    with pytest.raises(UserError, match="has no checkpoint"):
+        runlib.load_run(trained)
+    assert runlib.latest_checkpoint(trained) is None
+
+
+def test_train_help_lists_the_options(capsys: pytest.CaptureFixture) -> None:
+    from tinystories.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--max-tokens" in out and "--resume" in out and "--model-d-model" in out and "--run-dir" in out
