@@ -1,0 +1,29 @@
+"""Golden test: llama2.c's stories260K, imported, decodes greedily exactly as llama2.c's `run` does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import testdata_path as data_file
+from tinystories.convert.llama2c import BOS_ID, decode_llama2c, load_llama2c, load_llama2c_vocab
+from tinystories.sample import SampleParams, complete
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_stories260k_greedy_200_steps_matches_llama2c():
+    model = load_llama2c(data_file("llama2c/stories260K.bin"))
+    pieces = load_llama2c_vocab(data_file("llama2c/tok512.bin"))
+    expected = data_file("llama2c/stories260K.expected.greedy-n200.txt").read_text(encoding="utf-8")
+    cfg = model.config
+    assert (cfg.d_model, cfg.n_layer, cfg.n_head, cfg.kv_heads, cfg.vocab_size, cfg.ff_dim) == (64, 5, 8, 4, 512, 172)
+    # `run -n 200` runs 200 positions from BOS, each printing one new token; BOS again would end the text.
+    done = complete(model, [[BOS_ID]], SampleParams(temperature=0.0, max_new_tokens=200), eot_id=BOS_ID)[0]
+    assert decode_llama2c(pieces, done.tokens) == expected.rstrip("\n")
