@@ -1,0 +1,1 @@
+"""Dataset generation: the child lexicon, story prompts, and the offline procedural story engine."""

@@ -1,0 +1,409 @@
+"""The sentences the procedural engine tells its events with.
+
+Each tuple holds interchangeable templates for one event; `{N}` is the
+protagonist's name, `{he}`/`{his}`/`{him}` its pronouns, `{F}` the friend and
+`{fhe}`... the friend's pronouns, `{mom}` the parent, `{obj}` the thing the
+plot is about, `{place}` the setting and `{v}`/`{ved}`/`{ving}`, `{noun}`,
+`{adj}` the item's words. Every template is one sentence.
+"""
+
+from __future__ import annotations
+
+INTRO = (
+    "Once upon a time, there was {a_kind} named {N}.",
+    "Once upon a time, in a little town, there lived {a_kind} named {N}.",
+    "There was once {a_kind} called {N}.",
+    "{N} was {a_kind} who lived near a big {place}.",
+    "Once upon a time, {a_kind} named {N} lived in a small house.",
+    "One sunny morning, {a_kind} named {N} woke up early.",
+    "In a small house by the {place}, there lived {a_kind} named {N}.",
+    "Once there was {a_kind}, and {his} name was {N}.",
+    "{N} was a little {kind} with a big smile.",
+    "Not long ago, {a_kind} named {N} lived with {his} {mom}.",
+    "Once upon a time, near a quiet {place}, there was {a_kind} named {N}.",
+    "Long ago, {a_kind} named {N} lived near the {place} with {his} {mom}.",
+    "{N} was {a_kind} who liked to laugh.",
+    "Once upon a time, there lived {a_kind} whom everyone called {N}.",
+    "On a bright spring day, {a_kind} named {N} went out to play.",
+)
+FRIEND_INTRO = (
+    "{N} had a good friend, {a_fkind} named {F}.",
+    "{N}'s best friend was {a_fkind} named {F}.",
+    "Every day, {N} played with {a_fkind} named {F}.",
+    "{N} lived next to {a_fkind} called {F}.",
+    "{N} and {F}, {a_fkind}, were the best of friends.",
+    "{F} was {a_fkind} who lived close by, and {N} liked {fhim} a lot.",
+    "{N} often visited {F}, {a_fkind} from down the road.",
+)
+VERB_HABIT_I = (
+    "{N} loved to {v}.",
+    "More than anything, {N} liked to {v}.",
+    "Every day, {N} would {v} at the {place}.",
+    "{N} was very good at {ving}.",
+    "{He} liked {ving} with {F} after lunch.",
+)
+VERB_HABIT_T = (
+    "{N} loved to {v} things.",
+    "{His} favorite game was to {v} things with {F}.",
+    "Every day, {N} helped {his} {mom} {v} things at home.",
+    "{N} liked to {v} the {obj} every morning.",
+)
+VERB_END_I = (
+    "Then {N} and {F} {ved} together until the sun went down.",
+    "After that, they {ved} all day long.",
+    "Later, {N} {ved} at the {place}, and {F} came too.",
+)
+VERB_END_T = (
+    "Then {N} and {F} {ved} the {obj} together.",
+    "After that, {N} {ved} the {obj} with great care.",
+    "Later, {N} showed {F} how to {v} things.",
+)
+OBJ_INTRO = (
+    "{N} had {a_desc}.",
+    "{N}'s favorite toy was {a_desc}.",
+    "{His} {mom} gave {him} {a_desc}.",
+    "{N} loved {his} {desc} very much.",
+    "One day, {N} got {a_desc} from {his} grandma.",
+)
+GOALS_T: dict[str, tuple[str, ...]] = {
+    "find": (
+        "One day, {N} could not find {his} {obj}.",
+        "One morning, {his} {obj} was gone.",
+        "After a long day at the {place}, {N} wanted to play with {his} {obj}, but it was missing.",
+        "One day, {N} looked for {his} {obj}, but it was not there.",
+    ),
+    "reach": (
+        "One windy day, {N} took {his} {obj} to the {place}.",
+        "On a windy afternoon, {N} and {F} played with the {obj} near the {place}.",
+        "One day, {N} played with {his} {obj} in the {place}.",
+    ),
+    "fix": (
+        "One day, {N} was playing with {his} {obj} at the {place}.",
+        "One afternoon, {N} showed {his} {obj} to {F} at the {place}.",
+        "{N} took {his} {obj} everywhere, even to the {place}.",
+    ),
+    "visit": (
+        "One day, {N} wanted to go to the {place}.",
+        "{N} wanted to play at the {place} with {F}.",
+        "{N} and {F} made a plan to go to the {place} after lunch.",
+        "One morning, {N} asked to go to the {place}.",
+    ),
+    "learn": (
+        "{N} wanted to learn to {lv}.",
+        "One day, {N} saw {F} {lv} and wanted to try too.",
+        "{N} wished {he} could {lv} like the big kids.",
+    ),
+}
+GOAL_TALK = {
+    "find": ('"Where is my {obj}?" {N} asked.', '"Has anyone seen my {obj}?" asked {N}.'),
+    "reach": ('"Look how high it goes!" said {N}.',),
+    "fix": ('"I love my {obj} so much," said {N}.',),
+    "visit": ('"Can we go to the {place}, please?" {N} asked {his} {mom}.',),
+    "learn": ('"I want to {lv} too!" said {N}.', '"Can you show me how to {lv}?" {N} asked {F}.'),
+}
+SETUP = {  # Foreshadowing: an early detail the plot comes back to.
+    "find": ("{N}'s bag had a small hole in it.", "{N} did not see that {his} pocket had a hole."),
+    "reach": (
+        "The wind was starting to blow hard.",
+        "There was a very tall tree in the middle of the {place}.",
+    ),
+    "fix": (
+        "{His} {mom} said the {obj} could break if it fell.",
+        "The {obj} was old, and one part was loose.",
+    ),
+    "visit": ("Far away, there were some dark clouds in the sky.", "The sky was getting gray far away."),
+    "learn": ("There was a bumpy rock on the path.", "{F} said it was hard at first for everyone."),
+}
+PAYOFF = {
+    "find": (
+        "Then {N} remembered the hole: the {obj} had fallen out through it!",
+        "The {obj} had slipped out of the hole in {his} pocket.",
+    ),
+    "reach": (
+        "A big gust of wind blew the {obj} up high.",
+        "The wind took the {obj} and carried it up, up, up.",
+    ),
+    "fix": (
+        "Just like {his} {mom} said, the {obj} fell and broke.",
+        "The loose part came off, and the {obj} broke.",
+    ),
+    "visit": (
+        "The dark clouds came closer, and the {weather} began, so they had to stay inside.",
+        "Just as they got ready, the gray clouds came, and the {weather} kept them inside.",
+    ),
+    "learn": ("{N} tripped on the bumpy rock and fell down.", "It was hard, just like {F} said."),
+}
+OBSTACLE = {
+    "find": (
+        "{N} looked {spot}, but the {obj} was not there.",
+        "{N} searched the whole {place}, but {he} could not find it.",
+        "{N} looked high and low, {spot} and everywhere else, but there was no {obj}.",
+    ),
+    "reach": ("The {obj} got stuck on the {spot}.", "Oh no, the {obj} was stuck high up on the {spot}!"),
+    "fix": (
+        "{N} dropped the {obj}, and it broke.",
+        "The {obj} fell on the ground and broke into two pieces.",
+        "Crack went the {obj} when it hit a rock.",
+    ),
+    "visit": (
+        "But then the {weather} came, and they had to stay inside.",
+        "But the {weather} was too strong, so they could not go out.",
+    ),
+    "learn": ("{N} tried, but {he} fell down.", "{N} tried again and again, but {he} kept falling."),
+}
+OBSTACLE_TALK = (
+    '"Oh no!" cried {N}.',
+    '"What do I do now?" {N} asked.',
+    '"This is too hard," said {N} sadly.',
+)
+CONFLICT = {
+    "obj": (
+        "{F} wanted to play with the {obj} too, but {N} did not want to share.",
+        "{F} grabbed the {obj} and said it was {fhis} turn.",
+        "{F} wanted the {obj} for {fhimself}, and {N} wanted it too.",
+    ),
+    "place": (
+        "{F} wanted to go to the {place2}, but {N} wanted to go to the {place}.",
+        "{N} and {F} could not agree: one wanted the {place}, the other wanted the {place2}.",
+    ),
+}
+CONFLICT_GOOD = (
+    "They decided to take turns, and both of them smiled.",
+    "In the end, they agreed to share.",
+    "They said sorry to each other and played together.",
+)
+CONFLICT_BAD = ("They pulled and pulled, and nobody won.", "They shouted at each other and both felt bad.")
+HELP = {
+    "friend": (
+        "{F} came to help {him}.",
+        "Then {F} came by and said {fhe} would help.",
+        "{F} saw that {N} was sad and came to help.",
+        "{F} heard {N} and ran over as fast as {fhe} could.",
+        "Just then, {F} walked by and stopped to help.",
+    ),
+    "parent": (
+        "{N} went to {his} {mom} for help.",
+        "{His} {mom} saw {him} and came to help.",
+        "{N} ran home and told {his} {mom} everything.",
+        "{His} {mom} heard {him} and came outside.",
+    ),
+    "idea": (
+        "Then {N} had an idea.",
+        "{N} stopped and thought very hard.",
+        "{N} sat down, took a deep breath, and thought.",
+        "Then a good idea popped into {N}'s head.",
+    ),
+}
+HELP_TALK = {
+    "friend": ('"Don\'t worry, I will help you," said {F}.', '"What is wrong?" {F} asked.'),
+    "parent": ('"Let\'s do it together," said {his} {mom}.', '"Don\'t be sad," {his} {mom} said.'),
+    "idea": ('"I know what to do!" said {N}.',),
+}
+RESOLVE = {
+    "find": (
+        "Together they found the {obj} {spot2}.",
+        "At last, the {obj} was {spot2}!",
+        "They looked {spot2}, and there it was: the {obj}!",
+    ),
+    "reach": (
+        "They used a {tool} to get the {obj} down.",
+        "With a {tool}, the {obj} came down at last.",
+        "{N} got a {tool}, reached up high, and pulled the {obj} down.",
+    ),
+    "fix": ("They fixed the {obj} with some glue.", "With a little tape, the {obj} was as good as new."),
+    "visit": (
+        "They waited until the sun came out, and then they went to the {place}.",
+        "Soon the {weather} stopped, and they ran to the {place}.",
+    ),
+    "learn": ("{N} tried one more time, and this time {he} did it!", "Step by step, {N} learned to {lv}."),
+}
+FAIL = {
+    "find": ("They looked and looked, but the {obj} was gone for good.", "The {obj} was never found."),
+    "reach": (
+        "Then the wind came back and blew the {obj} far away, where nobody could find it.",
+        "They could not reach it, and the {obj} stayed up there forever.",
+    ),
+    "fix": (
+        "They tried to fix it, but the {obj} was broken for good.",
+        "The glue did not work, and the {obj} stayed broken.",
+    ),
+    "visit": (
+        "The {weather} did not stop, and they never got to the {place}.",
+        "The {weather} went on all day, and the trip was over.",
+    ),
+    "learn": (
+        "{N} fell again and hurt {his} knee, so {he} gave up.",
+        "{N} could not do it, and {he} went home.",
+    ),
+}
+TWIST = {  # with a good ending the surprise itself solves the problem
+    "find": (
+        "But the {obj} was in {his} own pocket the whole time!",
+        "Then {N} saw that {F}'s puppy had the {obj} all along!",
+        "Then the {obj} fell out of {his} hat, where it had been all day!",
+    ),
+    "reach": (
+        "Then a bird flew down and pushed the {obj} off the {spot}!",
+        "Then, to everyone's surprise, a kind giraffe walked by and took the {obj} down!",
+    ),
+    "fix": (
+        "But when {N} looked closer, the {obj} was not broken at all, and the parts clicked back together!",
+        "Then {N} found that the broken parts made something new and even better.",
+    ),
+    "visit": (
+        "Then, to their surprise, the {weather} stopped and a big rainbow came out over the {place}!",
+        "But when they got to the {place}, all their friends were waiting with a surprise under a big tent!",
+    ),
+    "learn": (
+        "Then, to everyone's surprise, {N} did it on the very first try!",
+        "Then {N} saw that {F} had been holding on the whole time, and {N} could do it alone!",
+    ),
+}
+TWIST_BAD = {  # with a bad ending the surprise makes things worse
+    "find": (
+        "Then {N} saw that a big dog had taken the {obj} far away!",
+        "But a bird had picked up the {obj} and flown away with it!",
+    ),
+    "reach": (
+        "Then a big bird flew down and took the {obj} to its nest!",
+        "Suddenly, the {spot} began to shake!",
+    ),
+    "fix": (
+        "But when {N} looked closer, there was another crack too!",
+        "Then, to {his} surprise, a third piece fell off!",
+    ),
+    "visit": (
+        "Then, to everyone's surprise, the {place} was closed!",
+        "Suddenly, the wind blew their picnic away!",
+    ),
+    "learn": (
+        "Then, to everyone's surprise, {F} fell down too!",
+        "Then {N} saw that it was much harder than it looked!",
+    ),
+}
+HAPPY_END = (
+    "{N} was very happy.",
+    "{N} smiled a big smile.",
+    "{N} hugged {F} and said thank you.",
+    "That night, {N} went to sleep with a happy heart.",
+    "From that day on, {N} and {F} were best friends.",
+    "{N} felt warm and happy inside.",
+    "{N} and {F} laughed and played until it was time for bed.",
+    "{N} gave {his} {mom} a big hug.",
+    "It was the best day {N} ever had.",
+    "{N} could not stop smiling all the way home.",
+)
+HAPPY_TALK = ('"Thank you so much!" said {N}.', '"This is the best day ever!" {N} said.')
+SAD_END = (
+    "{N} went home feeling very sad.",
+    "{N} sat down and cried.",
+    "It was a sad day for {N}.",
+    "{N} did not play for the rest of the day.",
+    "{N} walked home slowly, with tears in {his} eyes.",
+    "Nothing could cheer {N} up that night.",
+    "{N} hugged {his} {mom}, but {he} was still sad.",
+)
+SAD_TALK = ('"I miss my {obj}," said {N} quietly.', '"I wish I had been more careful," {N} said.')
+MORAL = {
+    "friend": (
+        "{N} learned that friends are there to help.",
+        "The lesson is that it is good to help each other.",
+    ),
+    "parent": (
+        "{N} learned to ask for help when things are hard.",
+        "{N} learned that it is good to listen to {his} {mom}.",
+    ),
+    "idea": ("{N} learned that a little thinking can fix a big problem.", "{N} learned to never give up."),
+    "share": (
+        "{N} learned that sharing is better than fighting.",
+        "The lesson is that sharing makes everyone happy.",
+    ),
+    "bad": ("{N} learned to be more careful.", "The lesson is to take good care of the things you love."),
+}
+# Where each class of noun and adjective goes when it is not the thing the plot is about.
+NOUN_SLOT = {
+    "animal": ("Near the {place}, {N} saw {a_noun}.", "{A_noun} was sitting by the {place}."),
+    "person": ("{N} waved to {the_noun} on the way.", "On the way, they met {a_noun} who smiled at them."),
+    "nature": ("{N} looked at the {noun} for a long time.", "They sat near the {noun} and talked."),
+    "body": ("{N} had a little mark on {his} {noun}.", "{N} rubbed {his} {noun} and kept going."),
+    "place": ("Later, they went to the {noun}.",),
+    "other": ("{N} also took {a_noun} along.", "There was {a_noun} by the door."),
+}
+ADJ_SLOT = {
+    "temperature": ("It was {a_adj} day.", "The day was {adj}, so {N} stayed close to {his} {mom}."),
+    "weather": ("It was {a_adj} day.", "Outside, the day was {adj}."),
+    "taste": ("{His} {mom} gave them some {adj} cookies.", "They ate {a_adj} snack together."),
+    "sound": ("Then {N} heard {a_adj} sound.", "Something {adj} was going on next door."),
+    "feeling": ("{N} felt {adj}.", "That morning, {N} woke up feeling {adj}."),
+    "trait": ("{N} was {a_adj} little {kind}.", "Everyone knew {N} was very {adj}."),
+    "state": ("{N} was {adj} now.", "By then, {N} was {adj}."),
+    "object": ("{F} had {a_adj} hat.", "{F} brought {a_adj} box to the {place}."),
+}
+
+
+PLAY = (
+    "{N} and {F} played {game} all morning.",
+    "In the morning, {N} and {F} played {game} at the {place}.",
+    "They liked to play {game} together.",
+    "{F} and {N} often played {game} after lunch.",
+    "On most days, they played {game} until it got dark.",
+    "Every afternoon, {F} came over to play {game} with {N}.",
+    "{N} liked to play {game} with {F} near the {place}.",
+)
+GAMES = (
+    "tag",
+    "hide and seek",
+    "catch",
+    "with blocks",
+    "in the sand",
+    "with their toys",
+    "house",
+    "a counting game",
+    "a jumping game",
+    "pretend",
+    "with a big box",
+    "by the water",
+)
+WALK_SEE = (
+    "eating a leaf",
+    "sleeping in the sun",
+    "running after a ball",
+    "looking for food",
+    "sitting on a log",
+    "drinking from a puddle",
+    "playing in the grass",
+    "hiding behind a tree",
+)
+WALK = (
+    "On the way, {N} saw {x} {y}.",
+    "Near the path, there was {x} {y}.",
+    "{N} and {F} walked past {x} {y}.",
+)
+SNACK = (
+    "{His} {mom} made {f1} and {f2} for lunch.",
+    "They shared {f1} and {f2}.",
+    "Later, they had {f1} and {f2} for a snack.",
+    "{F} brought {f1}, and {N} brought {f2}.",
+)
+FOODS = (
+    "apple",
+    "cookie",
+    "cake",
+    "sandwich",
+    "pie",
+    "soup",
+    "cheese",
+    "juice",
+    "milk",
+    "grapes",
+    "bread",
+    "pear",
+    "muffin",
+    "pancake",
+    "popcorn",
+    "rice",
+    "peach",
+    "cupcake",
+    "honey",
+    "toast",
+)
