@@ -35,9 +35,28 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
+    "synth": Command(
+        "tinystories.synth.generate:synth",
+        "write a story corpus (JSONL + .txt); --backend procedural is the offline story engine",
+    ),
     "tokenize": Command(
         "tinystories.data.shards:tokenize",
         "train or load a tokenizer and pretokenize stories into a dataset folder",
+    ),
+    "train": Command(
+        "tinystories.train:train",
+        "train a model (or --resume a run) on a dataset folder; torchrun for several processes",
+        overrides="tinystories.model:ModelConfig",
+        overrides_kw="model_overrides",
+        overrides_prefix="model-",
+    ),
+    "sample": Command(
+        "tinystories.sample:sample",
+        "print completions of prompts by a run's model (KV-cached, batched; sampling or beam search)",
+    ),
+    "eval loss": Command(
+        "tinystories.eval.loss:evaluate_loss",
+        "loss, perplexity and bits per byte of a run on story files or a dataset split",
     ),
 }
 
