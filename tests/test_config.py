@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +99,27 @@ def test_cli_unknown_command_is_one_line(capsys: pytest.CaptureFixture[str]) -> 
 def test_cli_top_level_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
     run(["--help"])
     assert "tokenize" in capsys.readouterr().out
+
+
+def test_help_with_percent_does_not_crash(capsys: pytest.CaptureFixture[str]) -> None:
+    @dataclasses.dataclass
+    class Pct:
+        share: float = 0.1
+        """Share of stories held out (10% by default)."""
+
+    parser = argparse.ArgumentParser()
+    add_options(parser, Pct)
+    parser.print_help()
+    assert "(10% by default)" in capsys.readouterr().out
+
+
+def test_atomic_files_get_the_mode_of_a_plain_open(tmp_path: Path) -> None:
+    from tinystories.io import atomic_save, atomic_write_text, umask
+
+    atomic_write_text(tmp_path / "a.txt", "x")
+    atomic_save(tmp_path / "b.bin", lambda name: Path(name).write_bytes(b"y"))
+    (tmp_path / "c.txt").write_text("z")
+    want = (tmp_path / "c.txt").stat().st_mode & 0o777
+    assert want == 0o666 & ~umask()
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == want
+    assert (tmp_path / "b.bin").stat().st_mode & 0o777 == want

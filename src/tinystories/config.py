@@ -150,6 +150,8 @@ def add_options(
         help_ = docs.get(f.name, "")
         if not all_optional and default is not None:
             help_ += f" (default: {default})"
+        # argparse treats `%` in help as a format directive.
+        help_ = help_.replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": default, "help": help_}
         origin = get_origin(tp)
         if tp is bool:

@@ -32,7 +32,7 @@ import numpy as np
 from tinystories.data import stories as story_io
 from tinystories.data.tokenizer import MAX_VOCAB, MIN_VOCAB, Tokenizer, load_tokenizer, top_k_ids, train_bpe
 from tinystories.errors import UserError
-from tinystories.io import atomic_write_json, sha256_file
+from tinystories.io import atomic_write_json, sha256_file, umask
 
 FORMAT = "tinystories-dataset/1"
 SPLITS = ("train", "val")
@@ -431,11 +431,10 @@ def tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
 def _share_like_umask(folder: Path) -> None:
     # Temp folders and files are created private (0700 / 0600); give the finished
     # dataset the permissions an ordinary mkdir / open would have.
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
+    mask = umask()
+    folder.chmod(0o777 & ~mask)
     for path in folder.iterdir():
-        path.chmod(0o666 & ~umask)
+        path.chmod(0o666 & ~mask)
 
 
 def _build(
