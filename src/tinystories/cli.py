@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import typing
 from dataclasses import dataclass
@@ -113,14 +114,20 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: one-line errors and a non-zero exit for user mistakes."""
     try:
         result = run(sys.argv[1:] if argv is None else argv)
+        if isinstance(result, dict):
+            print(json.dumps(result, indent=2))
+            sys.stdout.flush()
     except UserError as e:
         print(f"tinystories: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("tinystories: interrupted", file=sys.stderr)
         sys.exit(130)
-    if isinstance(result, dict):
-        print(json.dumps(result, indent=2))
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away: stop quietly, as other shell tools do,
+        # and keep Python from complaining again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
 
 
 if __name__ == "__main__":
