@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs every benchmark in turn (never two at once: they time a shared CPU),
-# then rebuilds the table in benchmarks/README.md from benchmarks/results/*.json.
+# Runs every benchmark in turn (never two at once: they time a shared CPU). Each
+# writes benchmarks/results/<name>.json and prints the table that
+# benchmarks/README.md quotes. The 10-minute learning curves (curve_small.py)
+# are not part of this loop; run them on their own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
