@@ -123,3 +123,22 @@ def test_atomic_files_get_the_mode_of_a_plain_open(tmp_path: Path) -> None:
     assert want == 0o666 & ~umask()
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == want
     assert (tmp_path / "b.bin").stat().st_mode & 0o777 == want
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temp(tmp_path: Path) -> None:
+    from tinystories.io import atomic_open, atomic_save
+
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"old")
+
+    def broken(name: str) -> None:
+        Path(name).write_bytes(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_save(target, broken)
+    with pytest.raises(RuntimeError), atomic_open(target, "wb") as f:
+        f.write(b"half")
+        raise RuntimeError("killed")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.bin"]

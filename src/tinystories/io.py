@@ -29,20 +29,20 @@ def umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    """Open a temp file beside `path`; on success fsync and rename it over `path`.
+def _replacing(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temp file name beside `path`; on success fsync it and rename it over `path`.
 
     On an exception the temp file is removed and `path` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     # mkstemp creates 0600; give the file the mode a plain open() would (0666 less umask).
     os.chmod(tmp, 0o666 & ~umask())
     try:
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -50,6 +50,16 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+    """Open a temp file beside `path`; on success fsync and rename it over `path`.
+
+    On an exception the temp file is removed and `path` is untouched.
+    """
+    with _replacing(path) as tmp, open(tmp, mode, **kwargs) as f:
+        yield f
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -75,21 +85,8 @@ def atomic_save(path: str | os.PathLike, save: Callable[[str], None]) -> None:
     `save(tmp_name)` writes the whole file (e.g. `safetensors.torch.save_file`);
     the result is fsynced and renamed over `path`.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~umask())
-    try:
+    with _replacing(path) as tmp:
         save(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
