@@ -101,6 +101,16 @@ def test_cli_top_level_help_lists_commands(capsys: pytest.CaptureFixture[str]) -
     assert "tokenize" in capsys.readouterr().out
 
 
+def test_every_command_has_working_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from tinystories.cli import COMMANDS
+
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as exit_info:
+            run([*name.split(), "--help"])
+        assert exit_info.value.code == 0, name
+        assert "--" in capsys.readouterr().out, name
+
+
 def test_help_with_percent_does_not_crash(capsys: pytest.CaptureFixture[str]) -> None:
     @dataclasses.dataclass
     class Pct:
