@@ -55,6 +55,10 @@ COMMANDS: dict[str, Command] = {
         "tinystories.sample:sample",
         "print completions of prompts by a run's model (KV-cached, batched; sampling or beam search)",
     ),
+    "convert": Command(
+        "tinystories.convert.command:convert",
+        "import llama2.c .bin / Hugging Face checkpoints as run folders; export runs to HF or llama2.c",
+    ),
     "eval loss": Command(
         "tinystories.eval.loss:evaluate_loss",
         "loss, perplexity and bits per byte of a run on story files or a dataset split",

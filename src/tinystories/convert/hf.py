@@ -6,10 +6,21 @@ model folders builds on them. Our fused projections are split for HF
 and concatenated back on import. RoPE already uses HF Llama's rotate-half
 layout, so no weight is permuted. `transformers` is imported only where an HF
 config object is built.
+
+Folders: `read_hf_folder` takes a folder as `save_pretrained` writes it, old or
+new: `model.safetensors` or `pytorch_model.bin` (read with `weights_only`),
+sharded or not; the released TinyStories GPT-Neo checkpoints carry old
+attention-mask buffers (`attn.bias`, `masked_bias`, ignored), 2,048 positions,
+no `lm_head.weight` (tied) and run-length `attention_types`. `write_hf_folder`
+writes safetensors, `config.json`, `generation_config.json` and the tokenizer
+files that `AutoModelForCausalLM` / `AutoTokenizer.from_pretrained` read.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -348,3 +359,145 @@ def llama_state_dict_from_hf(sd: StateDict, cfg: ModelConfig) -> StateDict:
         out["lm_head.weight"] = _take(sd, "lm_head.weight", used)
     _check_all_used(sd, used)
     return out
+
+
+# --- model folders -------------------------------------------------------------
+
+_FAMILIES = {
+    "GPTNeoForCausalLM": "neo", "gpt_neo": "neo",
+    "LlamaForCausalLM": "llama", "llama": "llama",
+}
+
+
+def hf_family(config_json: dict) -> str:
+    """'neo' or 'llama' for an HF config.json; UserError for any other architecture."""
+    archs = config_json.get("architectures") or []
+    for name in [*archs, config_json.get("model_type")]:
+        if name in _FAMILIES:
+            return _FAMILIES[name]
+    what = ", ".join(archs) or config_json.get("model_type") or "unknown"
+    raise UserError(f"architecture {what} is not supported (only GPTNeoForCausalLM and LlamaForCausalLM)")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({str(e).splitlines()[0]})") from None
+
+
+def _load_weight_file(path: Path) -> StateDict:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        # weights_only: a checkpoint from the internet must not run code when unpickled.
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated files, bad headers, pickles that are not plain tensors
+        raise UserError(f"cannot read weights {path}: {str(e).strip().splitlines()[0] if str(e).strip() else e}") from None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f"{path} does not hold a plain state dict of tensors")
+    return sd
+
+
+def read_hf_weights(folder: Path) -> StateDict:
+    """The state dict of an HF model folder: safetensors preferred, sharded files joined."""
+    for single, index in (("model.safetensors", "model.safetensors.index.json"),
+                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if (folder / single).is_file():
+            return _load_weight_file(folder / single)
+        if (folder / index).is_file():
+            files = sorted(set(_read_json(folder / index).get("weight_map", {}).values()))
+            sd: StateDict = {}
+            for name in files:
+                if not (folder / name).is_file():
+                    raise UserError(f"{folder}: shard {name} named in {index} is missing")
+                sd |= _load_weight_file(folder / name)
+            return sd
+    raise UserError(f"{folder} has no model.safetensors or pytorch_model.bin")
+
+
+def read_hf_folder(folder: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
+    """Config and state dict (ours, float32) of a GPTNeoForCausalLM or LlamaForCausalLM folder."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder} is not a Hugging Face model folder (no config.json)")
+    config_json = _read_json(folder / "config.json")
+    if not isinstance(config_json, dict):
+        raise UserError(f"{folder / 'config.json'} is not a JSON object")
+    family = hf_family(config_json)
+    try:
+        cfg = (neo_config_from_hf if family == "neo" else llama_config_from_hf)(config_json)
+    except (TypeError, KeyError) as e:
+        raise UserError(f"{folder / 'config.json'} is incomplete or malformed ({e})") from None
+    theirs = {k: v.float() if v.is_floating_point() else v for k, v in read_hf_weights(folder).items()}
+    sd = (neo_state_dict_from_hf if family == "neo" else llama_state_dict_from_hf)(theirs, cfg)
+    return cfg, sd
+
+
+def _special_tokens(tokenizer: Any) -> dict[str, tuple[str, int]]:
+    """bos/eos/unk/pad token (text, id) for the HF tokenizer files; pad is our end-of-text."""
+    from tinystories.data.llama2c_tokenizer import is_sentencepiece_json
+
+    spec = json.loads(tokenizer.to_str())
+    by_text = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
+    vocab = spec["model"].get("vocab")
+    if isinstance(vocab, dict):
+        by_text = {**vocab, **by_text}
+    by_id = {i: t for t, i in by_text.items()}
+    eot = (by_id[tokenizer.eot_id], tokenizer.eot_id)
+    if is_sentencepiece_json(spec):
+        return {"bos_token": ("<s>", by_text["<s>"]), "eos_token": ("</s>", by_text["</s>"]),
+                "unk_token": ("<unk>", by_text["<unk>"]), "pad_token": eot}
+    return {"bos_token": eot, "eos_token": eot, "unk_token": eot, "pad_token": eot}
+
+
+def write_hf_folder(folder: str | os.PathLike, cfg: ModelConfig, sd: StateDict, tokenizer: Any) -> str:
+    """Write an HF model folder (model.safetensors, config.json, generation_config.json,
+    tokenizer files) that `AutoModelForCausalLM` / `AutoTokenizer.from_pretrained` load offline.
+
+    Returns the architecture name. The end-of-text token of our tokenizer is
+    where generation stops (for llama2.c models that is BOS, as in run.c).
+    """
+    from safetensors.torch import save_file
+
+    from tinystories.io import atomic_save, atomic_write_text
+
+    if tokenizer.pruned:
+        raise UserError("a pruned tokenizer (vocab_map.json) has no tokenizer.json equivalent; export needs an unpruned one")
+    folder = Path(folder)
+    special = _special_tokens(tokenizer)
+    names = {k: text for k, (text, _) in special.items()}
+    ids = {k: i for k, (_, i) in special.items()}
+    eot = tokenizer.eot_id
+    if cfg.pos == "learned":
+        arch, hf_config = "GPTNeoForCausalLM", neo_config_to_hf(cfg, eot_id=eot)
+        theirs = neo_state_dict_to_hf(sd, cfg)
+    else:
+        arch = "LlamaForCausalLM"
+        hf_config = llama_config_to_hf(cfg, bos_id=ids["bos_token"], eos_id=ids["eos_token"])
+        theirs = llama_state_dict_to_hf(sd, cfg)
+    if cfg.tie_embeddings:
+        theirs.pop("lm_head.weight")  # HF ties it again on load; safetensors refuses shared storage
+    tensors = {k: v.detach().to(torch.float32).cpu().contiguous() for k, v in theirs.items()}
+    hf_config.architectures = [arch]
+    config = hf_config.to_dict()
+    config.pop("transformers_version", None)
+    eos = sorted({eot, ids["eos_token"]} - {None})
+    generation = {"bos_token_id": ids["bos_token"], "eos_token_id": eos[0] if len(eos) == 1 else eos,
+                  "pad_token_id": eot}
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **names,
+        "model_max_length": cfg.max_seq_len,
+        "clean_up_tokenization_spaces": False,
+    }
+    atomic_save(folder / "model.safetensors", lambda name: save_file(tensors, name, metadata={"format": "pt"}))
+    atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
+    atomic_write_text(folder / "generation_config.json", json.dumps(generation, indent=2) + "\n")
+    atomic_write_text(folder / "tokenizer.json", tokenizer.to_str())
+    atomic_write_text(folder / "tokenizer_config.json", json.dumps(tokenizer_config, indent=2) + "\n")
+    atomic_write_text(folder / "special_tokens_map.json",
+                      json.dumps(names, indent=2) + "\n")
+    return arch

@@ -344,6 +344,11 @@ class Tokenizer:
 
 
 def _find_eot(spec: dict) -> int:
+    from tinystories.data.llama2c_tokenizer import is_sentencepiece_json
+
+    if is_sentencepiece_json(spec):
+        # llama2.c-style models learn [BOS] + story and stop at BOS: BOS plays end-of-text.
+        return int(spec["model"]["vocab"]["<s>"])
     vocab = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
     model_vocab = spec.get("model", {}).get("vocab")
     if isinstance(model_vocab, dict):
@@ -574,7 +579,8 @@ def load_gpt2() -> Tokenizer:
 
 
 def load_tokenizer(spec: str | os.PathLike) -> Tokenizer:
-    """`gpt2` (or `gpt-neo`), a `tokenizer.json` file, or a folder (dataset, run, or vocabulary files)."""
+    """`gpt2` (or `gpt-neo`), a `tokenizer.json` file, a folder (dataset, run, or vocabulary files),
+    a llama2.c `tokenizer.bin` or a SentencePiece `.model`."""
     text = str(spec)
     if text.lower() in ("gpt2", "gpt-2", "gpt-neo", "gptneo"):
         return load_gpt2()
@@ -584,9 +590,16 @@ def load_tokenizer(spec: str | os.PathLike) -> Tokenizer:
         if tok is None:
             raise UserError(f"no tokenizer.json (or encoder.json + vocab.bpe) in {path}")
         return tok
+    if path.is_file() and path.suffix in (".bin", ".model"):
+        from tinystories.data.llama2c_tokenizer import load_llama2c_tokenizer
+
+        return load_llama2c_tokenizer(path)
     if path.is_file():
         return from_tokenizer_json(path)
-    raise UserError(f"unknown tokenizer {text!r}: use gpt2, a tokenizer.json file, or a folder holding one")
+    raise UserError(
+        f"unknown tokenizer {text!r}: use gpt2, a tokenizer.json file or a folder holding one, "
+        "a llama2.c tokenizer.bin or a SentencePiece .model"
+    )
 
 
 # --- top-K pruning --------------------------------------------------------------

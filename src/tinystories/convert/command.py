@@ -1,0 +1,202 @@
+"""`tinystories convert`: checkpoints between llama2.c, Hugging Face and run folders, every direction.
+
+The source is recognised by what it is: a run folder (`config.toml`), a
+Hugging Face model folder (`config.json`), or a llama2.c `.bin` file (v0 or v1).
+It is read completely (model, tokenizer, vocabulary size checked) before
+anything is written, and the output appears all at once: folders are built
+under a temporary name and renamed into place, files are written atomically.
+An existing output is never replaced unless `--overwrite` is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from tinystories.errors import UserError
+from tinystories.model import GPT, ModelConfig, count_params
+
+
+@dataclass
+class ConvertConfig:
+    """`tinystories convert`: import llama2.c / Hugging Face checkpoints, export runs to either."""
+
+    source: str = field(default="", metadata={"aliases": ("--from",)})
+    """What to convert: a llama2.c .bin checkpoint, a Hugging Face model folder (config.json), or a run folder."""
+    out: str = ""
+    """Where to write: a run folder (--format run), an HF model folder (hf), or a .bin file (llama2c; tokenizer.bin beside it)."""
+    format: Literal["run", "hf", "llama2c"] = "run"
+    """Output format: run (a run folder that sample/eval use), hf (AutoModelForCausalLM folder), llama2c (v0 .bin for run.c)."""
+    tokenizer: str = ""
+    """Tokenizer when the source has none (llama2.c tokenizer.bin / tok512.bin, SentencePiece .model, tokenizer.json, a folder, gpt2); default: the one in the source folder, or tokenizer.bin / tokenizer.model beside a .bin."""
+    step: int | None = None
+    """Checkpoint step of a run-folder source; default = the latest."""
+    overwrite: bool = False
+    """Replace an existing output."""
+
+
+@dataclass
+class Source:
+    config: ModelConfig
+    state: dict[str, torch.Tensor]
+    tokenizer: Any
+    kind: str
+
+
+# --- reading ----------------------------------------------------------------------
+
+
+def _default_tokenizer(source: Path, kind: str) -> Any:
+    """The tokenizer that comes with a source, or None."""
+    from tinystories.data.tokenizer import _from_folder, load_tokenizer
+
+    if kind == "hf":
+        tok = _from_folder(source)
+        if tok is None and (source / "tokenizer.model").is_file():
+            tok = load_tokenizer(source / "tokenizer.model")
+        return tok
+    for name in ("tokenizer.bin", "tokenizer.model"):
+        if (source.parent / name).is_file() and source.parent / name != source:
+            return load_tokenizer(source.parent / name)
+    return None
+
+
+def read_source(path: str | os.PathLike, tokenizer: str = "", step: int | None = None) -> Source:
+    """Model config, weights (ours) and tokenizer of a run folder, an HF folder or a llama2.c .bin."""
+    from tinystories.convert.hf import read_hf_folder
+    from tinystories.convert.llama2c import read_llama2c
+    from tinystories.data.tokenizer import load_tokenizer
+    from tinystories.run import is_run, load_run
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"nothing to convert at {path}")
+    if path.is_dir() and is_run(path):
+        loaded = load_run(path, step=step)
+        cfg, sd, kind = loaded.config.model, loaded.model.state_dict(), "run"
+        tok = load_tokenizer(tokenizer) if tokenizer else loaded.tokenizer
+    else:
+        if path.is_dir():
+            cfg, sd = read_hf_folder(path)
+            kind = "hf"
+        else:
+            cfg, sd = read_llama2c(path)
+            kind = "llama2c"
+        tok = load_tokenizer(tokenizer) if tokenizer else _default_tokenizer(path, kind)
+        if tok is None:
+            raise UserError(f"no tokenizer found with {path}: pass --tokenizer (tokenizer.bin, .model, tokenizer.json)")
+    if tok.vocab_size != cfg.vocab_size:
+        raise UserError(
+            f"tokenizer {tok.name or tokenizer} has {tok.vocab_size} tokens but the model's vocabulary is "
+            f"{cfg.vocab_size}: they do not belong together"
+        )
+    return Source(cfg, sd, tok, kind)
+
+
+def _model(src: Source) -> GPT:
+    model = GPT(src.config)
+    model.load_state_dict(src.state, strict=True)
+    return model.eval()
+
+
+# --- writing ----------------------------------------------------------------------
+
+
+def _check_free(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists (pass --overwrite to replace it)")
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move a finished temporary folder to `out`, replacing what was there only now."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(out, old)
+    os.rename(tmp, out)
+    if old is not None:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
+
+
+def _write_folder(out: Path, fill: Any) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        fill(tmp)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_run(out: Path, src: Source, origin: dict[str, Any]) -> None:
+    """A run folder holding the model as checkpoint step 0, its tokenizer and where it came from."""
+    from tinystories.io import atomic_write_json
+    from tinystories.run import save_checkpoint, write_config, write_env
+
+    model = _model(src)
+
+    def fill(tmp: Path) -> None:
+        write_config(tmp, src.config)
+        src.tokenizer.save(tmp)
+        write_env(tmp)
+        atomic_write_json(tmp / "convert.json", origin)
+        save_checkpoint(tmp, 0, model, state={"tokens": 0, "converted_from": origin["from"]})
+
+    _write_folder(out, fill)
+
+
+def convert(cfg: ConvertConfig) -> dict[str, Any]:
+    """Read `--from`, write `--out` in `--format`; returns a summary."""
+    from tinystories.convert.hf import write_hf_folder
+    from tinystories.convert.llama2c import llama2c_v0_bytes
+    from tinystories.data.llama2c_tokenizer import tokenizer_to_llama2c
+    from tinystories.io import atomic_write_bytes, sha256_file
+
+    if not cfg.source or not cfg.out:
+        raise UserError("give both --from (what to convert) and --out (where to write)")
+    out = Path(cfg.out)
+    _check_free(out, cfg.overwrite)
+    src = read_source(cfg.source, cfg.tokenizer, cfg.step)
+    source = Path(cfg.source)
+    origin = {
+        "from": os.fspath(source),
+        "kind": src.kind,
+        "sha256": sha256_file(source) if source.is_file() else None,
+        "tokenizer": src.tokenizer.name,
+    }
+    written: list[str] = [os.fspath(out)]
+    if cfg.format == "run":
+        write_run(out, src, origin)
+    elif cfg.format == "hf":
+        _write_folder(out, lambda tmp: write_hf_folder(tmp, src.config, src.state, src.tokenizer))
+    else:
+        tok_path = out.parent / "tokenizer.bin"
+        _check_free(tok_path, cfg.overwrite)
+        model_bytes = llama2c_v0_bytes(src.config, src.state)  # both built before either is written
+        tok_bytes = tokenizer_to_llama2c(src.tokenizer)
+        atomic_write_bytes(out, model_bytes)
+        atomic_write_bytes(tok_path, tok_bytes)
+        written.append(os.fspath(tok_path))
+    return {
+        "from": os.fspath(source),
+        "source_kind": src.kind,
+        "format": cfg.format,
+        "written": written,
+        "family": "neo" if src.config.pos == "learned" else "llama",
+        "params": count_params(src.config),
+        "vocab_size": src.config.vocab_size,
+        "eot_id": src.tokenizer.eot_id,
+        "model": json.loads(json.dumps(src.config.__dict__, default=list)),
+    }
