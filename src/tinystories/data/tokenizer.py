@@ -249,8 +249,10 @@ class Tokenizer:
                 raise ValueError(f"token id out of range for {self.name or 'this tokenizer'}") from e
         if self._byte_level:
             return b"".join(self._base_token_bytes(i) for i in base)
-        # Other vocabularies (e.g. SentencePiece-style) decode whole sequences only.
-        return self._hf.decode(base, skip_special_tokens=False).encode("utf-8")
+        # Other vocabularies (e.g. SentencePiece-style) decode whole sequences only. SentencePiece-style
+        # control tokens (<s>, </s>) are left out as SentencePiece and llama2.c's run do, so that
+        # decode([BOS] + ids) starts without the dummy-prefix space.
+        return self._hf.decode(base, skip_special_tokens=self._sentencepiece).encode("utf-8")
 
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes one token stands for (special tokens: their text)."""
@@ -335,6 +337,12 @@ class Tokenizer:
     @functools.cached_property
     def _added_ids(self) -> set[int]:
         return {t["id"] for t in self._added}
+
+    @functools.cached_property
+    def _sentencepiece(self) -> bool:
+        from tinystories.data.llama2c_tokenizer import is_sentencepiece_json
+
+        return is_sentencepiece_json(json.loads(self._json))
 
     @functools.cached_property
     def _byte_level(self) -> bool:
