@@ -93,9 +93,10 @@ def read_source(path: str | os.PathLike, tokenizer: str = "", step: int | None =
         if tok is None:
             raise UserError(f"no tokenizer found with {path}: pass --tokenizer (tokenizer.bin, .model, tokenizer.json)")
     if tok.vocab_size != cfg.vocab_size:
+        hint = "" if tokenizer else " (it was found with the checkpoint; pass --tokenizer for the right one)"
         raise UserError(
             f"tokenizer {tok.name or tokenizer} has {tok.vocab_size} tokens but the model's vocabulary is "
-            f"{cfg.vocab_size}: they do not belong together"
+            f"{cfg.vocab_size}: they do not belong together{hint}"
         )
     return Source(cfg, sd, tok, kind)
 
