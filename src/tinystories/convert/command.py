@@ -161,7 +161,7 @@ def write_run(out: Path, src: Source, origin: dict[str, Any]) -> None:
 def convert(cfg: ConvertConfig) -> dict[str, Any]:
     """Read `--from`, write `--out` in `--format`; returns a summary."""
     from tinystories.convert.hf import write_hf_folder
-    from tinystories.convert.llama2c import llama2c_v0_bytes
+    from tinystories.convert.llama2c import BOS_ID, llama2c_v0_bytes
     from tinystories.data.llama2c_tokenizer import tokenizer_to_llama2c
     from tinystories.io import atomic_write_bytes, sha256_file
 
@@ -178,6 +178,7 @@ def convert(cfg: ConvertConfig) -> dict[str, Any]:
         "tokenizer": src.tokenizer.name,
     }
     written: list[str] = [os.fspath(out)]
+    notes: list[str] = []
     if cfg.format == "run":
         write_run(out, src, origin)
     elif cfg.format == "hf":
@@ -190,6 +191,9 @@ def convert(cfg: ConvertConfig) -> dict[str, Any]:
         atomic_write_bytes(out, model_bytes)
         atomic_write_bytes(tok_path, tok_bytes)
         written.append(os.fspath(tok_path))
+        if src.tokenizer.eot_id != BOS_ID:
+            notes.append(f"run.c starts from and stops at token {BOS_ID}; this model's end-of-text is "
+                         f"{src.tokenizer.eot_id}, so run.c will not sample it as `tinystories sample` does")
     return {
         "from": os.fspath(source),
         "source_kind": src.kind,
@@ -200,4 +204,5 @@ def convert(cfg: ConvertConfig) -> dict[str, Any]:
         "vocab_size": src.config.vocab_size,
         "eot_id": src.tokenizer.eot_id,
         "model": json.loads(json.dumps(src.config.__dict__, default=list)),
+        **({"notes": notes} if notes else {}),
     }
