@@ -144,6 +144,7 @@ def test_models_run_c_cannot_run_are_refused():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_stories260k_loss_on_201_valid_stories(tmp_path, valid_stories):
     """The imported model's per-story loss with its own tokenizer (BOS before each story)."""
     from tinystories.convert.command import ConvertConfig, convert

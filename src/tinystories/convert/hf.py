@@ -446,6 +446,8 @@ def _special_tokens(tokenizer: Any) -> dict[str, tuple[str, int]]:
     if isinstance(vocab, dict):
         by_text = {**vocab, **by_text}
     by_id = {i: t for t, i in by_text.items()}
+    if tokenizer.eot_id not in by_id:
+        raise UserError("only BPE tokenizers with a named end-of-text token can be exported to Hugging Face")
     eot = (by_id[tokenizer.eot_id], tokenizer.eot_id)
     if is_sentencepiece_json(spec):
         return {"bos_token": ("<s>", by_text["<s>"]), "eos_token": ("</s>", by_text["</s>"]),
