@@ -195,3 +195,28 @@ def test_unsupported_architecture_is_one_line_and_writes_nothing(tmp_path, capsy
     err = capsys.readouterr().err
     assert e.value.code != 0 and err.count("\n") == 1 and "GPT2LMHeadModel is not supported" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2"]
+
+
+def test_sharded_llama_folder_with_only_a_sentencepiece_model(tmp_path):
+    """An HF Llama folder with sharded weights and `tokenizer.model` instead of `tokenizer.json`."""
+    from safetensors.torch import load_file, save_file
+
+    src, tok = data_file("llama2c/stories260K.bin"), data_file("llama2c/tok512.bin")
+    run_cli("--from", str(src), "--tokenizer", str(tok), "--out", str(tmp_path / "run"))
+    run_cli("--from", str(tmp_path / "run"), "--out", str(tmp_path / "hf"), "--format", "hf")
+    hf = tmp_path / "hf"
+    tensors = load_file(str(hf / "model.safetensors"))
+    names = sorted(tensors)
+    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for file, keys in halves.items():
+        save_file({k: tensors[k] for k in keys}, str(hf / file))
+    index = {"metadata": {}, "weight_map": {k: f for f, keys in halves.items() for k in keys}}
+    (hf / "model.safetensors.index.json").write_text(json.dumps(index))
+    for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (hf / name).unlink()
+    shutil.copy(data_file("llama2c/tok512.model"), hf / "tokenizer.model")
+    run_cli("--from", str(hf), "--out", str(tmp_path / "back"))
+    a = load_file(str(tmp_path / "run/ckpt/step_000000/model.safetensors"))
+    b = load_file(str(tmp_path / "back/ckpt/step_000000/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "back/tokenizer.json").read_text() == (tmp_path / "run/tokenizer.json").read_text()

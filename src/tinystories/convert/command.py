@@ -10,7 +10,7 @@ An existing output is never replaced unless `--overwrite` is given.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -44,10 +44,16 @@ class ConvertConfig:
 
 @dataclass
 class Source:
+    """A model read from any of the three formats, in our terms."""
+
     config: ModelConfig
+    """Architecture."""
     state: dict[str, torch.Tensor]
+    """Our state dict (float32)."""
     tokenizer: Any
+    """Its `Tokenizer`, vocabulary size checked against the model."""
     kind: str
+    """What it was read from: run, hf or llama2c."""
 
 
 # --- reading ----------------------------------------------------------------------
@@ -203,6 +209,6 @@ def convert(cfg: ConvertConfig) -> dict[str, Any]:
         "params": count_params(src.config),
         "vocab_size": src.config.vocab_size,
         "eot_id": src.tokenizer.eot_id,
-        "model": json.loads(json.dumps(src.config.__dict__, default=list)),
+        "model": dataclasses.asdict(src.config),
         **({"notes": notes} if notes else {}),
     }
