@@ -170,7 +170,7 @@ def read_sentencepiece_model(path: str | os.PathLike) -> list[Piece]:
 
 def _merges(pieces: list[Piece]) -> list[tuple[str, str]]:
     """Every split of a mergeable piece into two pieces, ranked as llama2.c would pick them."""
-    ids = {p.text: i for i, p in enumerate(pieces) if p.kind in (NORMAL, USER_DEFINED)}
+    ids = {p.text: i for i, p in enumerate(pieces) if p.kind not in (UNKNOWN, CONTROL, BYTE)}
     found = []
     for text, i in ids.items():
         for cut in range(1, len(text)):
