@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from tinystories.io import atomic_open
-from tinystories.model import GPT, _hook, apply_rope, chunked_cross_entropy
+from tinystories.model import GPT, _hook, chunked_cross_entropy, rotate_pairs
 from tinystories.presets import preset
 
 B, T = 16, 256
@@ -43,15 +43,18 @@ RESULTS = Path(__file__).resolve().parent / "results" / "hooks.json"
 def plain_attention(attn, x, step):
     B_, T_, _ = x.shape
     H, K, D = attn.n_head, attn.n_kv_head, attn.head_dim
-    q, k, v = attn.qkv(x).split([H * D, K * D, K * D], dim=-1)
-    q, k, v = q.view(B_, T_, H, D), k.view(B_, T_, K, D), v.view(B_, T_, K, D)
-    if step.rope is not None:
-        q, k = apply_rope(q, *step.rope), apply_rope(k, *step.rope)
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    if K != H:
-        k, v = k.repeat_interleave(H // K, dim=1), v.repeat_interleave(H // K, dim=1)
+    if step.rope is None:
+        q, k, v = attn.qkv(x).split([H * D, K * D, K * D], dim=-1)
+        q, k = q.view(B_, T_, H, D), k.view(B_, T_, K, D)
+    else:
+        rotations, rows = step.rope
+        bias = None if attn.qkv.bias is None else attn.qkv.bias[rows]
+        qk, v = F.linear(x, attn.qkv.weight[rows], bias).split([(H + K) * D, K * D], dim=-1)
+        q, k = rotate_pairs(qk.view(B_, T_, H + K, D), rotations).split([H, K], dim=2)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.view(B_, T_, K, D).transpose(1, 2)
+    gqa = {"enable_gqa": True} if K != H else {}
     mask = step.masks[attn.window]
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=attn.scale)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=attn.scale, **gqa)
     return attn.out(y.transpose(1, 2).reshape(B_, T_, H * D))
 
 

@@ -244,24 +244,58 @@ def rope_tables(pos: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.T
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (B, T, heads, D) by the angles in cos/sin."""
+    """Rotate x (B, T, heads, D), in rotate-half layout, by the angles in cos/sin (the reference form)."""
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+def rope_rotations(length: int, head_dim: int, theta: float) -> torch.Tensor:
+    """(length, D/2, 2) float32: cos and sin of position t at frequency i, the same numbers as `rope_tables`."""
+    cos, sin = rope_tables(torch.arange(length), head_dim, theta)  # (length, 1, D)
+    return torch.stack((cos[:, 0, : head_dim // 2], sin[:, 0, : head_dim // 2]), dim=-1)
+
+
+def pair_order(n_heads: int, head_dim: int) -> torch.Tensor:
+    """Rows of a (n_heads * D)-row projection reordered so each head's RoPE pairs (i, i + D/2) sit side by side."""
+    half = head_dim // 2
+    within = torch.arange(head_dim).view(2, half).T.reshape(-1)  # 0, D/2, 1, D/2 + 1, ...
+    return (torch.arange(n_heads)[:, None] * head_dim + within).reshape(-1)
+
+
+def rotate_pairs(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, T, heads, D), in pair order (see `pair_order`), by unit complex numbers.
+
+    rotations: complex, broadcastable to (B, T, heads, D/2). One complex multiply
+    does what rotate-half needs four passes and a concatenation for.
+    """
+    work = x if x.dtype in (torch.float32, torch.float64) else x.float()  # complex needs fp32 / fp64
+    pairs = torch.view_as_complex(work.unflatten(-1, (-1, 2)))  # (B, T, heads, D/2)
+    return torch.view_as_real(pairs * rotations).flatten(-2).to(x.dtype)
+
+
 # --- attention ----------------------------------------------------------------
+
+_SDPA_GQA = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 5)
+"""SDPA takes fewer key/value heads than query heads itself (enable_gqa) from torch 2.5 on."""
 
 
 @dataclass
 class _Step:
     """What every layer of one forward shares; built in GPT.forward, never kept."""
 
-    rope: tuple[torch.Tensor, torch.Tensor] | None  # cos, sin: (T, 1, D) or (B, T, 1, D)
-    masks: dict[int | None, torch.Tensor | None]  # window -> bool mask (True = visible); None = plain causal
+    rope: tuple[torch.Tensor, torch.Tensor] | None  # complex rotations (T, heads, D/2) or (B, T, 1, D/2); qkv rows
+    masks: dict[int | None, torch.Tensor | None]  # window -> bool mask (True = visible); None: see `Attention`
     cache: KVCache | None
-    write_pos: torch.Tensor | None  # (B, T) cache slots of the new tokens
+    past: int  # cached tokens of every row when `slots` is None (rows in step); else the longest row's
+    slots: torch.Tensor | None  # (B*T*K,) flat (b, k, s) cache slots of the new keys, rows out of step only
     kv_len: int  # S: keys visible to this step, cached ones included
+    positions: torch.Tensor  # (T,) shared by all rows, or (B, T)
+
+
+def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    # Skipped outright at p = 0 (the default): even a no-op dropout call costs a dispatch per site.
+    return F.dropout(x, p, training=True) if training and p > 0 else x
 
 
 class Attention(nn.Module):
@@ -276,47 +310,67 @@ class Attention(nn.Module):
         # One fused projection: a single large matmul is faster than three small ones on CPU.
         self.qkv = nn.Linear(config.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.qkv_bias)
         self.out = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=config.attn_out_bias)
-        self.out_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, step: _Step, hooks: Hooks | None) -> torch.Tensor:
         B, T, _ = x.shape
         H, K, D = self.n_head, self.n_kv_head, self.head_dim
-        q, k, v = self.qkv(x).split([H * D, K * D, K * D], dim=-1)
-        q, k, v = q.view(B, T, H, D), k.view(B, T, K, D), v.view(B, T, K, D)
-        if step.rope is not None:
-            q, k = apply_rope(q, *step.rope), apply_rope(k, *step.rope)
+        if step.rope is None:
+            q, k, v = self.qkv(x).split([H * D, K * D, K * D], dim=-1)
+            q, k = q.view(B, T, H, D), k.view(B, T, K, D)
+        else:
+            # The query and key rows are taken in RoPE pair order (i next to i + D/2): the rotation is
+            # then one complex multiply over contiguous memory (3x cheaper than rotate-half here,
+            # forward and backward). Attention only uses dot products q.k, which the same reordering
+            # of both leaves unchanged; cached keys are kept in this order too.
+            rotations, rows = step.rope
+            bias = None if self.qkv.bias is None else self.qkv.bias[rows]
+            qk, v = F.linear(x, self.qkv.weight[rows], bias).split([(H + K) * D, K * D], dim=-1)
+            q, k = rotate_pairs(qk.view(B, T, H + K, D), rotations).split([H, K], dim=2)  # (B, T, H|K, D)
+        v = v.view(B, T, K, D)
 
         if step.cache is None:
             k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, K, S, D)
         else:
-            keys, values = step.cache.keys[self.layer], step.cache.values[self.layer]
-            rows = torch.arange(B, device=x.device)[:, None]
-            keys[rows, :, step.write_pos] = k.to(keys.dtype)  # slots (b, :, pos[b, t]) <- (B, T, K, D)
-            values[rows, :, step.write_pos] = v.to(values.dtype)
+            keys, values = step.cache.keys[self.layer], step.cache.values[self.layer]  # (B, K, max_len, D)
+            if step.slots is None:  # every row at the same position: a plain slice copy
+                keys[:, :, step.past : step.past + T] = k.transpose(1, 2)
+                values[:, :, step.past : step.past + T] = v.transpose(1, 2)
+            else:  # rows at different positions: one index_copy_ into the flattened slots
+                keys.view(-1, D).index_copy_(0, step.slots, k.transpose(1, 2).reshape(-1, D).to(keys.dtype))
+                values.view(-1, D).index_copy_(0, step.slots, v.transpose(1, 2).reshape(-1, D).to(values.dtype))
             k = keys[:, :, : step.kv_len].to(q.dtype)  # (B, K, S, D)
             v = values[:, :, : step.kv_len].to(q.dtype)
         q = q.transpose(1, 2)  # (B, H, T, D)
-        if K != H:  # query head h reads key/value head h // (H / K)
-            k, v = k.repeat_interleave(H // K, dim=1), v.repeat_interleave(H // K, dim=1)  # (B, H, S, D)
 
+        # mask None: T > 1 means plain causal (S == T); T == 1 means every one of the S keys is visible.
         mask = step.masks[self.window]
         dropout = self.dropout if self.training else 0.0
         if hooks is not None and self.prefix + "hook_pattern" in hooks:
+            if K != H:  # query head h reads key/value head h // (H / K)
+                k, v = k.repeat_interleave(H // K, dim=1), v.repeat_interleave(H // K, dim=1)  # (B, H, S, D)
             y = self._explicit(q, k, v, mask, dropout, hooks)
-        else:
+        elif K == H or _SDPA_GQA:
+            # enable_gqa: SDPA reads each key/value head for its H / K query heads, with no copies.
+            gqa = {"enable_gqa": True} if K != H else {}
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout, scale=self.scale
+                q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, dropout_p=dropout, scale=self.scale, **gqa
             )  # (B, H, T, D)
+        else:  # torch < 2.5
+            k, v = k.repeat_interleave(H // K, dim=1), v.repeat_interleave(H // K, dim=1)  # (B, H, S, D)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, dropout_p=dropout, scale=self.scale
+            )
         z = _hook(hooks, self.prefix, "hook_z", y.transpose(1, 2))  # (B, T, H, D)
-        return self.out_dropout(self.out(z.reshape(B, T, H * D)))  # (B, T, C)
+        return _dropout(self.out(z.reshape(B, T, H * D)), self.dropout, self.training)  # (B, T, C)
 
     def _explicit(self, q, k, v, mask, dropout, hooks):
         """Attention with the probabilities materialised, so a hook can read or replace them."""
         T, S = q.shape[-2], k.shape[-2]
-        if mask is None:  # the causal case SDPA handles with is_causal; here S == T
+        if mask is None and T > 1:  # the causal case SDPA handles with is_causal; here S == T
             mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
         scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, T, S)
-        scores = scores.masked_fill(~mask, float("-inf"))
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
         pattern = scores.float().softmax(dim=-1).to(q.dtype)
         pattern = _hook(hooks, self.prefix, "hook_pattern", pattern)
         pattern = F.dropout(pattern, dropout, training=dropout > 0)
@@ -335,7 +389,7 @@ class MLP(nn.Module):
         n_in = 2 * config.ff_dim if self.gated else config.ff_dim
         self.fc = nn.Linear(config.d_model, n_in, bias=config.mlp_bias)
         self.proj = nn.Linear(config.ff_dim, config.d_model, bias=config.mlp_bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
 
     def forward(self, x: torch.Tensor, hooks: Hooks | None) -> torch.Tensor:
         h = self.fc(x)  # (B, T, F) or (B, T, 2F)
@@ -345,7 +399,7 @@ class MLP(nn.Module):
         else:
             h = F.gelu(_hook(hooks, self.prefix, "hook_pre", h), approximate="tanh")
         h = _hook(hooks, self.prefix, "hook_post", h)  # (B, T, F)
-        return self.dropout(self.proj(h))  # (B, T, C)
+        return _dropout(self.proj(h), self.dropout, self.training)  # (B, T, C)
 
 
 def _norm(config: ModelConfig) -> nn.Module:
@@ -389,10 +443,19 @@ class GPT(nn.Module):
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model) if config.pos == "learned" else None
-        self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
         self.ln_final = _norm(config)
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.pos == "rope":
+            # Constants derived from the config, built once rather than every forward (a decode step is
+            # short enough for that to show): each position's rotation, and the qkv rows in RoPE pair
+            # order (see Attention). Not in the state dict.
+            self.register_buffer("rope_rotations", rope_rotations(config.max_seq_len, config.head_dim,
+                                                                  config.rope_theta), persistent=False)
+            qk_rows = (config.n_head + config.kv_heads) * config.head_dim  # value rows follow, as they are
+            rows = torch.cat([pair_order(config.n_head + config.kv_heads, config.head_dim),
+                              torch.arange(qk_rows, qk_rows + config.kv_heads * config.head_dim)])
+            self.register_buffer("qkv_pair_rows", rows, persistent=False)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -449,8 +512,8 @@ class GPT(nn.Module):
 
         x = _hook(hooks, "", "hook_embed", self.tok_emb(idx))  # (B, T, C)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(self._positions(T, idx.device, cache))
-        x = self.drop(x)
+            x = x + self.pos_emb(step.positions)
+        x = _dropout(x, self.config.dropout, self.training)
         for block in self.blocks:
             x = block(x, step, hooks)
         x = _hook(hooks, "", "ln_final.hook_normalized", self.ln_final(x))  # (B, T, C)
@@ -476,31 +539,58 @@ class GPT(nn.Module):
         return new if cache is None else cache.lengths[:, None] + new
 
     def _plan(self, B: int, T: int, device: torch.device, cache: KVCache | None) -> _Step:
-        """Positions, rotary tables and attention masks, shared by all layers of one forward."""
+        """Positions, rotary tables, attention masks and cache slots, shared by all layers of one forward."""
         cfg = self.config
-        kv_len = T if cache is None else int(cache.lengths.max()) + T  # one host sync per forward
+        shortest = longest = 0
+        if cache is not None:
+            shortest, longest = torch.stack(torch.aminmax(cache.lengths)).tolist()  # one host sync per forward
+        kv_len = longest + T
         if cache is not None and kv_len > cache.max_len:
             raise UserError(f"KV cache holds {cache.max_len} positions; this step needs {kv_len}")
         if cfg.pos == "learned" and kv_len > cfg.max_seq_len:
             raise UserError(f"sequence of {kv_len} tokens exceeds the model's max_seq_len {cfg.max_seq_len}")
-        # When no row has cached tokens, every row sits at positions 0..T-1, as without a cache.
-        fresh = kv_len == T
-        pos = self._positions(T, device, None if fresh else cache)  # (T,) or (B, T)
+        # In step (every row holds as many tokens; always so without a cache), all rows share one set of
+        # positions: the cache is written by slicing, and often no mask is needed at all.
+        in_step = shortest == longest
+        pos = torch.arange(longest, kv_len, device=device) if in_step else self._positions(T, device, cache)
 
         masks: dict[int | None, torch.Tensor | None] = {}
         for window in {cfg.layer_window(layer) for layer in range(cfg.n_layer)}:
-            if fresh and (window is None or window >= T):
-                masks[window] = None  # plain causal: SDPA's is_causal fast path
+            covers = window is None or window >= kv_len  # no key falls out of the window
+            if (longest == 0 and (window is None or window >= T)) or (T == 1 and in_step and covers):
+                masks[window] = None  # plain causal (SDPA's is_causal fast path), or one query seeing all keys
                 continue
             dist = pos[..., :, None] - torch.arange(kv_len, device=device)  # (T, S) or (B, T, S): i - j
             mask = dist >= 0
             if window is not None:
                 mask &= dist < window
-            masks[window] = mask if fresh else mask[:, None]  # (T, S) or (B, 1, T, S)
+            masks[window] = mask if pos.dim() == 1 else mask[:, None]  # (T, S) or (B, 1, T, S)
 
-        rope = rope_tables(pos, cfg.head_dim, cfg.rope_theta) if cfg.pos == "rope" else None
-        write_pos = None if cache is None else cache.lengths[:, None] + torch.arange(T, device=device)
-        return _Step(rope=rope, masks=masks, cache=cache, write_pos=write_pos, kv_len=kv_len)
+        rope = None
+        if cfg.pos == "rope":
+            table = self.rope_rotations  # (max_seq_len, D/2, 2); rebuilt past its end, or when cast off fp32
+            if kv_len > len(table) or table.dtype != torch.float32:
+                table = rope_rotations(kv_len, cfg.head_dim, cfg.rope_theta).to(device)
+            rotations = torch.view_as_complex(table)  # (positions, D/2)
+            if pos.dim() == 2:
+                rotations = rotations[pos][:, :, None]  # (B, T, 1, D/2)
+            elif T == 1:
+                rotations = rotations[longest : longest + 1, None]  # (1, 1, D/2)
+            else:
+                # Materialised for every head: a product of two same-shaped operands vectorises fully,
+                # one broadcast over heads (D/2 = 4 numbers at a time) does not.
+                heads = cfg.n_head + cfg.kv_heads
+                rotations = rotations[longest:kv_len, None].expand(T, heads, cfg.head_dim // 2).contiguous()
+            rope = (rotations, self.qkv_pair_rows)
+
+        slots = None
+        if cache is not None and not in_step:
+            # Flat index of slot (b, k, position) in a (B, K, max_len, D) cache seen as (B*K*max_len, D),
+            # in the order the new keys are laid out: (b, k, t).
+            K, M = cfg.kv_heads, cache.max_len
+            base = (torch.arange(B, device=device)[:, None] * K + torch.arange(K, device=device)) * M  # (B, K)
+            slots = (base[:, :, None] + pos[:, None, :]).reshape(-1)  # (B*K*T,)
+        return _Step(rope=rope, masks=masks, cache=cache, past=longest, slots=slots, kv_len=kv_len, positions=pos)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Number of parameters (a tied classifier counted once, as the embedding).
