@@ -122,7 +122,7 @@ def make_run(folder, family: str, stories: list[str]) -> GPT:
     else:
         tok = load_tokenizer(data_file("llama2c/tok512.bin"))
         cfg = preset("llama-260k", d_model=64, n_layer=2, n_head=8, n_kv_head=2, vocab_size=512, max_seq_len=128,
-                     tie_embeddings=False)
+                     tie_embeddings=False, rope_theta=500.0)
     model = GPT(cfg).eval()
     randomize(model, seed=3)
     write_run(folder, Source(cfg, model.state_dict(), tok, "test"), {"from": "test"})

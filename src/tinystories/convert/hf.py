@@ -485,7 +485,9 @@ def write_hf_folder(folder: str | os.PathLike, cfg: ModelConfig, sd: StateDict, 
     tensors = {k: v.detach().to(torch.float32).cpu().contiguous() for k, v in theirs.items()}
     hf_config.architectures = [arch]
     config = hf_config.to_dict()
-    config.pop("transformers_version", None)
+    config["dtype"] = config["torch_dtype"] = "float32"  # both names: transformers 5 and 4
+    if arch == "LlamaForCausalLM":
+        config["rope_theta"] = cfg.rope_theta  # where transformers 4 looks for it (5: rope_parameters)
     eos = sorted({eot, ids["eos_token"]} - {None})
     generation = {"bos_token_id": ids["bos_token"], "eos_token_id": eos[0] if len(eos) == 1 else eos,
                   "pad_token_id": eot}
