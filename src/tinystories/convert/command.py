@@ -90,6 +90,9 @@ def read_source(path: str | os.PathLike, tokenizer: str = "", step: int | None =
         tok = load_tokenizer(tokenizer) if tokenizer else loaded.tokenizer
     else:
         if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise UserError(f"{path} is neither a run folder (config.toml) nor a Hugging Face model folder "
+                                "(config.json)")
             cfg, sd = read_hf_folder(path)
             kind = "hf"
         else:
@@ -97,7 +100,7 @@ def read_source(path: str | os.PathLike, tokenizer: str = "", step: int | None =
             kind = "llama2c"
         tok = load_tokenizer(tokenizer) if tokenizer else _default_tokenizer(path, kind)
         if tok is None:
-            raise UserError(f"no tokenizer found with {path}: pass --tokenizer (tokenizer.bin, .model, tokenizer.json)")
+            raise UserError(f"no tokenizer found with {path}: pass --tokenizer (tokenizer.bin, .model, tokenizer.json, gpt2)")
     if tok.vocab_size != cfg.vocab_size:
         hint = "" if tokenizer else " (it was found with the checkpoint; pass --tokenizer for the right one)"
         raise UserError(
