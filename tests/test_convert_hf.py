@@ -220,3 +220,29 @@ def test_sharded_llama_folder_with_only_a_sentencepiece_model(tmp_path):
     b = load_file(str(tmp_path / "back/ckpt/step_000000/model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "back/tokenizer.json").read_text() == (tmp_path / "run/tokenizer.json").read_text()
+
+
+class NotATensor:
+    """Anything a plain weights file should not hold (unpickling it would run code)."""
+
+
+def test_bad_hf_folders_are_one_line_errors(tmp_path, capsys, gpt2_dir):
+    released_neo_folder(tmp_path / "neo", gpt2_dir)
+    weights = tmp_path / "neo" / "pytorch_model.bin"
+    data = weights.read_bytes()
+    cases = {
+        "truncated": lambda: weights.write_bytes(data[: len(data) // 2]),
+        "pickled object": lambda: torch.save({"x": NotATensor()}, weights),
+        "no weights": lambda: weights.unlink(),
+    }
+    for what, damage in cases.items():
+        damage()
+        with pytest.raises(SystemExit) as e:
+            main(["convert", "--from", str(tmp_path / "neo"), "--out", str(tmp_path / "run")])
+        err = capsys.readouterr().err
+        assert e.value.code != 0 and err.count("\n") == 1 and err.startswith("tinystories: error:"), (what, err)
+        assert not (tmp_path / "run").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        main(["convert", "--from", str(tmp_path / "empty"), "--out", str(tmp_path / "run")])
+    assert "neither a run folder" in capsys.readouterr().err
