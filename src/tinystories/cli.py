@@ -38,7 +38,19 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "synth": Command(
         "tinystories.synth.generate:synth",
-        "write a story corpus (JSONL + .txt); --backend procedural is the offline story engine",
+        "write a story corpus (JSONL + .txt) with an LLM (--model, --base-url) or the offline procedural engine",
+    ),
+    "synth stats": Command(
+        "tinystories.synth.stats:stats",
+        "statistics of a story corpus: words, coverage, features, duplicates, tokens, cost; --estimate at 2.1M",
+    ),
+    "synth instruct": Command(
+        "tinystories.synth.instruct:instruct",
+        "turn a story corpus into TinyStories-Instruct records (LLM summaries where missing; --ood)",
+    ),
+    "synth dedup": Command(
+        "tinystories.synth.stats:dedup",
+        "copy a story corpus without its near-duplicates (MinHash on word 5-shingles)",
     ),
     "tokenize": Command(
         "tinystories.data.shards:tokenize",

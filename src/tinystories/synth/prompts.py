@@ -7,7 +7,7 @@ leading space) or nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from tinystories.errors import UserError
 from tinystories.synth.lexicon import FEATURES
@@ -19,24 +19,32 @@ PAPER_TEMPLATE = (
 )
 
 
-def features_sentence(features: Sequence[str]) -> str:
-    """' The story should have the following features: a, b.' or '' for no features."""
+def features_sentence(features: Sequence[str], table: Mapping[str, str] = FEATURES) -> str:
+    """' The story should have the following features: a, b.' or '' for no features.
+
+    `table` maps feature keys to their phrases (the paper's by default, or a user's file).
+    """
     if not features:
         return ""
-    unknown = [f for f in features if f not in FEATURES]
+    unknown = [f for f in features if f not in table]
     if unknown:
-        raise UserError(f"unknown story feature(s) {unknown}; known: {', '.join(FEATURES)}")
-    return " The story should have the following features: " + ", ".join(FEATURES[f] for f in features) + "."
+        raise UserError(f"unknown story feature(s) {unknown}; known: {', '.join(table)}")
+    return " The story should have the following features: " + ", ".join(table[f] for f in features) + "."
 
 
-def story_prompt(words: Sequence[str], features: Sequence[str], template: str = PAPER_TEMPLATE) -> str:
+def story_prompt(
+    words: Sequence[str],
+    features: Sequence[str],
+    template: str = PAPER_TEMPLATE,
+    table: Mapping[str, str] = FEATURES,
+) -> str:
     """The prompt that asks for a story with words [verb, noun, adjective] and `features`."""
     if len(words) != 3:
         raise UserError(f"a story prompt needs 3 words (verb, noun, adjective), got {list(words)}")
     verb, noun, adjective = words
     try:
         return template.format(
-            verb=verb, noun=noun, adjective=adjective, features=features_sentence(features)
+            verb=verb, noun=noun, adjective=adjective, features=features_sentence(features, table)
         )
     except (KeyError, IndexError) as e:
         raise UserError(f"prompt template has an unknown placeholder {e}") from None
