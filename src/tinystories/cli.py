@@ -75,6 +75,14 @@ COMMANDS: dict[str, Command] = {
         "tinystories.eval.loss:evaluate_loss",
         "loss, perplexity and bits per byte of a run on story files or a dataset split",
     ),
+    "run": Command(
+        "tinystories.pipeline:run_command",
+        "run a recipe's stages (synth, tokenize, train, sample, eval) on one folder; a re-run resumes",
+    ),
+    "eval probes": Command(
+        "tinystories.eval.probes:evaluate_probes",
+        "multiple-choice capability probes (fact / reasoning / context) scored by log-likelihood",
+    ),
 }
 
 

@@ -1,0 +1,632 @@
+"""`tinystories run`: the stages of the method on one pipeline folder, from a recipe.
+
+    tinystories run --recipe demo --run runs/demo      # a built-in recipe (demo, smoke, micro)
+    tinystories run --recipe my.toml --run runs/mine   # the same stages, the user's settings
+
+A recipe is a TOML file with one section per component, each holding fields
+of that component's config dataclass: `[synth]` (SynthConfig), `[tokenize]`
+(TokenizeConfig), `[model]` (ModelConfig fields over the preset), `[train]`
+(TrainConfig), `[sample]` (SampleConfig), `[eval]` (EvalConfig below) and
+`[probes]` (ProbesConfig). Paths between stages are the pipeline's to choose,
+so a recipe may not set them. Built-in recipes live in `tinystories/recipes/`.
+
+The pipeline folder:
+
+    recipe.toml       the recipe as given
+    pipeline.json     one record per stage: status, key, output fingerprint, seconds, summary
+    corpus/           synth: job.json, stories_0000.jsonl, stories.txt
+    data/             tokenize: the dataset folder
+    model/            train: the run folder (config.toml, ckpt/, metrics.jsonl, ...)
+      samples/samples.json                 sample
+      eval/loss_procedural.json, eval/loss_real.json, eval/probes.json   eval
+
+Each stage calls its library function; nothing here repeats their logic. A
+stage's key hashes its resolved config and the fingerprints of the outputs it
+reads; a stage is skipped when its record holds the same key and its outputs
+still have the recorded fingerprint, so a re-run does only what changed or was
+not finished. Training resumes from its newest checkpoint when only its budget
+(or nothing) changed, e.g. after a kill; any other change starts that stage's
+outputs over. Adding a stage (interpret, report) is one more entry in STAGES.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import time
+import tomllib
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tinystories.config import build, parse_count, parse_duration
+from tinystories.errors import UserError
+from tinystories.io import atomic_write_json, atomic_write_text, sha256_file
+
+STATE_FILE = "pipeline.json"
+RECIPE_FILE = "recipe.toml"
+REAL_STORIES = "tinystories/TinyStories-valid.first201.txt"
+"""Default real stories for the side-by-side loss, under $TINYSTORIES_TESTDATA."""
+
+
+@dataclass
+class RunConfig:
+    """`tinystories run`: run the stages of a recipe on one pipeline folder, skipping what is done."""
+
+    recipe: str = "demo"
+    """Built-in recipe name (demo, smoke, micro) or a recipe TOML file."""
+    run: str | None = None
+    """Pipeline folder (default: runs/<recipe name>); a re-run continues it."""
+    time: float | None = field(default=None, metadata={"parse": parse_duration})
+    """Safety cap on training wall-clock time (e.g. 10m), over the recipe's; the budget is the recipe's tokens."""
+    device: str = "auto"
+    """Torch device for training, sampling and evaluation (auto: cuda when available)."""
+
+
+@dataclass
+class EvalConfig:
+    """The eval stage: loss on procedural and on real text side by side, and the probes."""
+
+    real: str = REAL_STORIES
+    """Real stories scored beside the procedural validation split; a relative path not found from the working folder is looked up under $TINYSTORIES_TESTDATA (default ../shared/data); empty = none."""
+    max_stories: int = 500
+    """Score at most this many stories of each set (0 = all)."""
+    batch: int = 16
+    """Windows per forward in the loss evaluation."""
+
+
+# --- recipes ----------------------------------------------------------------------
+
+
+def _sections() -> dict[str, type]:
+    from tinystories.data.shards import TokenizeConfig
+    from tinystories.eval.probes import ProbesConfig
+    from tinystories.model import ModelConfig
+    from tinystories.sample import SampleConfig
+    from tinystories.synth.generate import SynthConfig
+    from tinystories.train import TrainConfig
+
+    return {
+        "synth": SynthConfig,
+        "tokenize": TokenizeConfig,
+        "model": ModelConfig,
+        "train": TrainConfig,
+        "sample": SampleConfig,
+        "eval": EvalConfig,
+        "probes": ProbesConfig,
+    }
+
+
+# Fields each stage's paths and bookkeeping own: a recipe that sets them is refused.
+OWNED = {
+    "synth": ("out", "shard"),
+    "tokenize": ("data", "out", "val_data"),
+    "train": ("data", "run", "resume", "device"),
+    "sample": ("run", "out", "stream", "device"),
+    "probes": ("run", "write", "device"),
+    "model": ("vocab_size",),
+}
+
+
+@dataclass
+class Recipe:
+    name: str
+    """Recipe name (its file name without .toml)."""
+    text: str
+    """The TOML as given."""
+    sections: dict[str, dict[str, Any]]
+    """Section name -> its fields, values coerced to the fields' types."""
+
+
+def builtin_recipes() -> list[str]:
+    """Names of the recipes shipped in tinystories/recipes."""
+    folder = resources.files("tinystories") / "recipes"
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def _coerce(cls: type, section: str, values: dict[str, Any]) -> dict[str, Any]:
+    # TOML gives strings for counts and durations ("3M", "10m"): parse them as the CLI would.
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise UserError(f"recipe [{section}] has no field {key!r} ({cls.__name__})")
+        f = fields[key]
+        if isinstance(value, str) and "parse" in f.metadata:
+            value = f.metadata["parse"](value)
+        elif isinstance(value, str) and hints[key] in (int, int | None):
+            value = parse_count(value)
+        out[key] = value
+    return out
+
+
+def load_recipe(spec: str) -> Recipe:
+    """A built-in recipe by name, or a TOML file; unknown sections and fields are errors."""
+    path = Path(spec)
+    if spec.endswith(".toml") or path.is_file():
+        if not path.is_file():
+            raise UserError(f"no recipe file at {spec}")
+        text, name = path.read_text(encoding="utf-8"), path.stem
+    else:
+        if spec not in builtin_recipes():
+            raise UserError(f"unknown recipe {spec!r}; built-in: {', '.join(builtin_recipes())}, or a .toml file")
+        text = (resources.files("tinystories") / "recipes" / f"{spec}.toml").read_text(encoding="utf-8")
+        name = spec
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"recipe {spec} is not valid TOML: {e}") from None
+    known = _sections()
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in data.items():
+        if key not in known or not isinstance(value, dict):
+            raise UserError(f"recipe {spec}: unknown section or key {key!r} (sections: {', '.join(known)})")
+        owned = sorted(set(value) & set(OWNED.get(key, ())))
+        if owned:
+            raise UserError(f"recipe {spec}: [{key}] may not set {', '.join(owned)}: the pipeline chooses it")
+        sections[key] = _coerce(known[key], key, value)
+    return Recipe(name=name, text=text, sections=sections)
+
+
+# --- the pipeline folder --------------------------------------------------------------------
+
+
+@dataclass
+class Pipeline:
+    """One pipeline folder and the recipe run on it."""
+
+    root: Path
+    recipe: Recipe
+    device: str = "auto"
+    time_cap: float | None = None
+    fingerprints: dict[str, str | None] = field(default_factory=dict)
+    """Output fingerprint of each stage done or skipped so far in this invocation."""
+
+    @property
+    def corpus(self) -> Path:
+        return self.root / "corpus"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    def section(self, name: str) -> dict[str, Any]:
+        return dict(self.recipe.sections.get(name, {}))
+
+    def torch_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _fingerprint_file(path: Path) -> str | None:
+    return sha256_file(path) if path.is_file() else None
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _asdict(cfg: Any, leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in leave_out}
+
+
+# --- stages -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline: what configures it, what it reads, how to run it."""
+
+    name: str
+    reads: tuple[str, ...]
+    """Earlier stages whose outputs it reads (their fingerprints enter its key)."""
+    config: Callable[[Pipeline], dict[str, Any]]
+    """Everything that decides its outputs besides `reads`, as plain data (hashed into the key)."""
+    run: Callable[[Pipeline, bool], dict[str, Any]]
+    """Do the work; the flag says whether to resume it. Returns a short summary."""
+    fingerprint: Callable[[Pipeline], str | None]
+    """Identity of its outputs as they are now; None when they are missing."""
+    clean: Callable[[Pipeline], None] = lambda p: None
+    """Remove outputs that would stop a fresh run."""
+    budget: tuple[str, ...] = ()
+    """Config keys that may change while keeping the stage's work (it resumes instead)."""
+
+
+def _synth_config(p: Pipeline) -> Any:
+    from tinystories.synth.generate import SynthConfig
+
+    return build(SynthConfig, {**p.section("synth"), "out": str(p.corpus)})
+
+
+def _synth_txt(p: Pipeline) -> Path:
+    return p.corpus / "stories.txt"
+
+
+def _run_synth(p: Pipeline, resume: bool) -> dict[str, Any]:
+    from tinystories.synth.generate import synth
+
+    r = synth(_synth_config(p))
+    return {"stories": r["stories"], "stories_per_s": r["stories_per_s"], "txt": r["txt"]}
+
+
+def _tokenize_config(p: Pipeline) -> Any:
+    from tinystories.data.shards import TokenizeConfig
+
+    return build(TokenizeConfig, {**p.section("tokenize"), "data": (str(_synth_txt(p)),), "out": str(p.data)})
+
+
+def _run_tokenize(p: Pipeline, resume: bool) -> dict[str, Any]:
+    from tinystories.data.shards import tokenize
+
+    r = tokenize(_tokenize_config(p))
+    return {k: r[k] for k in ("vocab_size", "train", "val", "bytes_per_token") if k in r}
+
+
+def _dataset_fingerprint(p: Pipeline) -> str | None:
+    meta = p.data / "meta.json"
+    return json.loads(meta.read_text())["content_hash"] if meta.is_file() else None
+
+
+def _train_config(p: Pipeline, resume: bool = False) -> Any:
+    from tinystories.train import TrainConfig
+
+    values = {**p.section("train"), "data": str(p.data), "run": str(p.model), "resume": resume}
+    if p.time_cap is not None:
+        values["time"] = p.time_cap
+    values["device"] = p.device
+    cfg = build(TrainConfig, values)
+    if cfg.max_tokens is None and cfg.max_steps is None:
+        raise UserError("recipe [train] needs a budget: max_tokens (or max_steps); time is only a safety cap")
+    return cfg
+
+
+def _train_key(p: Pipeline) -> dict[str, Any]:
+    return {
+        "train": _asdict(_train_config(p), ("data", "run", "resume", "device", "progress")),
+        "model": p.section("model"),
+    }
+
+
+def _run_train(p: Pipeline, resume: bool) -> dict[str, Any]:
+    from tinystories import run as runlib
+    from tinystories.train import train
+
+    ckpt = runlib.latest_checkpoint(p.model) if resume else None
+    if ckpt is None:
+        _clean_train(p)
+    cfg = _train_config(p, resume=ckpt is not None)
+    step0 = int(runlib.read_state(ckpt)["step"]) if ckpt is not None else 0
+    if ckpt is not None:
+        print(f"[resume] train: from step {step0} ({ckpt})", flush=True)
+    r = train(cfg, model_overrides=p.section("model"))
+    assert r is not None
+    summary = {k: r[k] for k in ("step", "tokens", "params", "val_loss", "val_bpb", "tokens_per_s", "elapsed_s")}
+    summary["resumed_from_step"] = step0 if ckpt is not None else None
+    budget = cfg.max_tokens if cfg.max_tokens is not None else None
+    if budget is not None and r["tokens"] < budget:
+        summary["stopped_by_time_cap"] = True
+        print(
+            f"[note] train: the time cap stopped training at {r['tokens']:,} of {budget:,} tokens; "
+            "raise it (--time) to continue",
+            flush=True,
+        )
+    return summary
+
+
+def _train_fingerprint(p: Pipeline) -> str | None:
+    from tinystories import run as runlib
+
+    ckpt = runlib.latest_checkpoint(p.model)
+    if ckpt is None:
+        return None
+    return f"{ckpt.name}:{sha256_file(ckpt / runlib.MODEL_FILE)}"
+
+
+def _clean_train(p: Pipeline) -> None:
+    if p.model.exists():
+        print(f"[note] train: starting the model over (removing {p.model})", flush=True)
+        shutil.rmtree(p.model)
+
+
+def _samples_path(p: Pipeline) -> Path:
+    return p.model / "samples" / "samples.json"
+
+
+def _sample_config(p: Pipeline) -> Any:
+    from tinystories.sample import SampleConfig
+
+    values = {**p.section("sample"), "run": str(p.model), "out": str(_samples_path(p)), "stream": False}
+    return build(SampleConfig, {**values, "device": p.torch_device()})
+
+
+def _run_sample(p: Pipeline, resume: bool) -> dict[str, Any]:
+    from tinystories.sample import sample
+
+    # The closing note shows the samples; keep the command's own printing out of the log.
+    with contextlib.redirect_stdout(io.StringIO()):
+        sample(_sample_config(p))
+    samples = json.loads(_samples_path(p).read_text())["samples"]
+    return {"samples": len(samples), "file": str(_samples_path(p))}
+
+
+def _eval_config(p: Pipeline) -> EvalConfig:
+    return build(EvalConfig, p.section("eval"))
+
+
+def real_stories_path(spec: str) -> Path | None:
+    """The real stories file named by [eval] real, or None when it is empty or not found."""
+    if not spec:
+        return None
+    path = Path(spec)
+    if path.is_file():
+        return path
+    if not path.is_absolute():
+        root = Path(os.environ.get("TINYSTORIES_TESTDATA", "../shared/data"))
+        if (root / path).is_file():
+            return root / path
+    return None
+
+
+def _probes_config(p: Pipeline) -> Any:
+    from tinystories.eval.probes import ProbesConfig
+
+    return build(ProbesConfig, {**p.section("probes"), "run": str(p.model), "device": p.torch_device()})
+
+
+def _eval_key(p: Pipeline) -> dict[str, Any]:
+    ev = _eval_config(p)
+    real = real_stories_path(ev.real)
+    probes = _probes_config(p)
+    return {
+        "eval": dataclasses.asdict(ev),
+        "real_sha256": sha256_file(real) if real else None,
+        "probes": _asdict(probes, ("run", "device")),
+        "probes_sha256": sha256_file(probes.probes) if probes.probes and Path(probes.probes).is_file() else None,
+    }
+
+
+EVAL_FILES = ("loss_procedural.json", "loss_real.json", "probes.json")
+
+
+def _run_eval(p: Pipeline, resume: bool) -> dict[str, Any]:
+    from tinystories.eval.loss import LossConfig, evaluate_loss
+    from tinystories.eval.probes import evaluate_probes
+
+    ev = _eval_config(p)
+    out = p.model / "eval"
+    device = p.torch_device()
+    common = {"run": str(p.model), "max_stories": ev.max_stories, "batch": ev.batch, "device": device, "write": False}
+    summary: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    proc = evaluate_loss(build(LossConfig, {**common, "data": (str(p.data),), "split": "val"}))
+    atomic_write_json(out / "loss_procedural.json", proc)
+    summary["procedural"] = _loss_brief(proc)
+    real = real_stories_path(ev.real)
+    if real is None:
+        (out / "loss_real.json").unlink(missing_ok=True)
+        if ev.real:
+            print(f"[note] eval: real stories {ev.real} not found; scoring procedural text only", flush=True)
+    else:
+        r = evaluate_loss(build(LossConfig, {**common, "data": (str(real),)}))
+        atomic_write_json(out / "loss_real.json", r)
+        summary["real"] = _loss_brief(r)
+    print(f"[time] eval loss: {time.perf_counter() - t0:.1f}s", flush=True)
+    t0 = time.perf_counter()
+    probes = evaluate_probes(_probes_config(p))
+    print(f"[time] eval probes: {time.perf_counter() - t0:.1f}s", flush=True)
+    summary["probes"] = {k: probes[k] for k in ("n", "accuracy", "ci95", "chance", "significant")}
+    return summary
+
+
+def _loss_brief(r: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "stories": r["stories"],
+        "loss": r["per_story"]["loss"],
+        "bits_per_byte": r["per_story"]["bits_per_byte"],
+        "stream_loss": r["stream"]["loss"],
+    }
+
+
+def _eval_fingerprint(p: Pipeline) -> str | None:
+    found = [p.model / "eval" / f for f in ("loss_procedural.json", "probes.json")]
+    if not all(f.is_file() for f in found):
+        return None
+    return _hash([sha256_file(f) for f in found])
+
+
+def _rmtree(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "synth",
+        reads=(),
+        config=lambda p: _asdict(_synth_config(p), ("out",)),
+        run=_run_synth,
+        fingerprint=lambda p: _fingerprint_file(_synth_txt(p)),
+        clean=lambda p: _rmtree(p.corpus),
+    ),
+    Stage(
+        "tokenize",
+        reads=("synth",),
+        config=lambda p: _asdict(_tokenize_config(p), ("data", "out", "workers")),
+        run=_run_tokenize,
+        fingerprint=_dataset_fingerprint,
+        clean=lambda p: _rmtree(p.data),
+    ),
+    Stage(
+        "train",
+        reads=("tokenize",),
+        config=_train_key,
+        run=_run_train,
+        fingerprint=_train_fingerprint,
+        clean=_clean_train,
+        budget=("max_steps", "max_tokens", "time", "eval_interval", "eval_tokens", "ckpt_interval", "keep_ckpts",
+                "log_interval", "tensorboard", "grad_accum"),
+    ),
+    Stage(
+        "sample",
+        reads=("train",),
+        config=lambda p: _asdict(_sample_config(p), ("run", "out", "stream", "device")),
+        run=_run_sample,
+        fingerprint=lambda p: _fingerprint_file(_samples_path(p)),
+    ),
+    Stage(
+        "eval",
+        reads=("tokenize", "train"),
+        config=_eval_key,
+        run=_run_eval,
+        fingerprint=_eval_fingerprint,
+    ),
+)
+"""The stages in order; a later stage (interpret, report) is one more entry."""
+
+
+def _keys(stage: Stage, p: Pipeline) -> tuple[str, str]:
+    """(key, resume key): the resume key leaves out the stage's budget fields."""
+    config = stage.config(p)
+    inputs = {name: p.fingerprints.get(name) for name in stage.reads}
+    key = _hash({"config": config, "inputs": inputs})
+    trimmed = {
+        k: ({f: v for f, v in sec.items() if f not in stage.budget} if isinstance(sec, dict) else sec)
+        for k, sec in config.items()
+    }
+    return key, _hash({"config": trimmed, "inputs": inputs})
+
+
+# --- running -------------------------------------------------------------------------
+
+
+def _read_state(root: Path) -> dict[str, Any]:
+    path = root / STATE_FILE
+    if not path.is_file():
+        return {"stages": {}}
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise UserError(f"{path} is unreadable; remove it to start the pipeline over") from None
+    state.setdefault("stages", {})
+    return state
+
+
+def _check_root(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--run {root} exists and is not a folder")
+    if root.is_dir() and any(root.iterdir()) and not (root / STATE_FILE).is_file():
+        raise UserError(f"--run {root} is not empty and holds no {STATE_FILE}; choose another folder")
+
+
+def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
+    """Run every stage of the recipe on `cfg.run`, skipping stages that are up to date."""
+    recipe = load_recipe(cfg.recipe)
+    root = Path(cfg.run or Path("runs") / recipe.name)
+    p = Pipeline(root=root, recipe=recipe, device=cfg.device, time_cap=cfg.time)
+    _check_root(root)
+    # Build every stage's config before any work, so a mistake in the recipe stops nothing half-done.
+    for stage in STAGES:
+        stage.config(p)
+    state = _read_state(root)
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(root / RECIPE_FILE, recipe.text)
+    state["recipe"] = recipe.name
+    t_all = time.perf_counter()
+    outcome: dict[str, str] = {}
+    for stage in STAGES:
+        key, resume_key = _keys(stage, p)
+        rec = state["stages"].get(stage.name, {})
+        now = stage.fingerprint(p)
+        if rec.get("status") == "done" and rec.get("key") == key and now is not None and rec.get("fingerprint") == now:
+            print(f"[skip] {stage.name}: up to date", flush=True)
+            p.fingerprints[stage.name] = now
+            outcome[stage.name] = "skipped"
+            continue
+        resume = bool(stage.budget) and rec.get("resume_key") == resume_key
+        if not resume:
+            stage.clean(p)
+        state["stages"][stage.name] = {"status": "running", "key": key, "resume_key": resume_key}
+        atomic_write_json(root / STATE_FILE, state)
+        print(f"[stage] {stage.name}", flush=True)
+        t0 = time.perf_counter()
+        summary = stage.run(p, resume)
+        seconds = time.perf_counter() - t0
+        now = stage.fingerprint(p)
+        if now is None:
+            raise RuntimeError(f"stage {stage.name} finished but its outputs are missing")
+        p.fingerprints[stage.name] = now
+        state["stages"][stage.name] = {
+            "status": "done",
+            "key": key,
+            "resume_key": resume_key,
+            "fingerprint": now,
+            "seconds": round(seconds, 3),
+            "summary": summary,
+        }
+        atomic_write_json(root / STATE_FILE, state)
+        print(f"[time] {stage.name}: {seconds:.1f}s  {json.dumps(summary)}", flush=True)
+        outcome[stage.name] = "done"
+    total = time.perf_counter() - t_all
+    return {"run": str(root), "stages": outcome, "seconds": round(total, 3), "records": state["stages"]}
+
+
+# --- the closing note --------------------------------------------------------------------
+
+
+def closing_note(root: Path, n_samples: int = 2) -> str:
+    """Samples, loss and bits per byte on procedural vs real text, and the probes, from the stage outputs."""
+    model = root / "model"
+    lines = [f"== {root} =="]
+    samples = model / "samples" / "samples.json"
+    if samples.is_file():
+        lines.append("samples:")
+        for s in json.loads(samples.read_text())["samples"][:n_samples]:
+            text = " ".join((s["prompt"] + s["completion"]).split())
+            lines.append(f"  > {text}")
+    loss = {name: model / "eval" / f"loss_{name}.json" for name in ("procedural", "real")}
+    found = {name: json.loads(f.read_text()) for name, f in loss.items() if f.is_file()}
+    if found:
+        header = "".join(f"{name:>14}" for name in found)
+        lines.append(f"{'':<22}{header}")
+        lines.append(f"{'stories':<22}" + "".join(f"{r['stories']:>14}" for r in found.values()))
+        lines.append(f"{'loss (per story)':<22}" + "".join(f"{r['per_story']['loss']:>14.3f}" for r in found.values()))
+        lines.append(
+            f"{'bits per byte':<22}" + "".join(f"{r['per_story']['bits_per_byte']:>14.3f}" for r in found.values())
+        )
+    probes = model / "eval" / "probes.json"
+    if probes.is_file():
+        r = json.loads(probes.read_text())
+        lo, hi = r["ci95"]
+        lines.append(
+            f"probes: {r['accuracy']:.1%} of {r['n']} (95% CI {lo:.1%}-{hi:.1%}), chance {r['chance']:.1%}"
+            + ("" if r["significant"] else "  [not above chance]")
+        )
+        for cat, c in r.get("by_category", {}).items():
+            lines.append(f"  {cat:<10} {c['accuracy']:.1%} of {c['n']} (95% CI {c['ci95'][0]:.1%}-{c['ci95'][1]:.1%})")
+    lines.append(f"outputs: {model} (eval/, samples/), records: {root / STATE_FILE}")
+    return "\n".join(lines)
+
+
+def run_command(cfg: RunConfig) -> None:
+    """`tinystories run`: the stages, each phase's time, then the closing note."""
+    result = run_pipeline(cfg)
+    print(f"[time] pipeline: {result['seconds']:.1f}s", flush=True)
+    print(closing_note(Path(result["run"])), flush=True)
+    sys.stdout.flush()

@@ -1,0 +1,243 @@
+"""`tinystories run`: stages from a recipe, skipping what is done, resuming a killed training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinystories import run as runlib
+from tinystories.config import to_toml
+from tinystories.errors import UserError
+from tinystories.pipeline import (
+    STAGES,
+    Pipeline,
+    RunConfig,
+    builtin_recipes,
+    closing_note,
+    load_recipe,
+    run_pipeline,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def micro(**changes: dict) -> dict:
+    """The built-in micro recipe as a dict, with sections updated by `changes`."""
+    sections = tomllib.loads(load_recipe("micro").text)
+    for name, values in changes.items():
+        sections.setdefault(name, {}).update(values)
+    return sections
+
+
+def write_recipe(path: Path, sections: dict) -> str:
+    path.write_text(to_toml(sections))
+    return str(path)
+
+
+def statuses(result: dict) -> dict:
+    return result["stages"]
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    """A finished micro pipeline folder, scoring the first real stories beside the procedural ones."""
+    from conftest import testdata_path
+
+    tmp = tmp_path_factory.mktemp("pipeline")
+    real = testdata_path("tinystories/TinyStories-valid.first201.txt")
+    recipe = write_recipe(tmp / "micro.toml", micro(eval={"real": str(real), "max_stories": 3}))
+    root = tmp / "p"
+    result = run_pipeline(RunConfig(recipe=recipe, run=str(root)))
+    return root, recipe, result
+
+
+def copy_of(done, tmp_path: Path) -> Path:
+    root = tmp_path / "p"
+    shutil.copytree(done[0], root)
+    return root
+
+
+def test_every_stage_writes_its_outputs_and_a_rerun_skips_them(done):
+    root, recipe, result = done
+    assert statuses(result) == dict.fromkeys(("synth", "tokenize", "train", "sample", "eval"), "done")
+    model = root / "model"
+    assert (root / "corpus" / "stories.txt").is_file() and (root / "data" / "meta.json").is_file()
+    assert runlib.latest_checkpoint(model).name == "step_000020"
+    samples = json.loads((model / "samples" / "samples.json").read_text())["samples"]
+    assert samples[0]["prompt"] == "Once upon a time" and samples[0]["tokens"]
+    proc = json.loads((model / "eval" / "loss_procedural.json").read_text())
+    real = json.loads((model / "eval" / "loss_real.json").read_text())
+    assert proc["split"] == "val" and proc["stories"] == 3 and real["stories"] == 3
+    probes = json.loads((model / "eval" / "probes.json").read_text())
+    assert probes["n"] == 20 and probes["chance"] == 0.5
+    assert (root / "recipe.toml").read_text() == Path(recipe).read_text()
+    state = json.loads((root / "pipeline.json").read_text())
+    assert all(state["stages"][s.name]["status"] == "done" for s in STAGES)
+
+    again = run_pipeline(RunConfig(recipe=recipe, run=str(root)))
+    assert set(statuses(again).values()) == {"skipped"}
+    assert json.loads((root / "pipeline.json").read_text())["stages"] == state["stages"]
+    note = closing_note(root)
+    assert "Once upon a time" in note and "bits per byte" in note and "probes:" in note
+    assert "procedural" in note and "real" in note
+
+
+def test_a_changed_setting_redoes_only_the_stages_that_depend_on_it(done, tmp_path):
+    root = copy_of(done, tmp_path)
+    real = json.loads((done[0] / "model" / "eval" / "loss_real.json").read_text())["files"][0]
+    base = {"eval": {"real": real, "max_stories": 3}}
+    r = run_pipeline(RunConfig(recipe=write_recipe(tmp_path / "a.toml", micro(**base, sample={"temperature": 0.5})),
+                               run=str(root)))
+    assert statuses(r) == {"synth": "skipped", "tokenize": "skipped", "train": "skipped", "sample": "done",
+                           "eval": "skipped"}
+    r = run_pipeline(RunConfig(recipe=write_recipe(tmp_path / "b.toml", micro(**base, probes={"n": 10})),
+                               run=str(root)))
+    assert statuses(r)["eval"] == "done" and statuses(r)["sample"] == "done"  # sample back to the recipe's
+    assert statuses(r)["train"] == "skipped"
+    assert json.loads((root / "model" / "eval" / "probes.json").read_text())["n"] == 10
+
+
+def test_a_larger_budget_resumes_training(done, tmp_path):
+    root = copy_of(done, tmp_path)
+    real = json.loads((done[0] / "model" / "eval" / "loss_real.json").read_text())["files"][0]
+    recipe = write_recipe(tmp_path / "c.toml", micro(eval={"real": real, "max_stories": 3}, train={"max_steps": 30}))
+    r = run_pipeline(RunConfig(recipe=recipe, run=str(root)))
+    assert statuses(r) == {"synth": "skipped", "tokenize": "skipped", "train": "done", "sample": "done",
+                           "eval": "done"}
+    train = r["records"]["train"]["summary"]
+    assert train["resumed_from_step"] == 20 and train["step"] == 30
+    steps = [json.loads(line)["step"] for line in (root / "model" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 30
+
+
+def test_other_data_starts_the_model_over(done, tmp_path):
+    root = copy_of(done, tmp_path)
+    recipe = write_recipe(tmp_path / "d.toml", micro(synth={"n": 150}, eval={"real": ""}))
+    r = run_pipeline(RunConfig(recipe=recipe, run=str(root)))
+    assert set(statuses(r).values()) == {"done"}
+    assert r["records"]["train"]["summary"]["resumed_from_step"] is None
+    assert r["records"]["synth"]["summary"]["stories"] == 150
+    assert not (root / "model" / "eval" / "loss_real.json").exists()  # no real stories asked for
+
+
+SLOW_CHILD = """
+import sys, time
+import tinystories.train as train
+lr_at = train.lr_at
+def slow(step, cfg):  # training slowed down so that the kill lands mid-run
+    time.sleep(0.15)
+    return lr_at(step, cfg)
+train.lr_at = slow
+from tinystories.pipeline import RunConfig, run_pipeline
+run_pipeline(RunConfig(recipe=sys.argv[1], run=sys.argv[2]))
+"""
+
+
+def test_killed_during_training_resumes_from_the_last_checkpoint(tmp_path):
+    recipe = write_recipe(tmp_path / "k.toml", micro(train={"max_steps": 30}, eval={"real": "", "max_stories": 2},
+                                                      probes={"n": 6}))
+    root = tmp_path / "p"
+    child = subprocess.Popen([sys.executable, "-c", SLOW_CHILD, recipe, str(root)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while runlib.latest_checkpoint(root / "model") is None:
+            assert child.poll() is None, child.stderr.read().decode()
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    at_kill = runlib.latest_checkpoint(root / "model")
+    killed_at = int(at_kill.name.removeprefix("step_"))
+    assert 10 <= killed_at < 30
+    state = json.loads((root / "pipeline.json").read_text())
+    assert state["stages"]["train"]["status"] == "running" and "sample" not in state["stages"]
+    corpus_mtime = (root / "corpus" / "stories.txt").stat().st_mtime_ns
+
+    r = run_pipeline(RunConfig(recipe=recipe, run=str(root)))
+    assert statuses(r) == {"synth": "skipped", "tokenize": "skipped", "train": "done", "sample": "done",
+                           "eval": "done"}
+    assert (root / "corpus" / "stories.txt").stat().st_mtime_ns == corpus_mtime
+    summary = r["records"]["train"]["summary"]
+    assert summary["resumed_from_step"] == killed_at and summary["step"] == 30
+    steps = [json.loads(line)["step"] for line in (root / "model" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 30
+
+
+def test_recipe_mistakes_are_one_clear_line(tmp_path):
+    cases = [
+        ({"synth": {"n": 10}, "trian": {"max_steps": 1}}, "unknown section"),
+        (micro(train={"max_stepz": 3}), "no field 'max_stepz'"),
+        (micro(train={"run": "elsewhere"}), "may not set run"),
+        (micro(tokenize={"out": "x"}), "may not set out"),
+    ]
+    for sections, message in cases:
+        with pytest.raises(UserError, match=message):
+            load_recipe(write_recipe(tmp_path / "bad.toml", sections))
+    no_budget = micro()
+    del no_budget["train"]["max_steps"]
+    with pytest.raises(UserError, match="budget"):
+        run_pipeline(RunConfig(recipe=write_recipe(tmp_path / "nb.toml", no_budget), run=str(tmp_path / "nb")))
+    assert not (tmp_path / "nb").exists()  # refused before any work
+    (tmp_path / "broken.toml").write_text("[synth\n")
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_recipe(str(tmp_path / "broken.toml"))
+    with pytest.raises(UserError, match="unknown recipe 'nope'"):
+        load_recipe("nope")
+    with pytest.raises(UserError, match="no recipe file"):
+        load_recipe(str(tmp_path / "missing.toml"))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty"):
+        run_pipeline(RunConfig(recipe="micro", run=str(other)))
+    assert (other / "keep.txt").read_text() == "mine"
+
+
+def test_builtin_recipes_build_every_stage(tmp_path):
+    assert {"demo", "smoke", "micro"} <= set(builtin_recipes())
+    for name in builtin_recipes():
+        recipe = load_recipe(name)
+        p = Pipeline(root=tmp_path / name, recipe=recipe)
+        for stage in STAGES:
+            stage.config(p)
+        train = recipe.sections["train"]
+        # A token (or step) budget decides the result; time is only a safety cap.
+        assert train.get("max_tokens") or train.get("max_steps")
+    assert isinstance(load_recipe("demo").sections["train"]["time"], float)
+    assert load_recipe("demo").sections["train"]["max_tokens"] >= 1_000_000
+
+
+@pytest.mark.slow
+def test_smoke_recipe_end_to_end(tmp_path, valid_stories):
+    root = tmp_path / "smoke"
+    result = run_pipeline(RunConfig(recipe="smoke", run=str(root)))
+    assert set(statuses(result).values()) == {"done"}
+    model = root / "model"
+    proc = json.loads((model / "eval" / "loss_procedural.json").read_text())["per_story"]
+    real = json.loads((model / "eval" / "loss_real.json").read_text())["per_story"]
+    # Trained on procedural text only: it predicts that far better than real TinyStories.
+    assert proc["bits_per_byte"] < real["bits_per_byte"]
+    assert proc["loss"] < 3.0
+    probes = json.loads((model / "eval" / "probes.json").read_text())
+    assert probes["n"] >= 500
+    assert "probes:" in closing_note(root)
