@@ -1,0 +1,403 @@
+"""`tinystories interpret heads`: which attention heads attend by distance and which by meaning.
+
+Per head, over a set of stories (A is a story's attention pattern, A[i, j] the
+weight query i gives key j <= i):
+
+- mean distance: sum_j A[i, j] * (i - j), averaged over queries i >= 1;
+- entropy: -sum_j A[i, j] log A[i, j] (nats), and the same divided by log(i+1),
+  the entropy of uniform attention (1 = uniform), averaged over queries i >= 1;
+- first-token share: attention on position 0, the end-of-text that starts every
+  story (heads with nothing to do park their attention there);
+- positional score: the head's attention explained by its mean offset profile
+  p[d] (the mean of A[i, i-d] over all stories and queries), as R^2: the
+  prediction P[i, j] = p[i-j] / sum_{d <= i} p[d] against the baseline of
+  uniform attention U[i, j] = 1/(i+1): R^2 = 1 - sum (A-P)^2 / sum (A-U)^2.
+  A head that always looks k tokens back scores 1, whatever the tokens are;
+- semantic score: excess attention to earlier occurrences of the same word, or
+  to entities (nouns and names), over what the offset profile predicts for the
+  same positions: (observed mass - predicted mass) per query that has such
+  earlier positions. The larger of the two excesses is the score, in units of
+  attention mass (0.2 = a fifth of the query's attention).
+
+Classification (thresholds are options, stated in the output): a head whose
+attention is nearly uniform (normalised entropy above `max_entropy`) is
+`other`; else `distance` when the positional score reaches
+`positional_threshold`; else `semantic` when the semantic score reaches
+`semantic_threshold`; else `other`.
+
+Controls, run by default: a randomly initialised copy of the model on the same
+stories (it should have no semantic head), and the same stories with their
+tokens shuffled (distance heads keep their positional score: the correlation of
+positional scores across heads, real vs shuffled, is reported).
+
+Everything is accumulated story by story in offset coordinates (query i,
+offset d), so memory is O(heads x T^2) per layer whatever the number of stories.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tinystories.errors import UserError
+from tinystories.interp.hooks import iter_activations
+from tinystories.interp.text import Story, load_records, prepare
+
+PAPER_TEXT = (
+    "One day, Lucy asks Tom: \"I am looking for a banana but I can't find it\". Tom says: \"Don't worry, "
+    "I will help you\". Lucy and Tom go to the park. They look for the banana together. After a while, they "
+    "found the banana. Lucy is happy. She says: \"Thank you, Tom. You are a good friend.\" Tom: \"You are "
+    "welcome, Lucy. I am happy to help you. Let's eat the banana together!\""
+)
+"""The text of the paper's Figures 19-20."""
+
+ENTITY_CLASSES = ("noun", "name")
+
+
+@dataclass
+class HeadsConfig:
+    """`tinystories interpret heads`: distance-based and semantic attention heads, with controls."""
+
+    run: str = ""
+    """Run folder whose model is analysed."""
+    data: tuple[str, ...] = ()
+    """Story files or a dataset folder; default: the run's dataset, else procedural stories."""
+    stories: int = 50
+    """Number of stories to score the heads on."""
+    text: str = PAPER_TEXT
+    """Text whose attention maps are drawn (default: the paper's Figures 19-20 text)."""
+    positional_threshold: float = 0.5
+    """A head is distance-based when its positional score (R^2 of the offset profile) reaches this."""
+    semantic_threshold: float = 0.05
+    """A head is semantic when its excess attention to same words / entities reaches this (attention mass)."""
+    max_entropy: float = 0.9
+    """Heads whose normalised attention entropy exceeds this are nearly uniform and classified other."""
+    controls: bool = True
+    """Also score a randomly initialised copy of the model and the stories with shuffled tokens."""
+    seed: int = 0
+    """Seed of the random-init control, the token shuffle and procedural stories."""
+    step: int | None = None
+    """Checkpoint step; default = the latest."""
+    device: str = "cpu"
+    """Torch device (cpu, cuda, mps)."""
+    batch_tokens: int = 8192
+    """Padded positions per forward (bounds memory)."""
+    out: str = ""
+    """Output folder; default: <run>/interp."""
+    png: bool = True
+    """Draw the attention maps of --text as PNG files (needs matplotlib)."""
+
+
+# --- accumulating statistics -----------------------------------------------------------
+
+
+class LayerStats:
+    """Per-head sums over stories for one layer, in offset coordinates (query i, offset d = i - j)."""
+
+    def __init__(self, n_head: int, max_len: int):
+        H, T = n_head, max_len
+        self.H, self.T = H, T
+        self.S1 = torch.zeros(H, T, T, dtype=torch.float64)  # sum of A[i, i-d]
+        self.N = torch.zeros(T, dtype=torch.float64)  # stories long enough to have query i
+        self.sum_a2 = torch.zeros(H, dtype=torch.float64)
+        self.dist = torch.zeros(H, dtype=torch.float64)
+        self.ent = torch.zeros(H, dtype=torch.float64)
+        self.norm_ent = torch.zeros(H, dtype=torch.float64)
+        self.first = torch.zeros(H, dtype=torch.float64)
+        self.rows = 0
+        # Targets of the semantic score: G[i, d] counts stories where key i-d is a target of query i.
+        self.G = {k: torch.zeros(T, T, dtype=torch.float64) for k in ("same", "entity")}
+        self.obs = {k: torch.zeros(H, dtype=torch.float64) for k in ("same", "entity")}
+        self.queries = {k: 0 for k in ("same", "entity")}
+        self._grids: dict[int, tuple[torch.Tensor, ...]] = {}
+
+    def _grid(self, L: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Index tensors for stories of length L (cached: stories share lengths often enough)."""
+        if L not in self._grids:
+            i = torch.arange(L)[:, None]
+            d = torch.arange(L)[None, :]
+            valid = d <= i  # (L, L) in offset coordinates
+            j = (i - d).clamp(min=0)  # key of (query i, offset d)
+            dist = (i - d).clamp(min=0).float()  # in (query, key) coordinates: i - j where j <= i
+            self._grids = {L: (valid, j, dist, torch.log(torch.arange(2, L + 1, dtype=torch.float64)))}
+        return self._grids[L]
+
+    def update(self, A: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
+        """Add one story: A (H, L, L) attention; targets {kind: (L, L) bool, key j is a target of query i}."""
+        H, L, _ = A.shape
+        if L > self.T:
+            raise ValueError(f"story of {L} positions exceeds the {self.T} this accumulator was made for")
+        A = A.float()
+        valid, j, dist, log_n = self._grid(L)
+        f64 = torch.float64
+        A_off = A.gather(2, j.expand(H, L, L)).mul_(valid)  # (H, L, L): A[h, i, i-d]
+        self.S1[:, :L, :L] += A_off
+        self.N[:L] += 1
+        self.sum_a2 += (A * A).sum(dim=(1, 2), dtype=f64)
+        # Query 0 has a single key: nothing to measure, and it adds 0 to every sum below but the entropy ratio.
+        self.dist += (A * dist).sum(dim=(1, 2), dtype=f64)
+        ent = -torch.special.xlogy(A, A).sum(-1, dtype=f64)  # (H, L)
+        self.ent += ent.sum(-1)
+        self.norm_ent += (ent[:, 1:] / log_n).sum(-1)
+        self.first += A[:, 1:, 0].sum(-1, dtype=f64)
+        self.rows += L - 1
+        for kind, t in targets.items():
+            tf = t[:L, :L].float()
+            self.obs[kind] += (A * tf).sum(dim=(1, 2), dtype=f64)
+            self.G[kind][:L, :L] += tf.gather(1, j).mul_(valid)
+            self.queries[kind] += int((t.sum(-1) > 0).sum())
+
+    def profile(self) -> torch.Tensor:
+        """(H, T) mean attention at each offset d over all queries that have one."""
+        per_d = self.N.flip(0).cumsum(0).flip(0)  # queries i >= d, summed over stories
+        return self.S1.sum(1) / per_d.clamp(min=1)
+
+    def results(self) -> list[dict[str, Any]]:
+        p = self.profile()  # (H, T)
+        Z = p.cumsum(-1)  # (H, T): sum_{d <= i} p[d]
+        c = 1.0 / Z.clamp(min=1e-30)  # (H, T) renormalisation of row i
+        cross = (c[:, :, None] * p[:, None, :] * self.S1).sum(dim=(1, 2))  # sum A * P
+        pred_sq = (self.N[None] * c * c * (p * p).cumsum(-1)).sum(-1)  # sum P^2
+        ss_res = self.sum_a2 - 2 * cross + pred_sq
+        ss_tot = self.sum_a2 - (self.N / torch.arange(1, self.T + 1)).sum()
+        r2 = 1 - ss_res / ss_tot.clamp(min=1e-12)
+        excess, lift = {}, {}
+        for kind in ("same", "entity"):
+            predicted = (c[:, :, None] * p[:, None, :] * self.G[kind]).sum(dim=(1, 2))  # (H,)
+            excess[kind] = (self.obs[kind] - predicted) / max(self.queries[kind], 1)
+            lift[kind] = self.obs[kind] / predicted.clamp(min=1e-12)
+        rows = max(self.rows, 1)
+        out = []
+        for h in range(self.H):
+            top = torch.argsort(p[h], descending=True)[:3]
+            out.append({
+                "head": h,
+                "mean_distance": float(self.dist[h] / rows),
+                "entropy": float(self.ent[h] / rows),
+                "norm_entropy": float(self.norm_ent[h] / rows),
+                "first_token": float(self.first[h] / rows),
+                "positional": float(r2[h]),
+                "semantic_same_word": float(excess["same"][h]),
+                "semantic_entity": float(excess["entity"][h]),
+                "semantic": float(max(excess["same"][h], excess["entity"][h])),
+                "lift_same_word": float(lift["same"][h]),
+                "lift_entity": float(lift["entity"][h]),
+                "offsets": [[int(d), round(float(p[h, d]), 4)] for d in top],
+            })
+        return out
+
+
+def semantic_targets(story: Story) -> dict[str, torch.Tensor]:
+    """{"same": (L, L) key j < i lies in an earlier occurrence of query i's word; "entity": key j < i is a noun or name}."""
+    L = len(story)
+    texts = [story.word_text(p) if story.word_of[p] >= 0 else None for p in range(L)]
+    ids: dict[str, int] = {}
+    code = torch.tensor([ids.setdefault(t, len(ids)) if t is not None else -1 - p for p, t in enumerate(texts)])
+    wid = torch.tensor(story.word_of)
+    earlier = torch.ones(L, L, dtype=torch.bool).tril(-1)
+    # Same word, but not the query's own word (a later piece of "Lucy" looking at its first piece).
+    same = (code[:, None] == code[None, :]) & earlier & (wid[:, None] != wid[None, :])
+    ent = torch.tensor([story.class_of(p) in ENTITY_CLASSES for p in range(L)])
+    entity = earlier & ent[None, :] & (wid[:, None] != wid[None, :])
+    return {"same": same, "entity": entity}
+
+
+def classify(h: dict[str, Any], cfg: HeadsConfig) -> str:
+    if h["norm_entropy"] > cfg.max_entropy:
+        return "other"
+    if h["positional"] >= cfg.positional_threshold:
+        return "distance"
+    if h["semantic"] >= cfg.semantic_threshold:
+        return "semantic"
+    return "other"
+
+
+def score_heads(model: torch.nn.Module, stories: Sequence[Story], cfg: HeadsConfig,
+                ids: Sequence[Sequence[int]] | None = None) -> list[dict[str, Any]]:
+    """Statistics and class of every head over `stories` (token ids `ids` when they differ from the stories')."""
+    n_layer, n_head = model.config.n_layer, model.config.n_head
+    ids = ids or [s.ids for s in stories]
+    # All layers in one accumulator: (layers * H) heads, head index = layer * H + h.
+    stats = LayerStats(n_layer * n_head, max(len(x) for x in ids))
+    sites = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layer)]
+    for i, acts in iter_activations(model, ids, sites, batch_tokens=cfg.batch_tokens, device=cfg.device):
+        stats.update(torch.cat([acts[s].cpu() for s in sites]), semantic_targets(stories[i]))
+    heads = []
+    for h in stats.results():
+        layer, head = divmod(h.pop("head"), n_head)
+        h = {"layer": layer, "head": head, **h}
+        h["kind"] = classify(h, cfg)
+        heads.append(h)
+    return heads
+
+
+def shuffled(ids: Sequence[Sequence[int]], seed: int) -> list[list[int]]:
+    """Each story's tokens in a random order, the leading end-of-text kept in place."""
+    rng = random.Random(seed)
+    out = []
+    for s in ids:
+        rest = list(s[1:])
+        rng.shuffle(rest)
+        out.append([s[0], *rest])
+    return out
+
+
+def random_copy(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A freshly initialised model of the same configuration (the control with no learned structure)."""
+    from tinystories.model import GPT
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        fresh = GPT(model.config)
+    return fresh.to(next(model.parameters()).device).eval()
+
+
+def pearson(a: Sequence[float], b: Sequence[float]) -> float:
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+# --- attention maps ----------------------------------------------------------------
+
+
+def attention_maps(model: torch.nn.Module, tokenizer: Any, text: str, device: str = "cpu") -> dict[str, Any]:
+    """Tokens of `text` and every layer's attention, as (L, H, T, T) patterns quantised to uint8 (base64)."""
+    story = prepare([{"story": text}], tokenizer, model.config.max_seq_len)
+    if not story:
+        raise UserError("--text is empty")
+    s = story[0]
+    sites = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.config.n_layer)]
+    acts = next(iter_activations(model, [s.ids], sites, device=device))[1]
+    pats = torch.stack([acts[x].cpu() for x in sites])  # (layers, H, T, T)
+    q = (pats * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    return {
+        "tokens": [s.token_text(p) for p in range(len(s))],
+        "shape": list(q.shape),
+        "patterns_u8": base64.b64encode(q.tobytes()).decode("ascii"),
+        "_patterns": pats,
+    }
+
+
+def draw_maps(maps: dict[str, Any], heads: list[dict[str, Any]], folder: Path) -> list[str]:
+    """One PNG per layer: every head's attention on the text (query rows x key columns, viridis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tinystories.io import atomic_save
+
+    pats = maps["_patterns"].numpy()
+    tokens = [t.replace("\n", "\\n") for t in maps["tokens"]]
+    n_layer, n_head, T, _ = pats.shape
+    kinds = {(h["layer"], h["head"]): h["kind"] for h in heads}
+    cols = min(4, n_head)
+    rows = math.ceil(n_head / cols)
+    labelled = T <= 40  # token labels stay legible up to about this many tokens
+    written = []
+    for layer in range(n_layer):
+        fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
+        fig.subplots_adjust(left=0.08 if labelled else 0.02, right=0.98, bottom=0.08 if labelled else 0.02,
+                            top=0.95, wspace=0.35 if labelled else 0.1, hspace=0.35 if labelled else 0.15)
+        for h in range(rows * cols):
+            ax = axes[h // cols][h % cols]
+            if h >= n_head:
+                ax.axis("off")
+                continue
+            ax.imshow(pats[layer, h], cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(f"layer {layer}, head {h}: {kinds.get((layer, h), '')}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if labelled:
+                # Text is slow to lay out: one label per token on the left and bottom edges only.
+                if h % cols == 0:
+                    ax.set_yticks(range(T), tokens, fontsize=5)
+                if h // cols == rows - 1 or h + cols >= n_head:
+                    ax.set_xticks(range(T), tokens, rotation=90, fontsize=5)
+        path = folder / f"heads_layer{layer}.png"
+        atomic_save(path, lambda name, fig=fig: fig.savefig(name, format="png", dpi=80))
+        plt.close(fig)
+        written.append(path.name)
+    return written
+
+
+# --- the command ---------------------------------------------------------------------
+
+
+def interpret_heads(cfg: HeadsConfig) -> dict[str, Any]:
+    """Score and classify every attention head of a run; writes <out>/heads.json and attention-map PNGs."""
+    from tinystories.io import atomic_write_json
+    from tinystories.run import load_run
+
+    if not cfg.run:
+        raise UserError("--run is required: the run folder whose heads are analysed")
+    if cfg.stories < 1:
+        raise UserError(f"--stories must be >= 1, got {cfg.stories}")
+    loaded = load_run(cfg.run, step=cfg.step, device=cfg.device)
+    model, tok = loaded.model, loaded.tokenizer
+    records, source = load_records(cfg.data, loaded.config, cfg.stories, cfg.seed)
+    stories = prepare(records[: cfg.stories], tok, model.config.max_seq_len)
+    if not stories:
+        raise UserError("no non-empty stories to analyse")
+    heads = score_heads(model, stories, cfg)
+    result: dict[str, Any] = {
+        "run": os.fspath(cfg.run),
+        "step": loaded.step,
+        "source": source,
+        "stories": len(stories),
+        "tokens": sum(len(s) for s in stories),
+        "thresholds": {"positional": cfg.positional_threshold, "semantic": cfg.semantic_threshold,
+                       "max_entropy": cfg.max_entropy},
+        "method": __doc__.split("\n\n", 1)[1].split("\n\nEverything")[0],
+        "heads": heads,
+        "counts": _counts(heads),
+    }
+    if cfg.controls:
+        rand = score_heads(random_copy(model, cfg.seed), stories, cfg)
+        shuf = score_heads(model, stories, cfg, ids=shuffled([s.ids for s in stories], cfg.seed))
+        dist = [h for h in heads if h["kind"] == "distance"]
+        key = {(h["layer"], h["head"]): h for h in shuf}
+        result["controls"] = {
+            "random_init": {"counts": _counts(rand), "max_semantic": max(h["semantic"] for h in rand),
+                            "max_positional": max(h["positional"] for h in rand)},
+            "shuffled": {
+                "correlation_all": pearson([h["positional"] for h in heads], [h["positional"] for h in shuf]),
+                "correlation_distance": pearson([h["positional"] for h in dist],
+                                                [key[(h["layer"], h["head"])]["positional"] for h in dist])
+                if len(dist) >= 3 else None,
+                "counts": _counts(shuf),
+                "distance_heads": [{"layer": h["layer"], "head": h["head"], "positional": h["positional"],
+                                    "shuffled": key[(h["layer"], h["head"])]["positional"]} for h in dist],
+                "semantic_heads": [{"layer": h["layer"], "head": h["head"], "semantic": h["semantic"],
+                                    "shuffled": key[(h["layer"], h["head"])]["semantic"]}
+                                   for h in heads if h["kind"] == "semantic"],
+            },
+        }
+    maps = attention_maps(model, tok, cfg.text, cfg.device)
+    out = Path(cfg.out) if cfg.out else Path(cfg.run) / "interp"
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.png:
+        result["png"] = draw_maps(maps, heads, out)
+    maps.pop("_patterns")
+    result["text"] = {"text": cfg.text, **maps}
+    atomic_write_json(out / "heads.json", result)
+    summary = {k: v for k, v in result.items() if k not in ("heads", "text", "method")}
+    summary["distance_heads"] = [f"{h['layer']}.{h['head']}" for h in heads if h["kind"] == "distance"]
+    summary["semantic_heads"] = [f"{h['layer']}.{h['head']}" for h in heads if h["kind"] == "semantic"]
+    summary["written"] = str(out / "heads.json")
+    return summary
+
+
+def _counts(heads: list[dict[str, Any]]) -> dict[str, int]:
+    return {k: sum(h["kind"] == k for h in heads) for k in ("distance", "semantic", "other")}
