@@ -108,7 +108,7 @@ def _sections() -> dict[str, type]:
 
 # Fields each stage's paths and bookkeeping own: a recipe that sets them is refused.
 OWNED = {
-    "synth": ("out", "shard"),
+    "synth": ("out", "shard", "resume"),
     "tokenize": ("data", "out", "val_data"),
     "train": ("data", "run", "resume", "device"),
     "sample": ("run", "out", "stream", "device"),
@@ -245,8 +245,10 @@ class Stage:
     """Identity of its outputs as they are now; None when they are missing."""
     clean: Callable[[Pipeline], None] = lambda p: None
     """Remove outputs that would stop a fresh run."""
+    resumable: bool = False
+    """An unfinished or outdated attempt with the same resume key is continued, not started over."""
     budget: tuple[str, ...] = ()
-    """Config keys that may change while keeping the stage's work (it resumes instead)."""
+    """Config keys left out of the resume key: changing them continues the stage's work."""
 
 
 def _synth_config(p: Pipeline) -> Any:
@@ -262,7 +264,12 @@ def _synth_txt(p: Pipeline) -> Path:
 def _run_synth(p: Pipeline, resume: bool) -> dict[str, Any]:
     from tinystories.synth.generate import synth
 
-    r = synth(_synth_config(p))
+    cfg = _synth_config(p)
+    # An LLM job continues from its shards (nothing is paid for twice); the procedural engine
+    # simply writes its job again.
+    if resume and cfg.backend != "procedural" and (p.corpus / "job.json").is_file():
+        cfg = dataclasses.replace(cfg, resume=True)
+    r = synth(cfg)
     return {"stories": r["stories"], "stories_per_s": r["stories_per_s"], "txt": r["txt"]}
 
 
@@ -460,10 +467,12 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "synth",
         reads=(),
-        config=lambda p: _asdict(_synth_config(p), ("out",)),
+        config=lambda p: _asdict(_synth_config(p), ("out", "resume", "progress")),
         run=_run_synth,
         fingerprint=lambda p: _fingerprint_file(_synth_txt(p)),
         clean=lambda p: _rmtree(p.corpus),
+        resumable=True,
+        budget=("budget_usd",),
     ),
     Stage(
         "tokenize",
@@ -480,6 +489,7 @@ STAGES: tuple[Stage, ...] = (
         run=_run_train,
         fingerprint=_train_fingerprint,
         clean=_clean_train,
+        resumable=True,
         budget=("max_steps", "max_tokens", "time", "eval_interval", "eval_tokens", "ckpt_interval", "keep_ckpts",
                 "log_interval", "tensorboard", "grad_accum"),
     ),
@@ -506,11 +516,14 @@ def _keys(stage: Stage, p: Pipeline) -> tuple[str, str]:
     config = stage.config(p)
     inputs = {name: p.fingerprints.get(name) for name in stage.reads}
     key = _hash({"config": config, "inputs": inputs})
-    trimmed = {
-        k: ({f: v for f, v in sec.items() if f not in stage.budget} if isinstance(sec, dict) else sec)
-        for k, sec in config.items()
+    return key, _hash({"config": _without(config, stage.budget), "inputs": inputs})
+
+
+def _without(config: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    # Budget fields sit at the top (synth) or one section down (train: {"train": ..., "model": ...}).
+    return {
+        k: _without(v, names) if isinstance(v, dict) else v for k, v in config.items() if k not in names
     }
-    return key, _hash({"config": trimmed, "inputs": inputs})
 
 
 # --- running -------------------------------------------------------------------------
@@ -559,7 +572,7 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
             p.fingerprints[stage.name] = now
             outcome[stage.name] = "skipped"
             continue
-        resume = bool(stage.budget) and rec.get("resume_key") == resume_key
+        resume = stage.resumable and rec.get("resume_key") == resume_key
         if not resume:
             stage.clean(p)
         state["stages"][stage.name] = {"status": "running", "key": key, "resume_key": resume_key}
