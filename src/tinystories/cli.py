@@ -75,6 +75,18 @@ COMMANDS: dict[str, Command] = {
         "tinystories.eval.loss:evaluate_loss",
         "loss, perplexity and bits per byte of a run on story files or a dataset split",
     ),
+    "interpret heads": Command(
+        "tinystories.interp.heads:interpret_heads",
+        "classify a run's attention heads (distance-based / semantic, with controls) and draw attention maps",
+    ),
+    "interpret neurons": Command(
+        "tinystories.interp.neurons:interpret_neurons",
+        "top-activating tokens, labels and scores (vs random directions) of one layer's MLP neurons",
+    ),
+    "report": Command(
+        "tinystories.report:report",
+        "write <run>/report.html: config, training curves, samples, evals, heads and neurons in one file",
+    ),
     "run": Command(
         "tinystories.pipeline:run_command",
         "run a recipe's stages (synth, tokenize, train, sample, eval) on one folder; a re-run resumes",
