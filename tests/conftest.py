@@ -60,3 +60,4 @@ def gpt2_dir() -> Path:
     """Folder with the GPT-2 / GPT-Neo `encoder.json` and `vocab.bpe`."""
     testdata_path("gpt2/vocab.bpe")
     return testdata_path("gpt2/encoder.json").parent
+from llm_server import llm_server  # noqa: E402, F401  (the real LLM server fixture)
