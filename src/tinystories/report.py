@@ -91,7 +91,10 @@ class Raw(str):
 
 
 def _plt():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError("plots need matplotlib: pip install 'tinystories[report]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

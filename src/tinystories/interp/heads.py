@@ -291,12 +291,10 @@ def attention_maps(model: torch.nn.Module, tokenizer: Any, text: str, device: st
 
 def draw_maps(maps: dict[str, Any], heads: list[dict[str, Any]], folder: Path) -> list[str]:
     """One PNG per layer: every head's attention on the text (query rows x key columns, viridis)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from tinystories.io import atomic_save
+    from tinystories.report import _plt
+
+    plt = _plt()
 
     pats = maps["_patterns"].numpy()
     tokens = [t.replace("\n", "\\n") for t in maps["tokens"]]
