@@ -90,7 +90,8 @@ class Raw(str):
 # --- plots ---------------------------------------------------------------------------------------
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display), or a clear error when matplotlib is missing."""
     try:
         import matplotlib
     except ImportError:
@@ -104,7 +105,7 @@ def _plt():
 
 def png(fig: Any) -> str:
     """A matplotlib figure as an <img> with a data URI (the figure is closed)."""
-    plt = _plt()
+    plt = pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
@@ -113,7 +114,7 @@ def png(fig: Any) -> str:
 
 def line_plot(xs: list[float], series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str,
               logy: bool = False) -> str:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
     for name, pts in series.items():
         if pts:
@@ -128,7 +129,7 @@ def line_plot(xs: list[float], series: dict[str, list[tuple[float, float]]], xla
 
 
 def histogram(values: list[float], title: str, reference: list[float] | None = None, ref_label: str = "") -> str:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 3.0))
     bins = 30
     if reference:
@@ -392,7 +393,7 @@ def section_heads(run: Path) -> tuple[str, dict[str, Any] | None]:
             ["shuffled tokens: correlation over distance heads", sh.get("correlation_distance")],
             ["shuffled tokens: semantic heads left", sh.get("counts", {}).get("semantic")],
         ], ["control", "value"]))
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
     colors = {"distance": "tab:blue", "semantic": "tab:red", "other": "tab:gray"}
     for kind, col in colors.items():

@@ -292,9 +292,9 @@ def attention_maps(model: torch.nn.Module, tokenizer: Any, text: str, device: st
 def draw_maps(maps: dict[str, Any], heads: list[dict[str, Any]], folder: Path) -> list[str]:
     """One PNG per layer: every head's attention on the text (query rows x key columns, viridis)."""
     from tinystories.io import atomic_save
-    from tinystories.report import _plt
+    from tinystories.report import pyplot
 
-    plt = _plt()
+    plt = pyplot()
 
     pats = maps["_patterns"].numpy()
     tokens = [t.replace("\n", "\\n") for t in maps["tokens"]]
