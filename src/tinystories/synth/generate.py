@@ -580,7 +580,8 @@ def synth_llm(cfg: SynthConfig, backend: str) -> dict[str, Any]:
     if cfg.budget_usd < 0:
         raise UserError("--budget-usd cannot be negative")
     out = Path(cfg.out)
-    cfg, _job = _llm_job(cfg, backend, out)
+    cfg, job = _llm_job(cfg, backend, out)
+    backend = job["backend"]
     k, n_shards = _parse_shard(cfg.shard)
     price = price_of(cfg.model, cfg.price)
     if cfg.budget_usd and price is None:
