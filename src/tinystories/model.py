@@ -165,8 +165,8 @@ def _hook(hooks: Hooks | None, prefix: str, name: str, x: torch.Tensor) -> torch
 
 # --- loss -------------------------------------------------------------------
 
-LOSS_CHUNK_ELEMENTS = 2**23
-"""Logit elements materialised at once by the chunked loss (32 MiB in fp32)."""
+LOSS_CHUNK_ELEMENTS = 2**22
+"""Logit elements materialised at once by the chunked loss (16 MiB in fp32)."""
 
 
 def _chunked_ce(h, weight, targets, rows, with_grads):
@@ -176,25 +176,46 @@ def _chunked_ce(h, weight, targets, rows, with_grads):
     soon as a chunk's logits exist, so the input gradients are accumulated here
     and the logits are never kept: one matmul per chunk fewer than recomputing
     them in backward.
+
+    Every pass over a chunk's (rows, V) logits counts at a large vocabulary (at
+    32,000 they outweigh the rest of the step's elementwise work), so: the
+    logits and log-probabilities live in two buffers allocated once per call,
+    not per chunk (a fresh 16-32 MiB tensor is a fresh mmap, page-faulted in
+    every time); log_softmax makes one cache-friendly pass per row and exp_ one
+    more for the softmax; ignored rows are zeroed in the small (rows, C)
+    operands, never in the logits; grad_w accumulates inside the matmul (addmm_).
     """
     valid = targets != IGNORE_INDEX  # (N,)
     safe = targets.clamp(min=0)  # ignored rows still need an index to gather
     total = torch.zeros((), dtype=torch.float32, device=h.device)
     grad_h = torch.empty_like(h) if with_grads else None
-    grad_w = torch.zeros_like(weight, dtype=torch.float32) if with_grads else None
+    grad_w = None
+    n_max = min(rows, h.shape[0])
+    plain = h.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled(h.device.type)
+    logits_buf = torch.empty(n_max, weight.shape[0], dtype=torch.float32, device=h.device) if plain else None
+    logp_buf = torch.empty(n_max, weight.shape[0], dtype=torch.float32, device=h.device)
     for s in range(0, h.shape[0], rows):
         hc, tc, vc = h[s : s + rows], safe[s : s + rows], valid[s : s + rows]
-        raw = hc @ weight.T  # (n, V), in the autocast dtype when autocast is on
-        logits = raw.float()
-        lse = torch.logsumexp(logits, dim=-1)  # (n,)
-        picked = logits.gather(1, tc[:, None])[:, 0]  # (n,)
-        total = total + ((lse - picked) * vc).sum()
+        n = hc.shape[0]
+        # (n, V), in the autocast dtype when autocast is on
+        raw = torch.mm(hc, weight.T, out=logits_buf[:n]) if plain else hc @ weight.T
+        logp = torch.log_softmax(raw.float(), dim=-1, out=logp_buf[:n])  # (n, V)
+        picked = logp.gather(1, tc[:, None])[:, 0]  # (n,) log-probability of the target
+        total = total - torch.where(vc, picked, 0.0).sum()
         if with_grads:
-            g = logits.sub_(lse[:, None]).exp_()  # softmax, in place: the logits are done with
-            g[torch.arange(len(tc), device=g.device), tc] -= 1.0
-            g = (g * vc[:, None]).to(raw.dtype)  # (n, V)
-            grad_h[s : s + rows] = g @ weight
-            grad_w += (g.T @ hc).float()
+            g = logp.exp_()  # softmax, in place: the log-probabilities are done with
+            g[torch.arange(n, device=g.device), tc] -= 1.0
+            g = g.to(raw.dtype)
+            keep = vc[:, None].to(hc.dtype)  # (n, 1): ignored rows get no gradient
+            grad_h[s : s + rows] = (g @ weight) * keep
+            if grad_w is None:
+                grad_w = (g.T @ (hc * keep)).float()  # (V, C)
+            elif plain:
+                grad_w.addmm_(g.T, hc * keep)  # accumulated by the matmul itself: no extra pass over (V, C)
+            else:
+                grad_w += (g.T @ (hc * keep)).float()
+    if with_grads and grad_w is None:  # no rows at all
+        grad_w = torch.zeros_like(weight, dtype=torch.float32)
     return total, valid.sum(), grad_h, grad_w
 
 
