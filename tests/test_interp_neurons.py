@@ -126,3 +126,18 @@ def test_command_on_stories260k(tmp_path):
     a, b = ex["span"]
     assert ex["sentence"][a:b].strip() == ex["token"].strip()
     assert data["protagonist"]["positives"] >= 3
+
+
+def test_words_classes_and_sentences_of_a_story(tok):
+    text = 'Lily saw a big red ball. She ran to the park with Tom. "Hello, Tom!" said Lily.'
+    s = prepare([{"story": text}], tok, 100)[0]
+    assert s.text == text and s.ids[0] == tok.eot_id
+    classes = {s.text[a:b]: c for (a, b), c in zip(s.words, s.classes)}
+    assert classes["Lily"] == classes["Tom"] == "name"  # "Lily" starts a sentence but is a name elsewhere too
+    assert (classes["saw"], classes["big"], classes["ball"], classes["She"], classes["the"]) == (
+        "verb", "adjective", "noun", "pronoun", "determiner")
+    # Every token of a word maps to that word; the token's span sits inside its sentence.
+    pos = next(p for p in range(1, len(s)) if s.word_text(p) == "park")
+    assert s.class_of(pos) == "noun"
+    sent, a, b = s.sentence(pos)
+    assert sent == "She ran to the park with Tom." and sent[a:b] in " park"
