@@ -135,6 +135,17 @@ def test_other_data_starts_the_model_over(done, tmp_path):
     assert not (root / "model" / "eval" / "loss_real.json").exists()  # no real stories asked for
 
 
+def test_a_changed_recipe_never_deletes_llm_stories(done, tmp_path):
+    root = copy_of(done, tmp_path)
+    job = root / "corpus" / "job.json"
+    job.write_text(json.dumps({**json.loads(job.read_text()), "backend": "openai"}))
+    before = sorted(p.name for p in (root / "corpus").iterdir())
+    recipe = write_recipe(tmp_path / "e.toml", micro(synth={"n": 150}, eval={"real": ""}))
+    with pytest.raises(UserError, match="openai backend"):
+        run_pipeline(RunConfig(recipe=recipe, run=str(root)))
+    assert sorted(p.name for p in (root / "corpus").iterdir()) == before
+
+
 SLOW_CHILD = """
 import sys, time
 import tinystories.train as train

@@ -273,6 +273,18 @@ def _run_synth(p: Pipeline, resume: bool) -> dict[str, Any]:
     return {"stories": r["stories"], "stories_per_s": r["stories_per_s"], "txt": r["txt"]}
 
 
+def _clean_synth(p: Pipeline) -> None:
+    job = p.corpus / "job.json"
+    backend = json.loads(job.read_text()).get("backend") if job.is_file() else None
+    if backend not in (None, "procedural"):
+        # Stories an LLM wrote cost money and time: never thrown away here.
+        raise UserError(
+            f"[synth] changed, but {p.corpus} holds stories from the {backend} backend; "
+            "move that folder away or choose another --run"
+        )
+    _rmtree(p.corpus)
+
+
 def _tokenize_config(p: Pipeline) -> Any:
     from tinystories.data.shards import TokenizeConfig
 
@@ -470,9 +482,10 @@ STAGES: tuple[Stage, ...] = (
         config=lambda p: _asdict(_synth_config(p), ("out", "resume", "progress")),
         run=_run_synth,
         fingerprint=lambda p: _fingerprint_file(_synth_txt(p)),
-        clean=lambda p: _rmtree(p.corpus),
+        clean=_clean_synth,
         resumable=True,
-        budget=("budget_usd",),
+        # Operational settings of LLM jobs: changing them continues the job.
+        budget=("budget_usd", "concurrency", "rpm", "tpm", "timeout", "retries", "retry_base", "api_key_env"),
     ),
     Stage(
         "tokenize",
