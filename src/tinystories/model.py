@@ -292,7 +292,8 @@ def rotate_pairs(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     """
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()  # complex needs fp32 / fp64
     pairs = torch.view_as_complex(work.unflatten(-1, (-1, 2)))  # (B, T, heads, D/2)
-    return torch.view_as_real(pairs * rotations).flatten(-2).to(x.dtype)
+    out = torch.view_as_real(pairs * rotations).flatten(-2)
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 # --- attention ----------------------------------------------------------------
@@ -360,8 +361,9 @@ class Attention(nn.Module):
             else:  # rows at different positions: one index_copy_ into the flattened slots
                 keys.view(-1, D).index_copy_(0, step.slots, k.transpose(1, 2).reshape(-1, D).to(keys.dtype))
                 values.view(-1, D).index_copy_(0, step.slots, v.transpose(1, 2).reshape(-1, D).to(values.dtype))
-            k = keys[:, :, : step.kv_len].to(q.dtype)  # (B, K, S, D)
-            v = values[:, :, : step.kv_len].to(q.dtype)
+            k, v = keys[:, :, : step.kv_len], values[:, :, : step.kv_len]  # (B, K, S, D)
+            if k.dtype != q.dtype:  # a cache kept in another precision
+                k, v = k.to(q.dtype), v.to(q.dtype)
         q = q.transpose(1, 2)  # (B, H, T, D)
 
         # mask None: T > 1 means plain causal (S == T); T == 1 means every one of the S keys is visible.

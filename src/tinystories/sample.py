@@ -212,6 +212,23 @@ class _Seq:
     generator: torch.Generator | None = None
 
 
+@dataclass
+class _Live:
+    """Who is in the batch and how they sample: rebuilt on `add` / `remove`, read by every `step`.
+
+    A step then runs no Python loop over the sequences beyond the one that hands
+    out their tokens (at 64 streams, several such loops cost as much as the sampling itself).
+    """
+
+    hi: int  # rows [0, hi) hold every live sequence
+    seqs: list[_Seq]  # live sequences in row order
+    drawn: list[_Seq]  # the ones that draw uniforms (not greedy)
+    all_greedy: bool
+    is_greedy: torch.Tensor | None  # (hi,) bool when greedy and sampled rows mix, else None
+    filtered: bool  # some row uses top-k or top-p
+    tempered: bool  # some sampled row has a temperature other than 1
+
+
 def _row_view(cache: KVCache, start: int, stop: int) -> KVCache:
     """A KVCache over rows [start, stop) of `cache`, sharing its tensors (writes land in `cache`)."""
     view = KVCache.__new__(KVCache)
@@ -262,6 +279,7 @@ class Sampler:
         self._logits: torch.Tensor | None = None  # (rows, V) from the last step's forward
         self._rows: list[_Seq | None] = [None] * max_batch
         self._seqs: dict[int, _Seq] = {}
+        self._live_plan: _Live | None = None  # built on the first step after a change of members
         self._next_id = 0
         self._vocab = V
 
@@ -301,6 +319,7 @@ class Sampler:
                 seed = prm.seed if prm.seed is not None else random.getrandbits(63)
                 seq.generator = torch.Generator(device="cpu").manual_seed(seed)
             self._rows[row], self._seqs[seq.seq_id] = seq, seq
+            self._live_plan = None
             self._temperature[row] = prm.temperature if not prm.greedy else 1.0
             self._top_k[row] = prm.top_k
             self._top_p[row] = prm.top_p
@@ -340,23 +359,42 @@ class Sampler:
         if seq is None:
             return
         self._rows[seq.row] = None
+        self._live_plan = None
         self._fresh.pop(seq.row, None)
         self._live[seq.row] = 0
         self.cache.lengths[seq.row] = 0
 
     # -- one token for everyone --
 
-    def _next_uniforms(self, hi: int) -> torch.Tensor:
+    def _next_uniforms(self, plan: _Live) -> torch.Tensor:
         """One uniform number per row in [0, hi), from each sequence's own generator; (hi,)."""
-        for seq in self._rows[:hi]:
+        for seq in plan.drawn:
             # Every live sequence has consumed `generated` numbers; a block is drawn when one runs out.
-            if seq is not None and seq.generator is not None and seq.generated % _UNIFORM_BLOCK == 0:
+            if seq.generated % _UNIFORM_BLOCK == 0:
                 block = torch.rand(_UNIFORM_BLOCK, generator=seq.generator)
                 self._uniforms[seq.row] = block.to(self.device)
                 self._col[seq.row] = 0
-        u = self._uniforms[self._arange[:hi], self._col[:hi]]
-        self._col[:hi].add_(1).remainder_(_UNIFORM_BLOCK)  # free and greedy rows advance too, harmlessly
+        col = self._col[: plan.hi]
+        u = self._uniforms[: plan.hi].gather(1, col[:, None])[:, 0]
+        col.add_(1).remainder_(_UNIFORM_BLOCK)  # free and greedy rows advance too, harmlessly
         return u
+
+    def _plan(self) -> _Live:
+        """The live-batch summary, rebuilt only after sequences joined or left."""
+        if self._live_plan is None:
+            hi = max(s.row for s in self._seqs.values()) + 1
+            seqs = [s for s in self._rows[:hi] if s is not None]
+            sampled = [s.params for s in seqs if not s.params.greedy]
+            is_greedy = None
+            if sampled and len(sampled) < len(seqs):
+                is_greedy = torch.tensor([s is not None and s.params.greedy for s in self._rows[:hi]],
+                                         device=self.device)
+            self._live_plan = _Live(
+                hi=hi, seqs=seqs, drawn=[s for s in seqs if s.generator is not None], all_greedy=not sampled,
+                is_greedy=is_greedy, filtered=any(p.top_k > 0 or p.top_p < 1.0 for p in sampled),
+                tempered=any(p.temperature != 1.0 for p in sampled),
+            )
+        return self._live_plan
 
     def _view(self, hi: int) -> KVCache:
         """The cache over rows [0, hi), built once per hi (views share the cache's tensors)."""
@@ -370,17 +408,16 @@ class Sampler:
         """Sample one token for each live sequence, then run the forward that prepares the next step."""
         if not self._seqs:
             return []
-        hi = max(s.row for s in self._seqs.values()) + 1
-        logits = self._gather_logits(hi)  # (hi, V)
-        seqs = [s for s in self._rows[:hi] if s is not None]
-        if all(s.params.greedy for s in seqs):
+        plan = self._plan()
+        logits = self._gather_logits(plan.hi)  # (hi, V)
+        if plan.all_greedy:
             tokens = logits.argmax(dim=-1)  # (hi,)
         else:
-            tokens = self._sample(logits, seqs, hi)
+            tokens = self._sample(logits, plan)
         token_list = tokens.tolist()  # the one host sync of a step
 
         events = []
-        for seq in seqs:
+        for seq in plan.seqs:
             tok = token_list[seq.row]
             seq.generated += 1
             seq.length += 1
@@ -397,7 +434,7 @@ class Sampler:
 
         self._logits = None
         if self._seqs:
-            hi = max(s.row for s in self._seqs.values()) + 1
+            hi = self._plan().hi
             view = self._view(hi)
             out = self.model(tokens[:hi, None], logits="last", cache=view).logits  # (hi, 1, V)
             if len(self._seqs) < hi:
@@ -423,19 +460,17 @@ class Sampler:
             return self._logits.dtype
         return next(iter(self._fresh.values())).dtype
 
-    def _sample(self, logits: torch.Tensor, seqs: list[_Seq], hi: int) -> torch.Tensor:
+    def _sample(self, logits: torch.Tensor, plan: _Live) -> torch.Tensor:
         """Sampled tokens for rows [0, hi), greedy rows keeping their argmax; (hi,). Overwrites `logits`."""
+        hi = plan.hi
         greedy = None
-        if any(s.params.greedy for s in seqs):
-            is_greedy = torch.tensor([s is not None and s.params.greedy for s in self._rows[:hi]], device=self.device)
-            greedy = (is_greedy, logits.argmax(dim=-1))  # before the in-place passes below
-        live = [s.params for s in seqs if not s.params.greedy]
-        filtered = any(p.top_k > 0 or p.top_p < 1.0 for p in live)
+        if plan.is_greedy is not None:
+            greedy = (plan.is_greedy, logits.argmax(dim=-1))  # before the in-place passes below
         scaled = _fp32(logits)  # the logits themselves when already fp32: they are scratch now
-        if any(p.temperature != 1.0 for p in live):
+        if plan.tempered:
             scaled = scaled.div_(self._temperature[:hi, None])
-        weights = _weights(scaled, self._top_k[:hi], self._top_p[:hi], filtered)
-        sampled = _draw(weights, self._next_uniforms(hi))  # (hi,)
+        weights = _weights(scaled, self._top_k[:hi], self._top_p[:hi], plan.filtered)
+        sampled = _draw(weights, self._next_uniforms(plan))  # (hi,)
         if greedy is not None:
             sampled = torch.where(greedy[0], greedy[1], sampled)
         return sampled
