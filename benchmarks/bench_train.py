@@ -3,9 +3,14 @@
 Each variant runs the same training step (forward, cross-entropy, backward,
 gradient clipping, AdamW; ours with the fused AdamW kernel that `train()`
 uses, the others with torch's default) on the same token batch; rounds are interleaved (each
-round times one step of every variant, in a shuffled order) and the fastest
-round is reported (medians are kept in the JSON), so load from other work on a
-shared machine hits all variants alike and mostly drops out.
+round times one step of every variant, in a shuffled order), after two
+warm-up steps each (the first step allocates the optimizer state and touches
+fresh memory). The fastest and the median round are both reported, with the
+load average before and after each case: on a quiet machine the two agree
+within a few per cent; when they do not, something else was running. (With
+2 intra-op threads on 2 cores, any other busy process makes a thread wait at
+every parallel region, so steps under load take 2-5x longer and vary wildly;
+that, not warm-up or the allocator, is what made best and median disagree.)
 
     (a) llama-260k, batch 16 x 512 (vocab 512): ours against transformers'
         LlamaForCausalLM (same configuration) and the llama2.c-style baseline;
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -99,8 +105,9 @@ def baseline_loss(model, x, y):
 
 
 def interleaved(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
-    """Seconds per step of each variant in every round, after one warmup step each; rounds interleaved."""
+    """Seconds per step of each variant in every round, after two warm-up steps each; rounds interleaved."""
     for fn in steps.values():
+        fn()
         fn()
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
@@ -164,7 +171,9 @@ def bench_case(name: str, batch: int, seq: int, rounds: int, threads: int, compi
         t0 = time.perf_counter()
         steps["ours_compiled"]()
         compile_s = round(time.perf_counter() - t0, 1)
+    load_before = os.getloadavg()[0]
     times = interleaved(steps, rounds)
+    load_after = os.getloadavg()[0]
     # The fastest round is what the code can do; slower ones measure other load on a shared machine.
     seconds = {name: min(ts) for name, ts in times.items()}
     tokens = batch * seq
@@ -180,6 +189,7 @@ def bench_case(name: str, batch: int, seq: int, rounds: int, threads: int, compi
         "tokens_per_s": {k: round(tokens / s, 1) for k, s in seconds.items()},
         "step_ms": {k: round(s * 1000, 1) for k, s in seconds.items()},
         "median_tokens_per_s": {k: round(tokens / statistics.median(ts), 1) for k, ts in times.items()},
+        "load_average": [round(load_before, 2), round(load_after, 2)],
     }
 
 
@@ -215,18 +225,22 @@ def main() -> None:
     with atomic_open(RESULTS) as f:
         json.dump(result, f, indent=2)
 
-    print(f"train: CPU, {args.threads} threads, fastest of interleaved rounds, tokens/s (higher is better)\n")
+    print(f"train: CPU, {args.threads} threads, interleaved rounds, tokens/s best / median (higher is better)\n")
     print("| model | batch | ours | ours, compiled | ours, train() loop | transformers | llama2.c-style "
-          "| ours / transformers | compiled / transformers |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| ours / transformers | compiled / transformers | load avg |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c in (small, large):
-        t = c["tokens_per_s"]
-        loop = f"{t['ours_train_loop']:.0f}" if t.get("ours_train_loop") else "-"
-        comp = f"{t['ours_compiled']:.0f}" if t.get("ours_compiled") else "-"
+        t, m = c["tokens_per_s"], c["median_tokens_per_s"]
+
+        def both(key: str, t: dict = t, m: dict = m) -> str:
+            return f"{t[key]:,.0f} / {m[key]:,.0f}" if t.get(key) and key in m else "-"
+
+        loop = f"{t['ours_train_loop']:,.0f}" if t.get("ours_train_loop") else "-"
         comp_ratio = f"{t['ours_compiled'] / t['transformers']:.2f}x" if t.get("ours_compiled") else "-"
-        print(f"| {c['preset']} | {c['batch']} x {c['seq_len']} | {t['ours']:.0f} | {comp} | {loop} "
-              f"| {t['transformers']:.0f} | {t['llama2c_style']:.0f} | {t['ours'] / t['transformers']:.2f}x "
-              f"| {comp_ratio} |")
+        print(f"| {c['preset']} | {c['batch']} x {c['seq_len']} | {both('ours')} | {both('ours_compiled')} | {loop} "
+              f"| {both('transformers')} | {both('llama2c_style')} | {t['ours'] / t['transformers']:.2f}x / "
+              f"{m['ours'] / m['transformers']:.2f}x | {comp_ratio} | {c['load_average'][0]} -> "
+              f"{c['load_average'][1]} |")
     limit = large["limit_tokens_per_s"]
     print(f"\nllama-15m: fp32 matmul {large['matmul_gflops']} GFLOP/s, {large['train_flops_per_token'] / 1e6:.1f} "
           f"MFLOP per training token -> limit {limit:.0f} tokens/s; ours at "
