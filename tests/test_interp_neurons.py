@@ -56,6 +56,7 @@ def test_concentration_finds_one_word_and_one_class_neurons():
     assert label(1.0, 1.0, "dog", "noun") == "the word 'dog'"
     assert label(0.4, 0.9, "big", "adjective") == "adjectives"
     assert label(0.2, 0.3, "x", "noun") == "mixed"
+    assert label(0.7, 0.9, "was", "auxiliary") == "auxiliaries, mostly 'was'"
     # Against random directions in the same 32-d space, the two clear neurons rank at the top.
     rand = concentration(acts @ random_directions(32, 400, seed=0), words, classes, top_k=20)
     pct = percentile(sc["score"], rand["score"])

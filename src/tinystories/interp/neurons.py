@@ -185,10 +185,11 @@ PLURAL = {"punctuation": "punctuation", "other": "other words", "auxiliary": "au
 
 
 def label(word_share: float, class_share: float, word: str, cls: str) -> str:
-    if word_share >= 0.5:
+    """A word when it holds half the top activations (and no less than its class), else a class, else "mixed"."""
+    if word_share >= 0.5 and word_share >= class_share:
         return f"the word '{word}'"
     if class_share >= 0.5:
-        return PLURAL.get(cls, cls + "s")
+        return PLURAL.get(cls, cls + "s") + (f", mostly '{word}'" if word_share >= 0.5 else "")
     return "mixed"
 
 
@@ -319,7 +320,7 @@ def interpret_neurons(cfg: NeuronsConfig) -> dict[str, Any]:
             "above_random_p95": int((pct >= 95).sum()),
             "median_percentile": float(pct.median()),
             "labels": dict(Counter(r["label"] for r in rows).most_common(12)),
-            "class_labels": {c: sum(r["label"] == PLURAL.get(c, c + "s") for r in rows) for c in CLASSES},
+            "class_labels": {c: sum(r["label"].split(",")[0] == PLURAL.get(c, c + "s") for r in rows) for c in CLASSES},
         },
         "random": {"directions": cfg.random_directions, "scores": [round(float(x), 4) for x in rand["score"]]},
         "shown": shown,
