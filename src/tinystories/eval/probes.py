@@ -49,7 +49,7 @@ class ProbesConfig:
     n: int = 1000
     """Procedural items to make when no --probes file is given (rounded up to whole mirrored pairs)."""
     seed: int = 1
-    """Seed of the procedural items (the procedural corpus uses its own stream, so any seed is held out)."""
+    """Seed of the procedural items (drawn from their own random stream, never the corpus's)."""
     step: int | None = None
     """Checkpoint step to probe; default = the latest."""
     device: str = "cpu"
