@@ -69,8 +69,9 @@ def llm_server(tmp_path_factory):
     gguf = smollm2_gguf()
     port = _free_port()
     log = tmp_path_factory.mktemp("llm_server") / "server.log"
+    # One thread: on a small shared machine a second spinning llama.cpp thread slows generation ~10x.
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smollm2",
-           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"]  # fmt: skip
+           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"]  # fmt: skip
     with open(log, "wb") as f:
         proc = subprocess.Popen(
             cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -36,21 +36,33 @@ def _check_job(out, n, attempts):
 
 def test_synth_through_a_real_server(llm_server, tmp_path):
     out = tmp_path / "job"
-    res = synth(SynthConfig(n=3, out=str(out), model=llm_server.model, base_url=llm_server.base_url,
-                            max_tokens=160, attempts=1, concurrency=2, progress=False, min_words=20))  # fmt: skip
-    assert res["requests"] == 3 and res["items_left"] == 0
-    _check_job(out, 3, 1)
-    s = stats(StatsConfig(data=str(out), estimate=True)) if res["stories"] else None
-    if s:
-        assert s["tokens_per_story"]["measured"]
+    res = synth(SynthConfig(n=2, out=str(out), model=llm_server.model, base_url=llm_server.base_url,
+                            max_tokens=24, attempts=1, concurrency=2, progress=False))  # fmt: skip
+    assert res["requests"] == 2 and res["items_left"] == 0
+    _, rejects = _check_job(out, 2, 1)
+    # 24 tokens cannot hold a 3-5 paragraph story: the server says "length", the check says truncated
+    assert all(r["finish_reason"] == "length" and r["reject"].startswith("truncated") for r in rejects)
+    assert rejects and all(r["usage"]["completion_tokens"] == 24 for r in rejects)
     # resuming a finished job asks nothing
     again = synth(SynthConfig(out=str(out), resume=True, progress=False))
     assert again["requests"] == 0
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_longer_stories_and_stats(llm_server, tmp_path):
+    res = synth(SynthConfig(n=2, out=str(tmp_path), model=llm_server.model, base_url=llm_server.base_url,
+                            max_tokens=300, attempts=2, progress=False, min_words=30))  # fmt: skip
+    assert res["items_left"] == 0
+    stories, _ = _check_job(tmp_path, 2, 2)
+    if stories:
+        s = stats(StatsConfig(data=str(tmp_path), estimate=True))
+        assert s["tokens_per_story"]["measured"] and len(s["estimate"]["usd_by_model"]) >= 2
+
+
 def test_plain_completions_endpoint(llm_server, tmp_path):
     res = synth(SynthConfig(n=1, out=str(tmp_path), model=llm_server.model, base_url=llm_server.base_url,
-                            chat=False, max_tokens=64, attempts=1, progress=False))  # fmt: skip
+                            chat=False, max_tokens=24, attempts=1, progress=False))  # fmt: skip
     assert res["items_left"] == 0
     _check_job(tmp_path, 1, 1)
 
@@ -58,6 +70,6 @@ def test_plain_completions_endpoint(llm_server, tmp_path):
 @pytest.mark.skipif(smollm2_gguf() is None or skip_reason() is not None, reason=str(skip_reason()))
 def test_local_backend_in_process(tmp_path):
     res = synth(SynthConfig(n=2, out=str(tmp_path), backend="local", model=str(smollm2_gguf()),
-                            max_tokens=96, attempts=1, progress=False))  # fmt: skip
+                            max_tokens=24, attempts=1, progress=False))  # fmt: skip
     assert res["items_left"] == 0 and res["requests"] == 2
     _check_job(tmp_path, 2, 1)

@@ -7,6 +7,7 @@ set of weights), so the event loop stays free for writing results.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,11 @@ class LocalLLM:
                 self._kind, self._model, self._tok = "hf", *_load_hf(path)
             else:
                 self._kind = "llama"
+                # One thread per physical core (about half the logical ones): more threads than
+                # free cores make llama.cpp's spinning workers slower, not faster.
+                n_threads = threads or max(1, (os.cpu_count() or 2) // 2)
                 self._model = llama_cpp.Llama(
-                    model_path=str(path), n_ctx=n_ctx, n_threads=threads, seed=seed, verbose=False
+                    model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, seed=seed, verbose=False
                 )
         else:
             self._kind, self._model, self._tok = "hf", *_load_hf(path)
