@@ -31,6 +31,13 @@ def test_inflected_forms_count():
     )
 
 
+def test_hyphenated_words():
+    words = ["run", "dog", "grown-up"]
+    assert check_story(BODY + " A grown-up dog saw them run.", words, LEX) is None
+    assert check_story(BODY + " A grown up dog saw them run.", words, LEX) is None
+    assert check_story(BODY + " The dog saw them run and grew up.", words, LEX) == "missing words: grown-up"
+
+
 def test_refusals_meta_length_language_truncation():
     words = ["go", "park", "happy"]
     assert check_story(BODY, words, LEX) is None

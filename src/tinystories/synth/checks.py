@@ -11,6 +11,7 @@ pairs, compared by the share of equal signature entries.
 
 from __future__ import annotations
 
+import itertools
 import re
 import zlib
 from collections.abc import Iterable, Sequence
@@ -21,6 +22,7 @@ import numpy as np
 from tinystories.synth.lexicon import POS, Lexicon
 
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+_COMPOUND = re.compile(r"[a-z]+(?:-[a-z]+)+")  # "grown-up", "yo-yo": lexicon words with a hyphen
 # Openings of answers that talk about the task instead of telling the story.
 _META = re.compile(
     r"^\W*(sure\b|certainly\b|of course\b|absolutely\b|okay[,!.]|ok[,!.]|here is\b|here's\b|"
@@ -97,12 +99,22 @@ def words_of(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def missing_words(story_words: set[str], words: Sequence[str], lexicon: Lexicon) -> list[str]:
-    """Which of [verb, noun, adjective] appear in no form among `story_words`."""
+def story_words(text: str) -> set[str]:
+    """The word forms a story uses: plain words, hyphenated compounds, and compounds written with spaces."""
+    low = text.lower()
+    toks = _WORD.findall(low)
+    out = set(toks) | set(_COMPOUND.findall(low))
+    # "grown up" and "grown-up" are the same word to a reader
+    out.update(f"{a}-{b}" for a, b in itertools.pairwise(toks))
+    return out
+
+
+def missing_words(used: set[str], words: Sequence[str], lexicon: Lexicon) -> list[str]:
+    """Which of [verb, noun, adjective] appear in no form among `used` (from `story_words`)."""
     out = []
     for w, pos in zip(words, POS):
         forms = {f.lower() for f in lexicon.forms_of(w, pos)}
-        if not forms & story_words:
+        if not forms & used:
             out.append(w)
     return out
 
@@ -132,7 +144,7 @@ def check_story(
     if ascii_share < 0.95 or english < cfg.min_english:
         return "not English"
     if words:
-        missing = missing_words(set(toks), words, lexicon)
+        missing = missing_words(story_words(text), words, lexicon)
         if missing:
             return "missing words: " + ", ".join(missing)
     return None

@@ -19,7 +19,7 @@ from typing import Any
 from tinystories.errors import UserError
 from tinystories.io import atomic_open
 from tinystories.llm.prices import PRICES, cost_usd, parse_price, price_of
-from tinystories.synth.checks import missing_words, near_duplicates, words_of
+from tinystories.synth.checks import missing_words, near_duplicates, story_words, words_of
 from tinystories.synth.lexicon import FEATURES, POS, load_lexicon
 
 PAPER_STORIES = 2_119_719  # TinyStories V1 training set
@@ -116,7 +116,7 @@ def stats(cfg: StatsConfig) -> dict[str, Any]:
     features = collections.Counter(f for r in stories for f in r.get("features", []))
     attempts = [*stories, *rejects]
     with_words = [r for r in attempts if len(r.get("words", [])) == 3]
-    included = sum(1 for r in with_words if not missing_words(set(words_of(r["story"])), r["words"], lex))
+    included = sum(1 for r in with_words if not missing_words(story_words(r["story"]), r["words"], lex))
     dups = near_duplicates((r["story"] for r in stories), threshold=cfg.dup_threshold)
 
     paid = [_tokens(r) for r in attempts]
