@@ -22,6 +22,8 @@ import numpy as np
 from tinystories.synth.lexicon import POS, Lexicon
 
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+_ASCII_LETTER = re.compile(r"[A-Za-z]")
+_NON_ASCII_LETTER = re.compile(r"[^\W\d_A-Za-z]")
 _COMPOUND = re.compile(r"[a-z]+(?:-[a-z]+)+")  # "grown-up", "yo-yo": lexicon words with a hyphen
 # Openings of answers that talk about the task instead of telling the story.
 _META = re.compile(
@@ -99,13 +101,18 @@ def words_of(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def story_words(text: str) -> set[str]:
-    """The word forms a story uses: plain words, hyphenated compounds, and compounds written with spaces."""
+def story_words(text: str, toks: list[str] | None = None, compounds: bool = True) -> set[str]:
+    """The word forms a story uses: plain words, and hyphenated compounds also when written with a space.
+
+    `toks` is `words_of(text)` when the caller has it already; `compounds=False` skips the compounds.
+    """
     low = text.lower()
-    toks = _WORD.findall(low)
-    out = set(toks) | set(_COMPOUND.findall(low))
-    # "grown up" and "grown-up" are the same word to a reader
-    out.update(f"{a}-{b}" for a, b in itertools.pairwise(toks))
+    toks = _WORD.findall(low) if toks is None else toks
+    out = set(toks)
+    if compounds:
+        out.update(_COMPOUND.findall(low))
+        # "grown up" and "grown-up" are the same word to a reader
+        out.update(f"{a}-{b}" for a, b in itertools.pairwise(toks))
     return out
 
 
@@ -138,13 +145,16 @@ def check_story(
         return f"too short ({len(toks)} words < {cfg.min_words})"
     if len(toks) > cfg.max_words:
         return f"too long ({len(toks)} words > {cfg.max_words})"
-    letters = [c for c in text if c.isalpha()]
-    ascii_share = sum(c.isascii() for c in letters) / max(1, len(letters))
+    if text.isascii():  # the common case, checked in C
+        ascii_share = 1.0
+    else:
+        other = len(_NON_ASCII_LETTER.findall(text))
+        ascii_share = 1 - other / max(1, other + len(_ASCII_LETTER.findall(text)))
     english = sum(t in _STOPWORDS for t in toks) / len(toks)
     if ascii_share < 0.95 or english < cfg.min_english:
         return "not English"
     if words:
-        missing = missing_words(story_words(text), words, lexicon)
+        missing = missing_words(story_words(text, toks, any("-" in w for w in words)), words, lexicon)
         if missing:
             return "missing words: " + ", ".join(missing)
     return None
