@@ -7,9 +7,9 @@ of 50,257) with random weights: memory does not depend on the weights' values.
 Stories are the first 20 of the real validation file with 150-250 GPT-2 tokens
 (the GPT-2 vocabulary from $TINYSTORIES_TESTDATA/gpt2).
 
-- capture: `tinystories.interp.hooks.capture` of every layer's
-  `attn.hook_pattern`, `mlp.hook_post` and `hook_resid_post`, kept for all 20
-  stories (no logits, batches of at most 8,192 padded positions);
+- capture-8192 / capture-2048: `tinystories.interp.hooks.capture` of every
+  layer's `attn.hook_pattern`, `mlp.hook_post` and `hook_resid_post`, kept for
+  all 20 stories (no logits, batches of at most 8,192 / 2,048 padded positions);
 - naive: the same sites from one padded batch of all 20 stories through a plain
   forward that also computes logits (B x T x 50,257 floats), as a
   straightforward hook loop would.
@@ -74,8 +74,8 @@ def child(variant: str) -> None:
              for s in ("attn.hook_pattern", "mlp.hook_post", "hook_resid_post")]
     base = _rss()
     t0 = time.perf_counter()
-    if variant == "capture":
-        acts = capture(model, stories, sites)
+    if variant.startswith("capture"):
+        acts = capture(model, stories, sites, batch_tokens=int(variant.split("-")[1]))
         kept = sum(t.numel() * t.element_size() for v in acts.values() for t in v)
     else:
         T = max(len(s) for s in stories)
@@ -96,7 +96,7 @@ def child(variant: str) -> None:
 
 def main() -> None:
     rows = []
-    for variant in ("capture", "naive"):
+    for variant in ("capture-8192", "capture-2048", "naive"):
         proc = subprocess.run([sys.executable, __file__, "--child", variant], capture_output=True, text=True,
                               cwd=ROOT, timeout=900)
         if proc.returncode != 0:

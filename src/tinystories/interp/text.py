@@ -74,7 +74,9 @@ class Story:
         """The word under position `pos` (lower case), or the token's own text when it is in no word."""
         w = self.word_of[pos]
         if w < 0:
-            return self.token_text(pos).strip() or self.token_text(pos)
+            tok = self.token_text(pos)
+            # Whitespace-only tokens get a visible name ("\\n", "space") so labels can show them.
+            return tok.strip() or ("space" if tok.strip(" ") == "" else repr(tok)[1:-1])
         a, b = self.words[w]
         return self.text[a:b].lower()
 
