@@ -101,7 +101,11 @@ class HeadsConfig:
 
 
 class LayerStats:
-    """Per-head sums over stories for one layer, in offset coordinates (query i, offset d = i - j)."""
+    """Per-head sums over stories, in offset coordinates (query i, offset d = i - j).
+
+    One accumulator can hold every layer's heads (`score_heads` stacks them).
+    Memory: a few (heads, T, T) float64 tensors, T the longest story.
+    """
 
     def __init__(self, n_head: int, max_len: int):
         H, T = n_head, max_len
@@ -121,7 +125,7 @@ class LayerStats:
         self._grids: dict[int, tuple[torch.Tensor, ...]] = {}
 
     def _grid(self, L: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Index tensors for stories of length L (cached: stories share lengths often enough)."""
+        """Index tensors for stories of length L (kept for the last length: stories arrive sorted by length)."""
         if L not in self._grids:
             i = torch.arange(L)[:, None]
             d = torch.arange(L)[None, :]
