@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -96,11 +97,11 @@ def test_full_run_shows_every_stage(full_run):
 
 def test_cli_writes_the_report(bare_run, tmp_path):
     out = tmp_path / "r.html"
-    proc = subprocess.run([str(Path(os.sys.executable).parent / "tinystories"), "report", "--run", str(bare_run),
+    proc = subprocess.run([str(Path(sys.executable).parent / "tinystories"), "report", "--run", str(bare_run),
                            "--out", str(out)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert out.read_text().startswith("<!DOCTYPE html>")
-    bad = subprocess.run([str(Path(os.sys.executable).parent / "tinystories"), "report", "--run",
+    bad = subprocess.run([str(Path(sys.executable).parent / "tinystories"), "report", "--run",
                           str(tmp_path / "nope")], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no run folder" in bad.stderr
 
