@@ -9,7 +9,7 @@ pipeline's own CPU time per story (this process only: the server runs in
 another) < 2 ms. Near-duplicate removal is a separate pass over the whole
 corpus and is timed on its own. Writes benchmarks/results/synth.json.
 
-    .venv/bin/python benchmarks/bench_synth.py [--n 2560] [--concurrency 256] [--delay 1]
+    .venv/bin/python benchmarks/bench_synth.py [--n 5120] [--concurrency 256] [--delay 1]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def cpu_seconds() -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=2560, help="stories in the timed job")
+    ap.add_argument("--n", type=int, default=5120, help="stories in the timed job (20 rounds of 256)")
     ap.add_argument("--concurrency", type=int, default=256)
     ap.add_argument("--delay", type=float, default=1.0, help="seconds the server takes per answer")
     args = ap.parse_args()
