@@ -84,7 +84,7 @@ def main() -> None:
         "stories": n,
         "concurrency": args.concurrency,
         "server_delay_s": args.delay,
-        "mean_response_bytes": round(sum(len(json.dumps(r)) for r in recs) / n),
+        "mean_record_bytes": round(sum(len(json.dumps(r)) for r in recs) / n),
         "seconds": round(wall, 2),
         "stories_per_s": round(rate, 1),
         "ceiling_stories_per_s": ceiling,
