@@ -165,8 +165,8 @@ def _hook(hooks: Hooks | None, prefix: str, name: str, x: torch.Tensor) -> torch
 
 # --- loss -------------------------------------------------------------------
 
-LOSS_CHUNK_ELEMENTS = 2**22
-"""Logit elements materialised at once by the chunked loss (16 MiB in fp32)."""
+LOSS_CHUNK_ELEMENTS = 2**23
+"""Logit elements materialised at once by the chunked loss (32 MiB in fp32, in each of two buffers)."""
 
 
 def _chunked_ce(h, weight, targets, rows, with_grads):
@@ -180,7 +180,7 @@ def _chunked_ce(h, weight, targets, rows, with_grads):
     Every pass over a chunk's (rows, V) logits counts at a large vocabulary (at
     32,000 they outweigh the rest of the step's elementwise work), so: the
     logits and log-probabilities live in two buffers allocated once per call,
-    not per chunk (a fresh 16-32 MiB tensor is a fresh mmap, page-faulted in
+    not per chunk (a fresh 32 MiB tensor is a fresh mmap, page-faulted in
     every time); log_softmax makes one cache-friendly pass per row and exp_ one
     more for the softmax; ignored rows are zeroed in the small (rows, C)
     operands, never in the logits; grad_w accumulates inside the matmul (addmm_).
@@ -285,14 +285,20 @@ def pair_order(n_heads: int, head_dim: int) -> torch.Tensor:
 
 
 def rotate_pairs(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-    """Rotate x (B, T, heads, D), in pair order (see `pair_order`), by unit complex numbers.
+    """Rotate x (B, T, heads, D), in pair order (see `pair_order`), by the angles in `rotations`.
 
-    rotations: complex, broadcastable to (B, T, heads, D/2). One complex multiply
-    does what rotate-half needs four passes and a concatenation for.
+    rotations: (..., D/2, 2) cos and sin, broadcastable to (B, T, heads, D/2, 2).
+    Seen as unit complex numbers, one complex multiply does what rotate-half
+    needs four passes and a concatenation for.
     """
+    if torch.compiler.is_compiling():
+        # Inductor has no complex kernels; the same products in real arithmetic fuse into one loop.
+        x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, T, heads, D/2) each
+        c, s = rotations.unbind(-1)
+        return torch.stack((x0 * c - x1 * s, x1 * c + x0 * s), dim=-1).flatten(-2).to(x.dtype)
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()  # complex needs fp32 / fp64
     pairs = torch.view_as_complex(work.unflatten(-1, (-1, 2)))  # (B, T, heads, D/2)
-    out = torch.view_as_real(pairs * rotations).flatten(-2)
+    out = torch.view_as_real(pairs * torch.view_as_complex(rotations)).flatten(-2)
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
@@ -306,7 +312,7 @@ _SDPA_GQA = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 5)
 class _Step:
     """What every layer of one forward shares; built in GPT.forward, never kept."""
 
-    rope: tuple[torch.Tensor, torch.Tensor] | None  # complex rotations (T, heads, D/2) or (B, T, 1, D/2); qkv rows
+    rope: tuple[torch.Tensor, torch.Tensor] | None  # rotations (T, heads, D/2, 2) or (B, T, 1, D/2, 2); qkv rows
     masks: dict[int | None, torch.Tensor | None]  # window -> bool mask (True = visible); None: see `Attention`
     cache: KVCache | None
     past: int  # cached tokens of every row when `slots` is None (rows in step); else the longest row's
@@ -602,16 +608,15 @@ class GPT(nn.Module):
             table = self.rope_rotations  # (max_seq_len, D/2, 2); rebuilt past its end, or when cast off fp32
             if kv_len > len(table) or table.dtype != torch.float32:
                 table = rope_rotations(kv_len, cfg.head_dim, cfg.rope_theta).to(device)
-            rotations = torch.view_as_complex(table)  # (positions, D/2)
             if pos.dim() == 2:
-                rotations = rotations[pos][:, :, None]  # (B, T, 1, D/2)
+                rotations = table[pos][:, :, None]  # (B, T, 1, D/2, 2)
             elif T == 1:
-                rotations = rotations[longest : longest + 1, None]  # (1, 1, D/2)
+                rotations = table[longest : longest + 1, None]  # (1, 1, D/2, 2)
             else:
                 # Materialised for every head: a product of two same-shaped operands vectorises fully,
                 # one broadcast over heads (D/2 = 4 numbers at a time) does not.
                 heads = cfg.n_head + cfg.kv_heads
-                rotations = rotations[longest:kv_len, None].expand(T, heads, cfg.head_dim // 2).contiguous()
+                rotations = table[longest:kv_len, None].expand(T, heads, cfg.head_dim // 2, 2).contiguous()
             rope = (rotations, self.qkv_pair_rows)
 
         slots = None

@@ -33,6 +33,7 @@ import os
 import random
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -229,6 +230,31 @@ class _Live:
     tempered: bool  # some sampled row has a temperature other than 1
 
 
+PARALLEL_MIN_FLOPS = 64e6
+"""Forward FLOPs a decode step needs before it is worth more than one intra-op thread."""
+
+
+@contextmanager
+def _threads_for(flops: float, device: torch.device) -> Iterator[None]:
+    """Run a step on one intra-op thread when its work is below PARALLEL_MIN_FLOPS (CPU only).
+
+    A decode step of a small model is a few hundred microsecond-sized kernels.
+    Some of them (SDPA, matmuls) open a parallel region anyway, and each region
+    costs a thread wake-up and a barrier: more than the work it splits, and far
+    more when another process holds the other core (the waiting thread spins
+    until it is scheduled). Bigger steps keep every thread the caller set.
+    """
+    before = torch.get_num_threads()
+    if device.type != "cpu" or before == 1 or flops >= PARALLEL_MIN_FLOPS:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _row_view(cache: KVCache, start: int, stop: int) -> KVCache:
     """A KVCache over rows [start, stop) of `cache`, sharing its tensors (writes land in `cache`)."""
     view = KVCache.__new__(KVCache)
@@ -282,6 +308,8 @@ class Sampler:
         self._live_plan: _Live | None = None  # built on the first step after a change of members
         self._next_id = 0
         self._vocab = V
+        # Forward FLOPs per token (2 per weight of every matmul, the classifier included); see _threads_for.
+        self._token_flops = 2 * (model.num_params(non_embedding=True) + V * self.config.d_model)
 
     # -- membership --
 
@@ -348,7 +376,8 @@ class Sampler:
         view = _row_view(self.cache, start, stop)
         view.lengths.zero_()
         last = torch.as_tensor(lengths, device=self.device) - 1  # (n,)
-        out = self.model(idx, logits=last, cache=view).logits  # (n, 1, V)
+        with _threads_for(idx.numel() * self._token_flops, self.device):
+            out = self.model(idx, logits=last, cache=view).logits  # (n, 1, V)
         view.lengths.copy_(last + 1)  # undo the padding's advance
         for i, (row, _) in enumerate(run):
             self._fresh[row] = out[i, 0]
@@ -403,11 +432,15 @@ class Sampler:
             view = self._views[hi] = _row_view(self.cache, 0, hi)
         return view
 
-    @torch.inference_mode()
     def step(self) -> list[StepEvent]:
         """Sample one token for each live sequence, then run the forward that prepares the next step."""
         if not self._seqs:
             return []
+        with _threads_for(self._plan().hi * self._token_flops, self.device):
+            return self._step()
+
+    @torch.inference_mode()
+    def _step(self) -> list[StepEvent]:
         plan = self._plan()
         logits = self._gather_logits(plan.hi)  # (hi, V)
         if plan.all_greedy:
