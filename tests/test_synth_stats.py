@@ -151,3 +151,13 @@ def test_clean_summary():
     assert clean_summary("Sure! Tom finds a dog.")[1] == "refusal or meta-answer"
     assert clean_summary("a\nb\nc")[1] == "summary longer than two lines"
     assert clean_summary("  ")[1] == "empty summary"
+
+
+def test_stats_with_only_rejects(tmp_path):
+    (tmp_path / "stories_0000.jsonl").write_text("")
+    rej = {"index": 0, "story": "x", "reject": "missing words: cat", "attempt": 0,
+           "usage": {"prompt_tokens": 100, "completion_tokens": 50}, "cost_usd": 0.5}  # fmt: skip
+    (tmp_path / "rejects_0000.jsonl").write_text(json.dumps(rej) + "\n")
+    s = stats(StatsConfig(data=str(tmp_path)))
+    assert s["stories"] == 0 and s["acceptance_rate"] == 0.0 and s["reject_reasons"] == {"missing words": 1}
+    assert s["tokens_per_attempt"] == {"prompt": 100.0, "completion": 50.0} and s["cost_so_far_usd"] == 0.5

@@ -99,6 +99,8 @@ class SynthConfig:
     """Shortest accepted story, in words."""
     max_words: int = 1200
     """Longest accepted story, in words."""
+    word_check: bool = True
+    """Reject stories that miss one of their three words; --no-word-check keeps them (small local models)."""
     progress: bool = True
     """Show a progress bar (stories/s, tokens/s, dollars spent) on stderr."""
 
@@ -496,7 +498,7 @@ def _read_template(path: str) -> str:
 # Settings that define what a job asks for; `--resume` takes them from job.json.
 _JOB_FIELDS = (
     "backend", "n", "seed", "start", "model", "base_url", "chat", "max_tokens", "temperature",
-    "attempts", "min_words", "max_words", "template", "lexicon", "word_lists", "features_file",
+    "attempts", "min_words", "max_words", "word_check", "template", "lexicon", "word_lists", "features_file",
 )  # fmt: skip
 
 
@@ -605,7 +607,7 @@ def synth_llm(cfg: SynthConfig, backend: str) -> dict[str, Any]:
     p_tok, c_tok = cache.token_totals()
     recorded = sum(r.get("cost_usd", 0.0) for r in (*done.records, *rejects.records))
     budget = Budget(cfg.budget_usd, max(cost_usd(price, p_tok, c_tok), recorded))
-    checks = CheckConfig(min_words=cfg.min_words, max_words=cfg.max_words)
+    checks = CheckConfig(min_words=cfg.min_words, max_words=cfg.max_words, require_words=cfg.word_check)
 
     def make_request(i: int, attempt: int) -> Request:
         prompt = items[i]["prompt"]

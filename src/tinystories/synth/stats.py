@@ -91,7 +91,21 @@ def stats(cfg: StatsConfig) -> dict[str, Any]:
     """Corpus statistics (and with --estimate, the cost at --target stories for several models' prices)."""
     stories, rejects = read_corpus(cfg.data)
     if not stories:
-        raise UserError(f"{cfg.data} holds no stories yet")
+        if not rejects:
+            raise UserError(f"{cfg.data} holds no stories yet")
+        # Only rejected attempts so far: say what they cost and why they failed.
+        paid = [_tokens(r) for r in rejects]
+        return {
+            "stories": 0,
+            "rejected_attempts": len(rejects),
+            "reject_reasons": dict(collections.Counter(r.get("reject", "?").split(":")[0] for r in rejects)),
+            "acceptance_rate": 0.0,
+            "tokens_per_attempt": {
+                "prompt": round(sum(p for p, _, _ in paid) / len(paid), 1),
+                "completion": round(sum(c for _, c, _ in paid) / len(paid), 1),
+            },
+            "cost_so_far_usd": round(sum(r.get("cost_usd", 0.0) for r in rejects), 6),
+        }
     lex = load_lexicon(cfg.lexicon or None)
     n = len(stories)
 
@@ -135,6 +149,7 @@ def stats(cfg: StatsConfig) -> dict[str, Any]:
         "stories": n,
         "rejected_attempts": len(rejects),
         "reject_reasons": dict(collections.Counter(r.get("reject", "?").split(":")[0] for r in rejects)),
+        "acceptance_rate": round(n / len(attempts), 4),
         "sources": dict(sources),
         "words_per_story": {
             "mean": round(statistics.fmean(lengths), 1),
