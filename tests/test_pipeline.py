@@ -135,6 +135,19 @@ def test_other_data_starts_the_model_over(done, tmp_path):
     assert not (root / "model" / "eval" / "loss_real.json").exists()  # no real stories asked for
 
 
+def test_the_time_cap_stops_short_and_a_larger_cap_continues(done, tmp_path):
+    root = copy_of(done, tmp_path)
+    shutil.rmtree(root / "model")  # train again from scratch, on the same data
+    recipe = write_recipe(tmp_path / "t.toml", micro(train={"time": 0.001}, eval={"real": ""}, probes={"n": 4}))
+    r = run_pipeline(RunConfig(recipe=recipe, run=str(root)))
+    train = r["records"]["train"]["summary"]
+    assert train["stopped_by_time_cap"] and train["step"] < 20
+    assert statuses(r)["synth"] == statuses(r)["tokenize"] == "skipped"
+    r = run_pipeline(RunConfig(recipe=recipe, run=str(root), time=60.0))
+    train = r["records"]["train"]["summary"]
+    assert train["resumed_from_step"] is not None and train["step"] == 20 and "stopped_by_time_cap" not in train
+
+
 def test_a_changed_recipe_never_deletes_llm_stories(done, tmp_path):
     root = copy_of(done, tmp_path)
     job = root / "corpus" / "job.json"

@@ -338,12 +338,13 @@ def _run_train(p: Pipeline, resume: bool) -> dict[str, Any]:
     assert r is not None
     summary = {k: r[k] for k in ("step", "tokens", "params", "val_loss", "val_bpb", "tokens_per_s", "elapsed_s")}
     summary["resumed_from_step"] = step0 if ckpt is not None else None
-    budget = cfg.max_tokens if cfg.max_tokens is not None else None
-    if budget is not None and r["tokens"] < budget:
+    short_of_tokens = cfg.max_tokens is not None and r["tokens"] < cfg.max_tokens
+    short_of_steps = cfg.max_steps is not None and r["step"] < cfg.max_steps
+    if short_of_tokens or short_of_steps:
         summary["stopped_by_time_cap"] = True
         print(
-            f"[note] train: the time cap stopped training at {r['tokens']:,} of {budget:,} tokens; "
-            "raise it (--time) to continue",
+            f"[note] train: the time cap stopped training at step {r['step']} ({r['tokens']:,} tokens), "
+            "short of the budget; raise it (--time) and run again to continue",
             flush=True,
         )
     return summary
