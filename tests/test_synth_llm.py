@@ -12,6 +12,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from fake_llm_server import FakeServer
 from tinystories.cli import run
 from tinystories.errors import UserError
 from tinystories.llm.cache import AnswerCache
-from tinystories.synth.generate import BudgetExhausted, SynthConfig, plan, plan_item, synth
+from tinystories.synth.generate import BudgetExhausted, JobIncomplete, SynthConfig, plan, plan_item, synth
 from tinystories.synth.lexicon import load_lexicon, sample_item
 from tinystories.synth.prompts import story_prompt
 
@@ -103,8 +104,9 @@ def test_timeouts_are_retried(server, tmp_path):
 
 def test_retries_exhausted_leave_items_for_resume(server, tmp_path):
     server.faults.extend(["500"] * 30)
-    res = synth(_cfg(server, tmp_path, n=4, concurrency=1, retries=2))
-    assert res["failed_items"] >= 1 and res["items_left"] >= 1 and "resume" in res["note"]
+    with pytest.raises(JobIncomplete, match=r"failed after all retries \(last error: HTTP 500.*--resume"):
+        synth(_cfg(server, tmp_path, n=4, concurrency=1, retries=2))
+    assert len(_finished(tmp_path)) < 4
     res = synth(_cfg(server, tmp_path, n=4, resume=True))
     assert res["items_left"] == 0
     assert sorted(_finished(tmp_path)) == [0, 1, 2, 3]
@@ -206,6 +208,17 @@ def test_different_job_and_bad_options(server, tmp_path):
         synth(_cfg(server, tmp_path / "a", n=3, resume=True, shard="0/2"))
     with pytest.raises(UserError, match="not available"):
         synth(SynthConfig(out=str(tmp_path / "c"), backend="nonesuch"))
+    with pytest.raises(UserError, match="nothing to resume"):
+        synth(SynthConfig(out=str(tmp_path / "d"), resume=True))
+
+
+def test_refused_connection_is_reported(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(JobIncomplete, match="connection failed"):
+        synth(SynthConfig(out=str(tmp_path), model="m", base_url=f"http://127.0.0.1:{port}/v1", n=1, retries=1,
+                          retry_base=0.01, progress=False))  # fmt: skip
 
 
 def test_custom_template_features_and_words(server, tmp_path):

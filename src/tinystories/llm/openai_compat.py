@@ -142,7 +142,11 @@ class OpenAICompat:
                 retryable=retryable,
                 retry_after=_retry_after(e.response.headers) if e.response is not None else None,
             ) from None
-        except oa.APITimeoutError:
+        except oa.APITimeoutError as e:
+            cause = e.__cause__
+            # The aiohttp transport reports a refused connection as a connect timeout: say which it was.
+            if cause is not None and "Connect" in type(cause).__name__:
+                raise LLMError(f"connection failed: {_short(str(cause))}", retryable=True) from None
             raise LLMError("request timed out", retryable=True) from None
         except oa.APIConnectionError as e:
             raise LLMError(f"connection failed: {_short(str(e))}", retryable=True) from None

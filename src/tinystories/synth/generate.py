@@ -119,7 +119,9 @@ def _resolve_backend(cfg: SynthConfig) -> str:
     backend = cfg.backend
     if backend == "auto":
         job = Path(cfg.out) / "job.json"
-        if cfg.resume and job.is_file():
+        if cfg.resume:
+            if not job.is_file():
+                raise UserError(f"nothing to resume in {cfg.out} (no job.json)")
             try:
                 return json.loads(job.read_text())["backend"]
             except (OSError, ValueError, KeyError):
@@ -218,6 +220,10 @@ def synth(cfg: SynthConfig) -> dict[str, Any]:
 
 class BudgetExhausted(UserError):
     """The job stopped because the next request could pass --budget-usd."""
+
+
+class JobIncomplete(UserError):
+    """Some items still failed after all retries (server down, timeouts); --resume finishes them."""
 
 
 def read_jsonl_recovering(path: Path) -> list[dict[str, Any]]:
@@ -699,6 +705,8 @@ def synth_llm(cfg: SynthConfig, backend: str) -> dict[str, Any]:
             f"{left} items left; rerun with --resume and a larger --budget-usd to finish"
         )
     if left and st.failed:
-        result["last_error"] = st.last_error
-        result["note"] = f"{left} items failed after all retries; rerun with --resume to finish them"
+        raise JobIncomplete(
+            f"{st.failed} items failed after all retries (last error: {st.last_error}); {len(stories)} stories "
+            f"written, {left} items left; rerun with --resume to finish them"
+        )
     return result

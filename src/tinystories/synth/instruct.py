@@ -26,6 +26,7 @@ from tinystories.synth.generate import (
     Budget,
     BudgetExhausted,
     Engine,
+    JobIncomplete,
     ShardLog,
     _make_client,
     read_jsonl_recovering,
@@ -211,6 +212,11 @@ def instruct(cfg: InstructConfig) -> dict[str, Any]:
             raise BudgetExhausted(
                 f"budget reached: spent ${budget.spent:.6f} of ${cfg.budget_usd:g}; rerun with --resume and a "
                 "larger --budget-usd to finish the summaries"
+            )
+        if st.failed:
+            raise JobIncomplete(
+                f"{st.failed} summaries failed after all retries (last error: {st.last_error}); "
+                "rerun with --resume to finish them"
             )
         for r in read_jsonl_recovering(done.path):
             by_index[r["index"]]["summary"] = r["summary"]
