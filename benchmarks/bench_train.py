@@ -201,6 +201,7 @@ def main() -> None:
     ap.add_argument("--loop-steps", type=int, default=6)
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                     help="also time our model under torch.compile (case a)")
+    ap.add_argument("--out", default=str(RESULTS), help="where to write the JSON results")
     args = ap.parse_args()
     t0 = time.time()
 
@@ -221,8 +222,9 @@ def main() -> None:
         "cases": [small, large],
         "seconds": round(time.time() - t0, 1),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(RESULTS) as f:
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out) as f:
         json.dump(result, f, indent=2)
 
     print(f"train: CPU, {args.threads} threads, interleaved rounds, tokens/s best / median (higher is better)\n")
@@ -245,7 +247,7 @@ def main() -> None:
     print(f"\nllama-15m: fp32 matmul {large['matmul_gflops']} GFLOP/s, {large['train_flops_per_token'] / 1e6:.1f} "
           f"MFLOP per training token -> limit {limit:.0f} tokens/s; ours at "
           f"{large['tokens_per_s']['ours'] / limit:.0%}, transformers at {large['tokens_per_s']['transformers'] / limit:.0%}")
-    print(f"\nwrote {RESULTS} in {result['seconds']} s")
+    print(f"\nwrote {out} in {result['seconds']} s")
 
 
 if __name__ == "__main__":

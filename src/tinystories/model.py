@@ -676,6 +676,8 @@ class KVCache:
     slots at or beyond lengths[b] are never attended to, so a right-padded
     prefill is fixed by setting lengths[b] back to the real length, and a row is
     emptied for a new sequence by `reset`. Plain tensors, owned by the caller.
+    In RoPE models each key head's dimensions are stored in pair order (see
+    `pair_order`), as attention computes them; values are stored as they are.
     """
 
     def __init__(
