@@ -10,8 +10,9 @@ into `LlamaForCausalLM` / `GPTNeoForCausalLM` by `tinystories.convert.hf`):
     neo-1m (the full 50,257-token vocabulary): 1 stream and 64 streams
         (64 streams: `--tokens-neo64`, default 64 new tokens, to fit the time budget)
 
-Rounds are interleaved (each round runs every side once, the order alternating
-from round to round), so load from other work on a shared machine hits both
+After a short and a full untimed warm-up run of each side, rounds are
+interleaved (each round runs every side once, the order alternating from
+round to round), so load from other work on a shared machine hits both
 sides alike; the best and the median round are both reported, with the load
 average around each case. Before timing, 24 greedy tokens are compared between
 the two sides as a check that the weights really are the same. `--compile`
@@ -138,6 +139,11 @@ def main() -> None:
                 runners["ours_compiled"] = (ours, compiled)
             for fn, m in runners.values():  # warm up (and compile) on a short run
                 fn(m, streams, 8)
+            if not heavy:
+                # And one untimed full round: the first seconds of a fresh process run both sides slower
+                # (seen as a 2x slower first case whichever model comes first).
+                for fn, m in runners.values():
+                    fn(m, streams, tokens)
             load_before = os.getloadavg()[0]
             rates: dict[str, list[float]] = {key: [] for key in runners}
             rounds = 1 if heavy else args.rounds
