@@ -126,15 +126,9 @@ def _resolve_backend(cfg: SynthConfig) -> str:
                 return json.loads(job.read_text())["backend"]
             except (OSError, ValueError, KeyError):
                 raise UserError(f"{job} is unreadable; cannot resume") from None
-        return "openai" if cfg.model else "procedural"
-    if backend not in BACKENDS:
-        raise UserError(f"backend {backend!r} is not available; choose one of: auto, {', '.join(BACKENDS)}")
-    if backend != "procedural" and not cfg.model and not cfg.resume:
-        raise UserError(
-            f"backend {backend!r} is not available without --model "
-            "(the model name the endpoint serves, or a model file for --backend local)"
-        )
-    return backend
+    from tinystories.llm.select import choose_backend
+
+    return choose_backend(backend, cfg.model, offline="procedural", need_model=not cfg.resume)
 
 
 def records(cfg: SynthConfig) -> Iterator[dict[str, Any]]:
@@ -544,21 +538,12 @@ def _llm_job(cfg: SynthConfig, backend: str, out: Path) -> tuple[SynthConfig, di
     return cfg, job
 
 
-def _make_client(cfg: SynthConfig, backend: str) -> Any:
-    if backend == "local":
-        from tinystories.llm.local import LocalLLM
+def _make_client(cfg: Any, backend: str) -> Any:
+    """The client of a synth job (`cfg`: SynthConfig or another config with the same LLM fields)."""
+    from tinystories.llm.select import make_client
 
-        return LocalLLM(cfg.model, seed=cfg.seed)
-    from tinystories.llm.openai_compat import OpenAICompat
-
-    return OpenAICompat(
-        cfg.model,
-        base_url=cfg.base_url or None,
-        api_key_env=cfg.api_key_env,
-        chat=cfg.chat,
-        timeout=cfg.timeout,
-        max_connections=cfg.concurrency,
-    )
+    return make_client(backend, cfg.model, base_url=cfg.base_url, api_key_env=cfg.api_key_env, chat=cfg.chat,
+                       timeout=cfg.timeout, concurrency=cfg.concurrency, seed=cfg.seed)  # fmt: skip
 
 
 def write_txt(records: list[dict[str, Any]], path: Path, field_name: str = "story") -> None:
