@@ -74,7 +74,8 @@ def copy_of(done, tmp_path: Path) -> Path:
 
 def test_every_stage_writes_its_outputs_and_a_rerun_skips_them(done):
     root, recipe, result = done
-    assert statuses(result) == dict.fromkeys(("synth", "tokenize", "train", "sample", "eval"), "done")
+    stages = ("synth", "tokenize", "train", "sample", "eval", "interpret", "report")
+    assert statuses(result) == dict.fromkeys(stages, "done")
     model = root / "model"
     assert (root / "corpus" / "stories.txt").is_file() and (root / "data" / "meta.json").is_file()
     assert runlib.latest_checkpoint(model).name == "step_000020"
@@ -85,6 +86,11 @@ def test_every_stage_writes_its_outputs_and_a_rerun_skips_them(done):
     assert proc["split"] == "val" and proc["stories"] == 3 and real["stories"] == 3
     probes = json.loads((model / "eval" / "probes.json").read_text())
     assert probes["n"] == 20 and probes["chance"] == 0.5
+    heads = json.loads((model / "interp" / "heads.json").read_text())
+    assert len(heads["heads"]) == 2 * 4 and heads["stories"] == 4  # micro: 2 layers x 4 heads
+    assert json.loads((model / "interp" / "neurons_layer0.json").read_text())["layer"] == 0  # -2 of 2 layers
+    page = (root / "report.html").read_text()
+    assert all(f'id="{section}"' in page for section in ("config", "training", "samples", "eval", "heads", "neurons"))
     assert (root / "recipe.toml").read_text() == Path(recipe).read_text()
     state = json.loads((root / "pipeline.json").read_text())
     assert all(state["stages"][s.name]["status"] == "done" for s in STAGES)
@@ -95,6 +101,7 @@ def test_every_stage_writes_its_outputs_and_a_rerun_skips_them(done):
     note = closing_note(root)
     assert "Once upon a time" in note and "bits per byte" in note and "probes:" in note
     assert "procedural" in note and "real" in note
+    assert note.splitlines()[-1] == f"report: {root / 'report.html'}"
 
 
 def test_a_changed_setting_redoes_only_the_stages_that_depend_on_it(done, tmp_path):
@@ -104,7 +111,7 @@ def test_a_changed_setting_redoes_only_the_stages_that_depend_on_it(done, tmp_pa
     r = run_pipeline(RunConfig(recipe=write_recipe(tmp_path / "a.toml", micro(**base, sample={"temperature": 0.5})),
                                run=str(root)))
     assert statuses(r) == {"synth": "skipped", "tokenize": "skipped", "train": "skipped", "sample": "done",
-                           "eval": "skipped"}
+                           "eval": "skipped", "interpret": "skipped", "report": "done"}
     r = run_pipeline(RunConfig(recipe=write_recipe(tmp_path / "b.toml", micro(**base, probes={"n": 10})),
                                run=str(root)))
     assert statuses(r)["eval"] == "done" and statuses(r)["sample"] == "done"  # sample back to the recipe's
@@ -118,7 +125,7 @@ def test_a_larger_budget_resumes_training(done, tmp_path):
     recipe = write_recipe(tmp_path / "c.toml", micro(eval={"real": real, "max_stories": 3}, train={"max_steps": 30}))
     r = run_pipeline(RunConfig(recipe=recipe, run=str(root)))
     assert statuses(r) == {"synth": "skipped", "tokenize": "skipped", "train": "done", "sample": "done",
-                           "eval": "done"}
+                           "eval": "done", "interpret": "done", "report": "done"}
     train = r["records"]["train"]["summary"]
     assert train["resumed_from_step"] == 20 and train["step"] == 30
     steps = [json.loads(line)["step"] for line in (root / "model" / "metrics.jsonl").read_text().splitlines()]
@@ -199,7 +206,7 @@ def test_killed_during_training_resumes_from_the_last_checkpoint(tmp_path):
 
     r = run_pipeline(RunConfig(recipe=recipe, run=str(root)))
     assert statuses(r) == {"synth": "skipped", "tokenize": "skipped", "train": "done", "sample": "done",
-                           "eval": "done"}
+                           "eval": "done", "interpret": "done", "report": "done"}
     assert (root / "corpus" / "stories.txt").stat().st_mtime_ns == corpus_mtime
     summary = r["records"]["train"]["summary"]
     assert summary["resumed_from_step"] == killed_at and summary["step"] == 30

@@ -6,9 +6,11 @@
 A recipe is a TOML file with one section per component, each holding fields
 of that component's config dataclass: `[synth]` (SynthConfig), `[tokenize]`
 (TokenizeConfig), `[model]` (ModelConfig fields over the preset), `[train]`
-(TrainConfig), `[sample]` (SampleConfig), `[eval]` (EvalConfig below) and
-`[probes]` (ProbesConfig). Paths between stages are the pipeline's to choose,
-so a recipe may not set them. Built-in recipes live in `tinystories/recipes/`.
+(TrainConfig), `[sample]` (SampleConfig), `[eval]` (EvalConfig below),
+`[probes]` (ProbesConfig), `[heads]` (HeadsConfig), `[neurons]` (NeuronsConfig)
+and `[report]` (ReportConfig). Paths between stages are the pipeline's to
+choose, so a recipe may not set them. Built-in recipes live in
+`tinystories/recipes/`.
 
 The pipeline folder:
 
@@ -19,6 +21,8 @@ The pipeline folder:
     model/            train: the run folder (config.toml, ckpt/, metrics.jsonl, ...)
       samples/samples.json                 sample
       eval/loss_procedural.json, eval/loss_real.json, eval/probes.json   eval
+      interp/heads.json, interp/neurons_layer*.json, *.png                interpret
+    report.html       report: the whole run on one self-contained page
 
 Each stage calls its library function; nothing here repeats their logic. A
 stage's key hashes its resolved config and the fingerprints of the outputs it
@@ -26,7 +30,7 @@ reads; a stage is skipped when its record holds the same key and its outputs
 still have the recorded fingerprint, so a re-run does only what changed or was
 not finished. Training resumes from its newest checkpoint when only its budget
 (or nothing) changed, e.g. after a kill; any other change starts that stage's
-outputs over. Adding a stage (interpret, report) is one more entry in STAGES.
+outputs over. Adding a stage is one more entry in STAGES.
 """
 
 from __future__ import annotations
@@ -90,7 +94,10 @@ class EvalConfig:
 def _sections() -> dict[str, type]:
     from tinystories.data.shards import TokenizeConfig
     from tinystories.eval.probes import ProbesConfig
+    from tinystories.interp.heads import HeadsConfig
+    from tinystories.interp.neurons import NeuronsConfig
     from tinystories.model import ModelConfig
+    from tinystories.report import ReportConfig
     from tinystories.sample import SampleConfig
     from tinystories.synth.generate import SynthConfig
     from tinystories.train import TrainConfig
@@ -103,6 +110,9 @@ def _sections() -> dict[str, type]:
         "sample": SampleConfig,
         "eval": EvalConfig,
         "probes": ProbesConfig,
+        "heads": HeadsConfig,
+        "neurons": NeuronsConfig,
+        "report": ReportConfig,
     }
 
 
@@ -113,6 +123,9 @@ OWNED = {
     "train": ("data", "run", "resume", "device"),
     "sample": ("run", "out", "stream", "device"),
     "probes": ("run", "write", "device"),
+    "heads": ("run", "out", "device"),
+    "neurons": ("run", "out", "device"),
+    "report": ("run", "out"),
     "model": ("vocab_size",),
 }
 
@@ -471,6 +484,64 @@ def _eval_fingerprint(p: Pipeline) -> str | None:
     return _hash([sha256_file(f) for f in found])
 
 
+def _interp_configs(p: Pipeline) -> tuple[Any, Any]:
+    from tinystories.interp.heads import HeadsConfig
+    from tinystories.interp.neurons import NeuronsConfig
+
+    common = {"run": str(p.model), "out": str(p.model / "interp"), "device": p.torch_device()}
+    return (build(HeadsConfig, {**p.section("heads"), **common}),
+            build(NeuronsConfig, {**p.section("neurons"), **common}))
+
+
+def _interp_key(p: Pipeline) -> dict[str, Any]:
+    heads, neurons = _interp_configs(p)
+    return {"heads": _asdict(heads, ("run", "out", "device")), "neurons": _asdict(neurons, ("run", "out", "device"))}
+
+
+def _run_interpret(p: Pipeline, resume: bool) -> dict[str, Any]:
+    from tinystories.interp.heads import interpret_heads
+    from tinystories.interp.neurons import interpret_neurons
+
+    heads_cfg, neurons_cfg = _interp_configs(p)
+    t0 = time.perf_counter()
+    heads = interpret_heads(heads_cfg)
+    print(f"[time] interpret heads: {time.perf_counter() - t0:.1f}s", flush=True)
+    t0 = time.perf_counter()
+    neurons = interpret_neurons(neurons_cfg)
+    print(f"[time] interpret neurons: {time.perf_counter() - t0:.1f}s", flush=True)
+    return {
+        "heads": heads["counts"],
+        "distance_heads": heads["distance_heads"],
+        "semantic_heads": heads["semantic_heads"],
+        "neurons_layer": neurons["layer"],
+        "neurons": neurons["summary"],
+    }
+
+
+def _interp_fingerprint(p: Pipeline) -> str | None:
+    folder = p.model / "interp"
+    found = [folder / "heads.json", *sorted(folder.glob("neurons_layer*.json"))]
+    if len(found) < 2 or not found[0].is_file():
+        return None
+    return _hash([sha256_file(f) for f in found])
+
+
+def _report_path(p: Pipeline) -> Path:
+    return p.root / "report.html"
+
+
+def _report_config(p: Pipeline) -> Any:
+    from tinystories.report import ReportConfig
+
+    return build(ReportConfig, {**p.section("report"), "run": str(p.model), "out": str(_report_path(p))})
+
+
+def _run_report(p: Pipeline, resume: bool) -> dict[str, Any]:
+    from tinystories.report import report
+
+    return report(_report_config(p))
+
+
 def _rmtree(path: Path) -> None:
     if path.exists():
         shutil.rmtree(path)
@@ -521,8 +592,23 @@ STAGES: tuple[Stage, ...] = (
         run=_run_eval,
         fingerprint=_eval_fingerprint,
     ),
+    Stage(
+        "interpret",
+        reads=("tokenize", "train"),
+        config=_interp_key,
+        run=_run_interpret,
+        fingerprint=_interp_fingerprint,
+        clean=lambda p: _rmtree(p.model / "interp"),
+    ),
+    Stage(
+        "report",
+        reads=("train", "sample", "eval", "interpret"),
+        config=lambda p: _asdict(_report_config(p), ("run", "out")),
+        run=_run_report,
+        fingerprint=lambda p: _fingerprint_file(_report_path(p)),
+    ),
 )
-"""The stages in order; a later stage (interpret, report) is one more entry."""
+"""The stages in order; a later stage is one more entry."""
 
 
 def _keys(stage: Stage, p: Pipeline) -> tuple[str, str]:
@@ -647,7 +733,10 @@ def closing_note(root: Path, n_samples: int = 2) -> str:
         )
         for cat, c in r.get("by_category", {}).items():
             lines.append(f"  {cat:<10} {c['accuracy']:.1%} of {c['n']} (95% CI {c['ci95'][0]:.1%}-{c['ci95'][1]:.1%})")
-    lines.append(f"outputs: {model} (eval/, samples/), records: {root / STATE_FILE}")
+    lines.append(f"outputs: {model} (eval/, samples/, interp/), records: {root / STATE_FILE}")
+    report = root / "report.html"
+    if report.is_file():
+        lines.append(f"report: {report}")
     return "\n".join(lines)
 
 
