@@ -1,29 +1,45 @@
-"""`tinystories eval probes`: capability probes scored by log-likelihood (multiple choice).
+"""`tinystories eval probes`: capability probes scored by log-likelihood and by greedy completion.
 
 A probe item (DESIGN.md) is a context (`prompt`) and continuations: one right
 (`answer`) and one or more `wrong`. The model reads `[eot] + prompt` as it read
 stories in training; each option's score is the summed log-probability of its
 tokens after the context. An item counts as right when the answer scores above
-every wrong option (an exact tie counts half, so a model that cannot tell the
-options apart sits at chance).
+every wrong option (a k-way tie for the best score counts 1/k, so a model that
+cannot tell the options apart sits at chance).
 
-Reported: accuracy with a 95% Wilson score interval, overall and per category
-(fact / reasoning / context) and, for procedural items, per kind; the chance
-level (the mean of 1 / number of options); and, beside the model, two rules that
-read only the context ("the option mentioned most often", "the option mentioned
-last"), which the procedural set is built to hold at chance. The interval treats
-items as independent; the procedural set comes in mirrored pairs, which a model
-tends to get both right or both wrong once it understands a context, so read
-the interval as a close guide rather than an exact one.
+Three measures, each overall and per category (fact / reasoning / context) with
+a 95% Wilson score interval:
 
-Without `--probes`, items come from the procedural engine (`synth/probes.py`).
+- `accuracy`: the summed log-probability decides;
+- `byte_normalised`: the log-probability divided by the option's length in
+  UTF-8 bytes decides (longer options are not penalised for their length);
+- `greedy`: the model's greedy completion of the prompt (up to the end of its
+  first sentence) contains one of the item's `accept` strings (default: the
+  answer) before it contains a wrong option. Open generation has no chance
+  level; it is reported as 0.
+
+Beside the model, rules that read no model ("the option mentioned most often in
+the context", "the option mentioned last", "the shortest option") show how far
+shallow cues go; the built-in and procedural sets are built to hold them near
+chance. The interval treats items as independent; items that share a context
+(mirrored pairs) tend to be right or wrong together once a model reads the
+context, so read the interval as a close guide rather than an exact one.
+
+Items: the hand-written sets in `eval/sets/probes_*.jsonl` (fact, reasoning,
+context; `docs/probes.md` says what each tests and how they were checked) by
+default; `--sets procedural` / `--n N` for the procedural engine's items
+(`synth/probes.py`); `--probes FILE` for users' own JSONL. `--checkpoints all`
+scores every saved step of the run for emergence curves.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +52,12 @@ from tinystories.errors import UserError
 CATEGORIES = ("fact", "reasoning", "context")
 Z95 = 1.959963984540054
 """Two-sided 95% normal quantile."""
+SETS_DIR = Path(__file__).with_name("sets")
+"""Folder of the built-in eval sets (package data)."""
+BUILTIN_SETS = {c: SETS_DIR / f"probes_{c}.jsonl" for c in CATEGORIES}
+"""The hand-written probe set of each category."""
+SET_NAMES = ("builtin", *CATEGORIES, "procedural")
+"""Names `--sets` takes: all hand-written sets, one of them, or the procedural engine's items."""
 
 
 @dataclass
@@ -44,20 +66,26 @@ class ProbesConfig:
 
     run: str = ""
     """Run folder whose model is probed."""
+    sets: str = ""
+    """Item sets, comma-separated: builtin (the hand-written fact, reasoning and context sets), fact, reasoning, context, procedural (--n items); default: builtin, unless --probes or --n asks for other items."""
     probes: str | None = None
-    """Probe items (JSONL, DESIGN.md's schema); default: procedural items made from --n and --seed."""
-    n: int = 1000
-    """Procedural items to make when no --probes file is given (rounded up to whole mirrored pairs)."""
+    """Probe items of your own (JSONL, DESIGN.md's schema), scored beside any --sets."""
+    n: int = 0
+    """Procedural items to make (rounded up to whole mirrored pairs); > 0 adds them (default with --sets procedural: 1000)."""
     seed: int = 1
     """Seed of the procedural items (drawn from their own random stream, never the corpus's)."""
     step: int | None = None
     """Checkpoint step to probe; default = the latest."""
+    checkpoints: str = ""
+    """Score several checkpoints for an emergence curve: all, or steps like 100,200 (default: just --step / the latest)."""
+    max_new_tokens: int = 16
+    """Greedy completion length (tokens) for the accept-string measure; 0 = skip that measure."""
     device: str = "cpu"
     """Torch device (cpu, cuda, cuda:1, mps)."""
     batch: int = 64
     """Sequences per forward at most (fewer when the vocabulary is large)."""
     write: bool = True
-    """Write eval/probes.json in the run folder."""
+    """Write eval/probes.json (and eval/probes_curve.png for several checkpoints) in the run folder."""
 
 
 # --- items ---------------------------------------------------------------------------
@@ -98,6 +126,65 @@ def check_item(item: Any, where: str) -> None:
         raise UserError(f"{where}: the answer is also listed as wrong")
     if item.get("category") not in CATEGORIES:
         raise UserError(f"{where}: 'category' must be one of {', '.join(CATEGORIES)}")
+    accept = item.get("accept", [])
+    if not isinstance(accept, list) or not all(isinstance(a, str) and a.strip() for a in accept):
+        raise UserError(f"{where}: 'accept' must be a list of non-empty strings")
+
+
+def builtin_items(categories: Sequence[str] = CATEGORIES) -> list[dict[str, Any]]:
+    """The hand-written probe items of `categories`, in file order."""
+    return [it for c in categories for it in read_probes(BUILTIN_SETS[c])]
+
+
+# --- how the hand-written sets are kept honest -----------------------------------------------
+
+_FUNCTION_WORDS = """a an the and or but so because then when if as of in on at to for with from into by up down out
+    over under after before about than that this these those it its he she they him her them his their i
+    you we me my your our us is are was were be been being am do does did have has had will would can
+    could should may might must not no very too just all some any every what who where which how there
+    here one"""
+FUNCTION_WORDS = frozenset(_FUNCTION_WORDS.split())
+"""Words kept in a sentence pattern; every other word is masked."""
+LENGTH_TOLERANCE = 3
+"""Most bytes by which a wrong option of a built-in item may differ in length from the answer."""
+MAX_PATTERN_USES = 5
+"""Most times one sentence pattern may occur across the built-in sets."""
+
+
+def sentence_patterns(prompt: str) -> list[str]:
+    """The pattern of each sentence of `prompt` (the unfinished last one included).
+
+    A pattern is the sentence's words, lower-cased, with every word outside
+    FUNCTION_WORDS replaced by `_` and runs of `_` merged: "Tom ran to the
+    hill to fly his" -> "_ to the _ to _ his". Patterns of fewer than three
+    words ("_ was _") say too little to count.
+    """
+    out = []
+    for sentence in re.split(r"(?<=[.!?])[\"']?\s+", prompt):
+        words = re.findall(r"[a-z']+", sentence.lower())
+        masked = re.sub(r"_( _)+", "_", " ".join(w if w in FUNCTION_WORDS else "_" for w in words))
+        if len(masked.split()) >= 3:
+            out.append(masked)
+    return out
+
+
+def lint_items(items: Sequence[dict[str, Any]]) -> list[str]:
+    """Problems of a hand-written set: overused sentence patterns, options of unmatched length, repeats."""
+    problems = []
+    uses = Counter(p for it in items for p in sentence_patterns(it["prompt"]))
+    problems += [f"pattern {p!r} used {k} times" for p, k in uses.items() if k > MAX_PATTERN_USES]
+    seen = set()
+    for it in items:
+        n = len(it["answer"].encode("utf-8"))
+        for w in it["wrong"]:
+            if abs(len(w.encode("utf-8")) - n) > LENGTH_TOLERANCE:
+                problems.append(f"{it['id']}: {w!r} and the answer {it['answer']!r} differ by more than "
+                                f"{LENGTH_TOLERANCE} bytes")
+        key = (it["prompt"], it["answer"])
+        if key in seen:
+            problems.append(f"{it['id']}: the same prompt and answer as an earlier item")
+        seen.add(key)
+    return problems
 
 
 # --- statistics ----------------------------------------------------------------------
@@ -115,9 +202,11 @@ def wilson_interval(correct: float, n: int, z: float = Z95) -> tuple[float, floa
 
 
 def outcome(answer_score: float, wrong_scores: Sequence[float]) -> float:
-    """1 when the answer scores above every wrong option, 0.5 on a tie with the best one, else 0."""
+    """1 when the answer scores above every wrong option, 1/k when it ties k-1 of them for best, else 0."""
     best = max(wrong_scores)
-    return 1.0 if answer_score > best else 0.5 if answer_score == best else 0.0
+    if answer_score != best:
+        return 1.0 if answer_score > best else 0.0
+    return 1.0 / (1 + sum(w == best for w in wrong_scores))
 
 
 def summarize(outcomes: Sequence[float], chances: Sequence[float]) -> dict[str, Any]:
@@ -146,9 +235,15 @@ def _kind(item: dict[str, Any]) -> str | None:
     return kind if kind in KINDS else None
 
 
-def report(items: Sequence[dict[str, Any]], outcomes: Sequence[float]) -> dict[str, Any]:
-    """Overall, per-category and per-kind summaries of `outcomes` (one per item)."""
-    chances = [1.0 / (1 + len(it["wrong"])) for it in items]
+def report(
+    items: Sequence[dict[str, Any]], outcomes: Sequence[float], chances: Sequence[float] | None = None
+) -> dict[str, Any]:
+    """Overall, per-category and per-kind summaries of `outcomes` (one per item).
+
+    `chances` default to 1 / number of options (multiple choice).
+    """
+    if chances is None:
+        chances = [1.0 / (1 + len(it["wrong"])) for it in items]
     out: dict[str, Any] = summarize(outcomes, chances)
     groups: dict[str, dict[str, list[int]]] = {"by_category": {}, "by_kind": {}}
     for i, it in enumerate(items):
@@ -188,7 +283,12 @@ def last_mentioned(prompt: str, option: str) -> float:
     return found[-1] if found else -1
 
 
-RULES = {"most_mentioned": most_mentioned, "last_mentioned": last_mentioned}
+def shortest(prompt: str, option: str) -> float:
+    """Rule: the shortest option (in bytes) wins; it reads neither context nor model."""
+    return -len(option.encode("utf-8"))
+
+
+RULES = {"most_mentioned": most_mentioned, "last_mentioned": last_mentioned, "shortest": shortest}
 
 
 # --- model scoring -------------------------------------------------------------------------
@@ -251,7 +351,7 @@ def option_logprobs(
 def score_items(
     model: Any, tokenizer: Any, items: Sequence[dict[str, Any]], batch: int = 64, device: str | torch.device = "cpu"
 ) -> tuple[list[float], list[list[float]]]:
-    """Per item: its outcome (1, 0.5, 0) and the scores of [answer, *wrong]."""
+    """Per item: its outcome (1, 1/k, 0) and the summed log-probabilities of [answer, *wrong]."""
     pairs, spans = [], []
     for it in items:
         options = [it["answer"], *it["wrong"]]
@@ -262,53 +362,266 @@ def score_items(
     return [outcome(s[0], s[1:]) for s in scores], scores
 
 
+def byte_normalised(item: dict[str, Any], scores: Sequence[float]) -> list[float]:
+    """Log-probability per UTF-8 byte of each option of `item` ([answer, *wrong] order, as `scores`)."""
+    options = [item["answer"], *item["wrong"]]
+    return [s / max(1, len(o.encode("utf-8"))) for s, o in zip(scores, options)]
+
+
+# --- greedy completion ---------------------------------------------------------------------
+
+
+def first_sentence(text: str) -> str:
+    """`text` up to and including its first sentence end (. ! ? or a line break)."""
+    m = re.search(r"[.!?\n]", text)
+    return text[: m.end()] if m else text
+
+
+def _first_at(text: str, strings: Sequence[str]) -> int | None:
+    """Offset of the earliest of `strings` in `text`, or None.
+
+    Matching ignores case and starts at a word: "smil" finds "smiled", "cat"
+    does not find "scatter".
+    """
+    found = []
+    for s in strings:
+        m = re.search(rf"\b{re.escape(s.strip())}", text, re.IGNORECASE)
+        if m:
+            found.append(m.start())
+    return min(found) if found else None
+
+
+def accept_outcome(completion: str, item: dict[str, Any]) -> float:
+    """1 when `completion` names an accept string (default: the answer) before any wrong option, else 0."""
+    right = _first_at(completion, item.get("accept") or [item["answer"]])
+    wrong = _first_at(completion, item["wrong"])
+    return 1.0 if right is not None and (wrong is None or right < wrong) else 0.0
+
+
+def greedy_completions(
+    model: Any, tokenizer: Any, items: Sequence[dict[str, Any]], max_new_tokens: int, batch: int = 64
+) -> list[str]:
+    """The first sentence of each prompt's greedy (argmax) completion, at most `max_new_tokens` tokens."""
+    from tinystories.sample import SampleParams, complete, prompt_ids
+
+    keep = model.config.max_seq_len - max_new_tokens
+    if keep < 2:
+        raise UserError(f"--max-new-tokens {max_new_tokens} leaves no room in the model's context")
+    # Long prompts keep their end (the part the answer depends on most), as the scorer does.
+    prompts = [prompt_ids(tokenizer, it["prompt"])[-keep:] for it in items]
+    done = complete(model, prompts, SampleParams(temperature=0.0, max_new_tokens=max_new_tokens),
+                    eot_id=tokenizer.eot_id, max_batch=batch)
+    return [first_sentence(tokenizer.decode(c.tokens)) for c in done]
+
+
 # --- the command ------------------------------------------------------------------------------
 
 
-def load_items(cfg: ProbesConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The items `cfg` asks for and a description of where they came from."""
-    if cfg.probes:
-        return read_probes(cfg.probes), {"file": os.fspath(cfg.probes)}
-    if cfg.n < 1:
-        raise UserError(f"--n must be >= 1, got {cfg.n}")
-    from tinystories.synth.probes import make_probes
+def _sha256_items(items: Sequence[dict[str, Any]]) -> str:
+    # Procedural items have no file; their canonical JSON is what gets hashed.
+    text = "".join(json.dumps(it, sort_keys=True, ensure_ascii=False) + "\n" for it in items)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
-    items = make_probes(cfg.n, seed=cfg.seed)
-    return items, {"procedural": {"n": len(items), "seed": cfg.seed}}
+
+def load_items(cfg: ProbesConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The items `cfg` asks for, and one record per set: its name, file, item count and sha256."""
+    from tinystories.io import sha256_file
+
+    names = [s.strip() for s in cfg.sets.split(",") if s.strip()]
+    for name in names:
+        if name not in SET_NAMES:
+            raise UserError(f"unknown probe set {name!r}; --sets takes {', '.join(SET_NAMES)}")
+    if cfg.n < 0:
+        raise UserError(f"--n must be >= 0, got {cfg.n}")
+    if cfg.n > 0 and "procedural" not in names:
+        names.append("procedural")
+    if not names and not cfg.probes:
+        names = ["builtin"]
+    items: list[dict[str, Any]] = []
+    sets: list[dict[str, Any]] = []
+    categories = [c for c in CATEGORIES if "builtin" in names or c in names]
+    for c in categories:
+        part = builtin_items([c])
+        sets.append({"name": c, "file": f"eval/sets/{BUILTIN_SETS[c].name}", "n": len(part),
+                     "sha256": sha256_file(BUILTIN_SETS[c])})
+        items += part
+    if "procedural" in names:
+        from tinystories.synth.probes import make_probes
+
+        part = make_probes(cfg.n or 1000, seed=cfg.seed)
+        sets.append({"name": "procedural", "n": len(part), "seed": cfg.seed, "sha256": _sha256_items(part)})
+        items += part
+    if cfg.probes:
+        part = read_probes(cfg.probes)
+        sets.append({"name": "file", "file": os.fspath(cfg.probes), "n": len(part), "sha256": sha256_file(cfg.probes)})
+        items += part
+    return items, sets
+
+
+def probe_model(model: Any, tokenizer: Any, items: Sequence[dict[str, Any]], cfg: ProbesConfig) -> dict[str, Any]:
+    """All three measures of one model on `items`, with per-item detail."""
+    outcomes, scores = score_items(model, tokenizer, items, cfg.batch, cfg.device)
+    per_byte = [byte_normalised(it, s) for it, s in zip(items, scores)]
+    norm = [outcome(s[0], s[1:]) for s in per_byte]
+    result = {**report(items, outcomes), "byte_normalised": report(items, norm)}
+    completions: list[str | None] = [None] * len(items)
+    greedy: list[float | None] = [None] * len(items)
+    if cfg.max_new_tokens > 0:
+        completions = list(greedy_completions(model, tokenizer, items, cfg.max_new_tokens, cfg.batch))
+        greedy = [accept_outcome(c, it) for c, it in zip(completions, items)]
+        result["greedy"] = report(items, greedy, chances=[0.0] * len(items))
+    result["items"] = [
+        {"id": it.get("id", str(i)), "category": it["category"], "outcome": o, "outcome_byte_normalised": on,
+         "scores": s, "completion": c, "outcome_greedy": g}
+        for i, (it, o, on, s, c, g) in enumerate(zip(items, outcomes, norm, scores, completions, greedy))
+    ]
+    return result
+
+
+def _steps(cfg: ProbesConfig) -> list[int | None]:
+    """The checkpoint steps `cfg` asks for (None = the latest)."""
+    from tinystories.run import list_checkpoints
+
+    spec = cfg.checkpoints.strip()
+    if not spec:
+        return [cfg.step]
+    if cfg.step is not None:
+        raise UserError("give --step or --checkpoints, not both")
+    have = [s for s, _ in list_checkpoints(cfg.run)]
+    if not have:
+        raise UserError(f"run {cfg.run} has no checkpoint")
+    if spec == "all":
+        return list(have)
+    try:
+        steps = sorted({int(s) for s in spec.split(",") if s.strip()})
+    except ValueError:
+        raise UserError(f"--checkpoints takes 'all' or steps like 100,200, got {spec!r}") from None
+    missing = [s for s in steps if s not in have]
+    if missing or not steps:
+        raise UserError(f"run {cfg.run} has no checkpoint at step {missing or spec} (have: {', '.join(map(str, have))})")
+    return steps
+
+
+def _curve_point(step: int, tokens: Any, r: dict[str, Any]) -> dict[str, Any]:
+    point: dict[str, Any] = {"step": step, "tokens": tokens}
+    for measure, block in (("log_likelihood", r), ("byte_normalised", r["byte_normalised"]),
+                           ("greedy", r.get("greedy"))):
+        if block is None:
+            continue
+        point[measure] = {"accuracy": block["accuracy"], "ci95": block["ci95"]} | {
+            c: {"accuracy": s["accuracy"], "ci95": s["ci95"]} for c, s in block["by_category"].items()
+        }
+    return point
 
 
 def evaluate_probes(cfg: ProbesConfig) -> dict[str, Any]:
     """Score the probe items with the run's model; writes eval/probes.json in the run folder."""
-    from tinystories.io import atomic_write_json
-    from tinystories.run import load_run
+    from tinystories import __version__
+    from tinystories.io import atomic_write_json, sha256_file
+    from tinystories.run import MODEL_FILE, config_dict, environment, load_run, read_state
 
     if not cfg.run:
         raise UserError("--run is required: the run folder to probe")
+    if not Path(cfg.run).is_dir():
+        raise UserError(f"no run folder at {cfg.run}")
     if cfg.batch < 1:
         raise UserError(f"--batch must be >= 1, got {cfg.batch}")
-    items, source = load_items(cfg)
-    loaded = load_run(cfg.run, step=cfg.step, device=cfg.device)
-    outcomes, scores = score_items(loaded.model, loaded.tokenizer, items, cfg.batch, cfg.device)
+    if cfg.max_new_tokens < 0:
+        raise UserError(f"--max-new-tokens must be >= 0, got {cfg.max_new_tokens}")
+    items, sets = load_items(cfg)
+    curve, result = [], {}
+    for step in _steps(cfg):
+        loaded = load_run(cfg.run, step=step, device=cfg.device)
+        result = probe_model(loaded.model, loaded.tokenizer, items, cfg)
+        tokens = read_state(loaded.path).get("tokens")
+        curve.append(_curve_point(loaded.step, tokens, result))
+    # The full record is the last (newest) checkpoint's; the curve holds every scored step.
     result = {
         "run": os.fspath(cfg.run),
         "step": loaded.step,
-        **source,
-        "method": "summed log-probability of each option after [eot] + prompt; right when the answer "
-        "scores above every wrong option (ties count half); 95% Wilson interval",
-        **report(items, outcomes),
+        "model": {
+            "checkpoint": os.fspath(loaded.path),
+            "weights_sha256": sha256_file(loaded.path / MODEL_FILE),
+            "config": config_dict(loaded.config.model),
+            "tokenizer_sha256": loaded.tokenizer.sha256,
+        },
+        "sets": sets,
+        "settings": {
+            "sets": cfg.sets, "probes": cfg.probes, "n": cfg.n, "seed": cfg.seed, "checkpoints": cfg.checkpoints,
+            "max_new_tokens": cfg.max_new_tokens, "batch": cfg.batch, "device": cfg.device,
+            "greedy": "temperature 0 (argmax), first sentence of the completion",
+        },
+        "method": "summed log-probability of each option after [eot] + prompt; right when the answer scores "
+        "above every wrong option (a k-way tie counts 1/k); byte_normalised divides each option's score by its "
+        "UTF-8 length; greedy: the completion names an accept string before any wrong option; 95% Wilson intervals",
+        "version": __version__,
+        "environment": environment(cfg.device),
+        **result,
         "baselines": {name: report(items, rule_outcomes(items, rule)) for name, rule in RULES.items()},
-        "items": [
-            {"id": it.get("id", str(i)), "category": it["category"], "outcome": o, "scores": s}
-            for i, (it, o, s) in enumerate(zip(items, outcomes, scores))
-        ],
     }
+    if len(curve) > 1:
+        result["curve"] = curve
     if cfg.write:
-        atomic_write_json(Path(cfg.run) / "eval" / "probes.json", result)
+        out = Path(cfg.run) / "eval"
+        atomic_write_json(out / "probes.json", result)
+        if len(curve) > 1:
+            result["plot"] = plot_curve(curve, out / "probes_curve.png", result["by_category"])
+            if result["plot"]:
+                atomic_write_json(out / "probes.json", result)
     return _brief(result)
 
 
+def plot_curve(curve: Sequence[dict[str, Any]], path: Path, chance: dict[str, Any]) -> str | None:
+    """Draw accuracy per category over training steps as a PNG; None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    from tinystories.io import atomic_save
+
+    steps = [p["step"] for p in curve]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, measure in zip(axes, ("log_likelihood", "greedy")):
+        for cat in CATEGORIES:
+            if cat not in curve[-1].get(measure, {}):
+                continue
+            acc = [p[measure][cat]["accuracy"] for p in curve]
+            low = [p[measure][cat]["ci95"][0] for p in curve]
+            high = [p[measure][cat]["ci95"][1] for p in curve]
+            (line,) = ax.plot(steps, acc, marker="o", label=cat)
+            ax.fill_between(steps, low, high, alpha=0.15, color=line.get_color())
+            if measure == "log_likelihood" and cat in chance:
+                ax.axhline(chance[cat]["chance"], ls=":", color=line.get_color())
+        ax.set_title(f"{measure.replace('_', ' ')} accuracy (95% CI; dotted: chance)" if measure != "greedy"
+                     else "greedy completion names the answer")
+        ax.set_xlabel("step")
+        ax.set_ylim(0, 1)
+        ax.legend()
+    fig.tight_layout()
+    atomic_save(path, lambda name: fig.savefig(name, format="png", dpi=100))
+    plt.close(fig)
+    return path.name
+
+
 def _brief(result: dict[str, Any]) -> dict[str, Any]:
-    # What the command prints: everything but the per-item lines and the rules' breakdowns.
-    out = {k: v for k, v in result.items() if k not in ("items", "baselines")}
+    # What the command prints: the headline figures per category, without per-item lines or the rules' detail.
+    out = {k: result[k] for k in ("run", "step", "n", "correct", "accuracy", "ci95", "chance", "above_chance",
+                                  "significant")}
+    out["sets"] = {s["name"]: s["n"] for s in result["sets"]}
+    for key in ("by_category", "by_kind"):
+        if key in result:
+            out[key] = result[key]
+    for measure in ("byte_normalised", "greedy"):
+        if measure in result:
+            block = result[measure]
+            out[measure] = {"accuracy": block["accuracy"], "ci95": block["ci95"]} | {
+                c: {"accuracy": s["accuracy"], "ci95": s["ci95"]} for c, s in block["by_category"].items()
+            }
     out["baselines"] = {name: {k: b[k] for k in ("accuracy", "ci95")} for name, b in result["baselines"].items()}
+    if "curve" in result:
+        out["curve"] = [{"step": p["step"], "accuracy": p["log_likelihood"]["accuracy"]} for p in result["curve"]]
+        out["plot"] = result.get("plot")
     return out
