@@ -95,6 +95,10 @@ COMMANDS: dict[str, Command] = {
         "tinystories.eval.probes:evaluate_probes",
         "multiple-choice capability probes (fact / reasoning / context) scored by log-likelihood",
     ),
+    "eval decontam": Command(
+        "tinystories.eval.decontam:decontam",
+        "report eval and probe items whose word 6-grams occur in a training corpus",
+    ),
 }
 
 
