@@ -1,4 +1,5 @@
-"""`eval probes`: log-likelihood multiple choice against hand computations, intervals, an untrained model."""
+"""`eval probes`: log-likelihood multiple choice against hand computations (toy model), greedy accept strings,
+intervals, the built-in sets as the default, checkpoint curves, an untrained model."""
 
 from __future__ import annotations
 
@@ -14,18 +15,27 @@ from tinystories import cli
 from tinystories.data.tokenizer import train_bpe
 from tinystories.errors import UserError
 from tinystories.eval.probes import (
+    BUILTIN_SETS,
+    CATEGORIES,
     ProbesConfig,
+    accept_outcome,
+    byte_normalised,
     continuation_ids,
     evaluate_probes,
+    first_sentence,
+    greedy_completions,
     last_mentioned,
     most_mentioned,
     option_logprobs,
     outcome,
+    probe_model,
     read_probes,
     report,
     rule_outcomes,
+    score_items,
     wilson_interval,
 )
+from tinystories.io import sha256_file
 from tinystories.model import GPT, ModelConfig
 from tinystories.run import save_checkpoint, write_config
 from tinystories.synth.lexicon import load_lexicon
@@ -171,3 +181,170 @@ def test_cli_error_is_one_line(tmp_path):
     res = subprocess.run([sys.executable, "-m", "tinystories", "eval", "probes", "--run", str(tmp_path / "nope")],
                          capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and res.stderr.startswith("tinystories: error:")
+
+
+# --- a toy model whose scores can be computed by hand ------------------------------------------
+
+TOY_CHARS = ["<eot>", "a", "b", "c", " "]
+TOY_EMB = [
+    [0.5, -1.0, 0.25, 2.0],
+    [1.5, 0.5, -0.5, 0.0],
+    [-1.0, 2.0, 1.0, 0.5],
+    [0.0, -0.5, 1.5, -1.0],
+    [2.0, 1.0, 0.0, -1.5],
+]
+
+
+class ToyTokenizer:
+    """One token per character of 'abc '; id 0 is end-of-text."""
+
+    eot_id = 0
+
+    def encode(self, text):
+        return [TOY_CHARS.index(ch) for ch in text]
+
+    def decode(self, ids):
+        return "".join(TOY_CHARS[i] for i in ids)
+
+
+def toy_model():
+    """A one-layer GPT whose blocks add nothing: logits(next | t) = rmsnorm(E[t]) . E (a bigram model)."""
+    cfg = ModelConfig(vocab_size=5, max_seq_len=16, d_model=4, n_layer=1, n_head=1, norm="rms", pos="rope",
+                      mlp="swiglu", attn_out_bias=False, mlp_bias=False, tie_embeddings=True)
+    model = GPT(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        for name, p in model.named_parameters():
+            if "norm" in name or name.startswith("ln") or ".ln" in name:
+                p.fill_(1.0)
+        model.tok_emb.weight.copy_(torch.tensor(TOY_EMB))
+    return model
+
+
+def hand_logprob(prev, nxt, eps=1e-5):
+    """log p(nxt | prev) of the toy model, in plain Python floats."""
+    x = TOY_EMB[prev]
+    rms = math.sqrt(sum(v * v for v in x) / len(x) + eps)
+    logits = [sum(h / rms * e for h, e in zip(x, row)) for row in TOY_EMB]
+    top = max(logits)
+    log_z = top + math.log(sum(math.exp(v - top) for v in logits))
+    return logits[nxt] - log_z
+
+
+def hand_score(prompt, option):
+    ids = [0] + [TOY_CHARS.index(ch) for ch in prompt + option]
+    start = 1 + len(prompt)  # the first option token's position in ids
+    return sum(hand_logprob(ids[i - 1], ids[i]) for i in range(start, len(ids)))
+
+
+def test_scores_agree_with_a_hand_computation_on_a_toy_model():
+    model, tok = toy_model(), ToyTokenizer()
+    items = [
+        {"id": "t1", "category": "fact", "prompt": "ca", "answer": " ab", "wrong": [" c", "bba"]},
+        {"id": "t2", "category": "context", "prompt": "abc a", "answer": "c", "wrong": ["b ca"]},
+        {"id": "t3", "category": "reasoning", "prompt": "b", "answer": "aaa", "wrong": ["c"]},
+    ]
+    outcomes, scores = score_items(model, tok, items, batch=2)  # two batches, right padding
+    for it, o, s in zip(items, outcomes, scores):
+        options = [it["answer"], *it["wrong"]]
+        want = [hand_score(it["prompt"], opt) for opt in options]
+        assert s == pytest.approx(want, abs=1e-5)
+        assert o == (1.0 if want[0] > max(want[1:]) else 0.0)
+        per_byte = byte_normalised(it, s)
+        assert per_byte == pytest.approx([w / len(opt) for w, opt in zip(want, options)], abs=1e-5)
+    # The two measures disagree on at least one toy item, so the byte-normalised one is not a copy.
+    result = probe_model(model, tok, items, ProbesConfig(batch=2, max_new_tokens=0))
+    norm = [r["outcome_byte_normalised"] for r in result["items"]]
+    hand_norm = [outcome(p[0], p[1:]) for p in (byte_normalised(it, s) for it, s in zip(items, scores))]
+    assert norm == hand_norm and norm != outcomes
+    assert result["byte_normalised"]["accuracy"] == pytest.approx(sum(norm) / 3)
+    assert result["accuracy"] == pytest.approx(sum(outcomes) / 3)
+
+
+def test_greedy_completion_follows_the_hand_argmax():
+    model, tok = toy_model(), ToyTokenizer()
+    item = {"id": "g", "category": "fact", "prompt": "ca", "answer": " b", "wrong": [" c"]}
+    text, prev = "", TOY_CHARS.index("a")
+    for _ in range(4):
+        nxt = max(range(5), key=lambda j: hand_logprob(prev, j))
+        if nxt == 0:
+            break
+        text, prev = text + TOY_CHARS[nxt], nxt
+    assert greedy_completions(model, tok, [item], max_new_tokens=4) == [text]
+    result = probe_model(model, tok, [item], ProbesConfig(max_new_tokens=4))
+    assert result["items"][0]["completion"] == text
+    assert result["items"][0]["outcome_greedy"] == accept_outcome(text, item)
+    assert result["greedy"]["chance"] == 0.0
+
+
+def test_accept_strings_and_first_sentence():
+    item = {"prompt": "p", "answer": " bed", "wrong": [" lunch", " class"], "accept": ["bed", "sleep"]}
+    assert accept_outcome("bed and slept.", item) == 1.0
+    assert accept_outcome("Sleeping all night", item) == 1.0  # case-insensitive, a word start
+    assert accept_outcome("lunch, then bed", item) == 0.0  # a wrong option came first
+    assert accept_outcome("a flowerbed", item) == 0.0  # not at the start of a word
+    assert accept_outcome("home.", {"prompt": "p", "answer": " home", "wrong": [" school"]}) == 1.0  # default
+    assert first_sentence("bed. Then she dreamed of lunch.") == "bed."
+    assert first_sentence('Moo!" said the cow') == "Moo!"
+    assert first_sentence("no end") == "no end"
+
+
+def test_ties_among_several_options_count_by_share():
+    assert outcome(1.0, [1.0, 1.0]) == pytest.approx(1 / 3)
+    assert outcome(1.0, [1.0, 0.0]) == 0.5
+    # A rule that cannot tell three options apart scores chance (1/3), not 1/2.
+    items = [{"prompt": "nothing here", "answer": " x", "wrong": [" y", " z"], "category": "fact"}]
+    assert rule_outcomes(items, most_mentioned) == [pytest.approx(1 / 3)]
+
+
+# --- the built-in sets as the default, set hashes, checkpoints ------------------------------------
+
+
+def test_builtin_sets_are_the_default_and_recorded(untrained):
+    run, _, _ = untrained
+    result = evaluate_probes(ProbesConfig(run=str(run), max_new_tokens=4))
+    assert result["sets"] == {"fact": 48, "reasoning": 46, "context": 48} and result["n"] == 142
+    assert set(result["by_category"]) == set(CATEGORIES)
+    assert set(result["byte_normalised"]) >= {"accuracy", "ci95", *CATEGORIES}
+    assert set(result["greedy"]) >= {"accuracy", "ci95", *CATEGORIES}
+    written = json.loads((run / "eval" / "probes.json").read_text())
+    for s in written["sets"]:
+        assert s["sha256"] == sha256_file(BUILTIN_SETS[s["name"]])
+    ckpt = run / "ckpt" / "step_000000"
+    assert written["model"]["weights_sha256"] == sha256_file(ckpt / "model.safetensors")
+    assert written["model"]["config"]["d_model"] == 32
+    assert written["settings"]["max_new_tokens"] == 4 and written["environment"]["torch"] == torch.__version__
+    assert len(written["items"]) == 142 and all(i["completion"] is not None for i in written["items"])
+    assert set(written["baselines"]) == {"most_mentioned", "last_mentioned", "shortest"}
+    # Other sources replace the default; --sets names them together.
+    assert evaluate_probes(ProbesConfig(run=str(run), n=10, write=False, max_new_tokens=0))["sets"] == {"procedural": 10}
+    both = evaluate_probes(ProbesConfig(run=str(run), sets="context,procedural", n=4, write=False, max_new_tokens=0))
+    assert both["sets"] == {"context": 48, "procedural": 4} and both["n"] == 52
+    with pytest.raises(UserError, match="unknown probe set"):
+        evaluate_probes(ProbesConfig(run=str(run), sets="facts", write=False))
+
+
+def test_checkpoints_all_gives_a_curve(untrained, tmp_path):
+    _, model, tok = untrained
+    run = tmp_path / "run"
+    run.mkdir()
+    write_config(run, model.config)
+    tok.save(run)
+    save_checkpoint(run, 0, model)
+    torch.manual_seed(1)
+    save_checkpoint(run, 10, GPT(model.config).eval())
+    out = evaluate_probes(ProbesConfig(run=str(run), sets="fact", checkpoints="all", max_new_tokens=2))
+    assert [p["step"] for p in out["curve"]] == [0, 10] and out["step"] == 10
+    written = json.loads((run / "eval" / "probes.json").read_text())
+    first = evaluate_probes(ProbesConfig(run=str(run), sets="fact", step=0, max_new_tokens=2, write=False))
+    assert written["curve"][0]["log_likelihood"]["fact"]["accuracy"] == first["by_category"]["fact"]["accuracy"]
+    assert written["curve"][1]["log_likelihood"]["accuracy"] == written["accuracy"]
+    assert set(written["curve"][0]) == {"step", "tokens", "log_likelihood", "byte_normalised", "greedy"}
+    assert (run / "eval" / "probes_curve.png").read_bytes()[:4] == b"\x89PNG" and written["plot"] == "probes_curve.png"
+    only = evaluate_probes(ProbesConfig(run=str(run), sets="fact", checkpoints="10", max_new_tokens=0, write=False))
+    assert only["step"] == 10 and "curve" not in only
+    with pytest.raises(UserError, match="no checkpoint at step"):
+        evaluate_probes(ProbesConfig(run=str(run), sets="fact", checkpoints="0,5", write=False))
+    with pytest.raises(UserError, match="not both"):
+        evaluate_probes(ProbesConfig(run=str(run), sets="fact", checkpoints="all", step=0, write=False))

@@ -66,10 +66,10 @@ def words(text: str) -> list[str]:
     return WORD.findall(text.lower())
 
 
-def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    """The distinct word n-grams of `text` (none when it has fewer than n words)."""
+def ngrams(text: str, n: int) -> list[tuple[str, ...]]:
+    """The distinct word n-grams of `text` in order of appearance (none when it has fewer than n words)."""
     w = words(text)
-    return {tuple(w[i : i + n]) for i in range(len(w) - n + 1)}
+    return list(dict.fromkeys(tuple(w[i : i + n]) for i in range(len(w) - n + 1)))
 
 
 # --- eval items -------------------------------------------------------------------------
@@ -229,7 +229,7 @@ def decontam(cfg: DecontamConfig) -> dict[str, Any]:
     for f in set_files:
         for iid, text in read_items(f):
             items.append((f, iid, text, ngrams(text, cfg.n)))
-    grams = set().union(*(g for *_, g in items))
+    grams = {x for *_, g in items for x in g}
     t0 = time.perf_counter()
     found, stories, n_words = scan(corpus_texts(data), grams, cfg.n)
     seconds = time.perf_counter() - t0
@@ -239,7 +239,7 @@ def decontam(cfg: DecontamConfig) -> dict[str, Any]:
     for f, iid, text, g in items:
         stats = per_file.setdefault(f.name, {"items": 0, "with_hits": 0, "contaminated": 0, "sha256": sha256_file(f)})
         stats["items"] += 1
-        matched = sorted((x for x in g if x in found), key=lambda x: -found[x])
+        matched = sorted((x for x in g if x in found), key=lambda x: -found[x])  # stable: text order on ties
         if not matched:
             continue
         fraction = len(matched) / len(g)
