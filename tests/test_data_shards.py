@@ -279,6 +279,11 @@ def test_cli_success_and_bad_input(tmp_path, valid_stories, gpt2_dir, monkeypatc
     assert "already holds a different dataset" in err
     assert _hashes(out) == before
 
+    # An unknown model preset stops training before anything is written.
+    err = _cli_error(capsys, ["train", "--data", str(out), "--run", str(tmp_path / "run"), "--preset", "neo-2m"])
+    assert "unknown model preset 'neo-2m'" in err
+    assert not (tmp_path / "run").exists() and _hashes(out) == before
+
     main(["tokenize", "--data", str(valid_stories), "--vocab-size", "1000", *ds])
     assert json.loads(capsys.readouterr().out)["status"] == "already up to date"
     assert _hashes(out) == before
