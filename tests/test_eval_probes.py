@@ -80,6 +80,8 @@ def test_wilson_interval_by_hand():
     assert (round(low, 3), round(high, 3)) == (0.490, 0.943)  # the textbook value for 8/10
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
     assert wilson_interval(0, 0) == (0.0, 1.0)
+    for n in range(1, 200):
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
 
 
 def test_outcome_and_report_by_hand():
@@ -275,7 +277,7 @@ def test_greedy_completion_follows_the_hand_argmax():
     result = probe_model(model, tok, [item], ProbesConfig(max_new_tokens=4))
     assert result["items"][0]["completion"] == text
     assert result["items"][0]["outcome_greedy"] == accept_outcome(text, item)
-    assert result["greedy"]["chance"] == 0.0
+    assert result["greedy"]["chance"] is None and result["greedy"]["significant"] is None
 
 
 def test_accept_strings_and_first_sentence():

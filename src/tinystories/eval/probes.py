@@ -16,7 +16,7 @@ a 95% Wilson score interval:
 - `greedy`: the model's greedy completion of the prompt (up to the end of its
   first sentence) contains one of the item's `accept` strings (default: the
   answer) before it contains a wrong option. Open generation has no chance
-  level; it is reported as 0.
+  level (reported as null).
 
 Beside the model, rules that read no model ("the option mentioned most often in
 the context", "the option mentioned last", "the shortest option") show how far
@@ -198,7 +198,10 @@ def wilson_interval(correct: float, n: int, z: float = Z95) -> tuple[float, floa
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # At 0 or n right the bound is exactly 0 or 1; rounding must not lift it off.
+    low = 0.0 if correct <= 0 else max(0.0, centre - half)
+    high = 1.0 if correct >= n else min(1.0, centre + half)
+    return (low, high)
 
 
 def outcome(answer_score: float, wrong_scores: Sequence[float]) -> float:
@@ -209,12 +212,18 @@ def outcome(answer_score: float, wrong_scores: Sequence[float]) -> float:
     return 1.0 / (1 + sum(w == best for w in wrong_scores))
 
 
-def summarize(outcomes: Sequence[float], chances: Sequence[float]) -> dict[str, Any]:
-    """Accuracy, its 95% interval, chance and the margin over chance of a group of items."""
+def summarize(outcomes: Sequence[float], chances: Sequence[float] | None) -> dict[str, Any]:
+    """Accuracy, its 95% interval, chance and the margin over chance of a group of items.
+
+    `chances` None: open-ended answers (greedy completion), which have no chance level.
+    """
     n = len(outcomes)
     correct = float(sum(outcomes))
     acc = correct / n if n else float("nan")
     low, high = wilson_interval(correct, n)
+    if chances is None:
+        return {"n": n, "correct": correct, "accuracy": acc, "ci95": [low, high], "chance": None,
+                "above_chance": None, "significant": None}
     chance = sum(chances) / n if n else float("nan")
     return {
         "n": n,
@@ -235,15 +244,12 @@ def _kind(item: dict[str, Any]) -> str | None:
     return kind if kind in KINDS else None
 
 
-def report(
-    items: Sequence[dict[str, Any]], outcomes: Sequence[float], chances: Sequence[float] | None = None
-) -> dict[str, Any]:
+def report(items: Sequence[dict[str, Any]], outcomes: Sequence[float], open_ended: bool = False) -> dict[str, Any]:
     """Overall, per-category and per-kind summaries of `outcomes` (one per item).
 
-    `chances` default to 1 / number of options (multiple choice).
+    Chance is 1 / number of options (multiple choice), or none when `open_ended`.
     """
-    if chances is None:
-        chances = [1.0 / (1 + len(it["wrong"])) for it in items]
+    chances = None if open_ended else [1.0 / (1 + len(it["wrong"])) for it in items]
     out: dict[str, Any] = summarize(outcomes, chances)
     groups: dict[str, dict[str, list[int]]] = {"by_category": {}, "by_kind": {}}
     for i, it in enumerate(items):
@@ -254,7 +260,7 @@ def report(
     for name, members in groups.items():
         if members:
             out[name] = {
-                key: summarize([outcomes[i] for i in idx], [chances[i] for i in idx])
+                key: summarize([outcomes[i] for i in idx], None if chances is None else [chances[i] for i in idx])
                 for key, idx in members.items()
             }
     return out
@@ -469,7 +475,7 @@ def probe_model(model: Any, tokenizer: Any, items: Sequence[dict[str, Any]], cfg
     if cfg.max_new_tokens > 0:
         completions = list(greedy_completions(model, tokenizer, items, cfg.max_new_tokens, cfg.batch))
         greedy = [accept_outcome(c, it) for c, it in zip(completions, items)]
-        result["greedy"] = report(items, greedy, chances=[0.0] * len(items))
+        result["greedy"] = report(items, greedy, open_ended=True)
     result["items"] = [
         {"id": it.get("id", str(i)), "category": it["category"], "outcome": o, "outcome_byte_normalised": on,
          "scores": s, "completion": c, "outcome_greedy": g}
