@@ -1,0 +1,880 @@
+"""`tinystories eval judge`: GPT-Eval, an LLM grades a model's story completions as in the paper.
+
+The protocol (Eldan & Li 2023, §3; details in docs/judge.md):
+
+1. About 50 story beginnings, each cut in the middle of a sentence. The
+   built-in set (`sets/beginnings.yaml`) was written for this project; the
+   released `Evaluation prompts.yaml` (44 beginnings) or any other file can be
+   given with --prompts.
+2. K completions of every beginning at temperature 1 from the run's model.
+3. A two-turn conversation with the judge per completion: first an assessment
+   in words, then grades `Grammar: x/10, Creativity: x/10, Consistency: x/10`
+   and an age group A-F.
+4. Tolerant parsing of the grades. When a score is missing, the judge is asked
+   again (at most `--reasks` times); after that the grade counts as missing -
+   never filled in - and the share of such completions is reported.
+5. Means with 95% intervals from a bootstrap over beginnings: the K completions
+   of one beginning share it and are not independent, so beginnings, not
+   completions, are resampled.
+
+Every answer is cached (`<run>/eval/judge_cache.sqlite`), so a re-run, or one
+that stopped half way, pays only for what is new. The grading machinery
+(`grade_all`) also serves `eval instruct`, with the paper's instruct prompts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinystories.config import parse_duration
+from tinystories.errors import UserError
+
+SETS = Path(__file__).parent / "sets"
+BUILTIN_BEGINNINGS = SETS / "beginnings.yaml"
+
+# --- the paper's prompts ------------------------------------------------------------------------
+# Exact text as printed in the paper (arXiv 2305.07759v2, §3, the story-completion example), with the
+# PDF's line wraps joined. Kept as printed: the first word is a lowercase "the", "student´s" has an
+# acute accent and "gramatically" is misspelled.
+STORY_ASSESS = (
+    "the following exercise, the student is given a beginning of a story. The student needs to complete "
+    "it into a full story. The exercise tests the student´s language abilities and creativity. The symbol "
+    "*** marks the separator between the prescribed beginning and the student’s completion:\n"
+    "{beginning}*** {completion}\n"
+    "Please provide your general assessment about the part written by the student (the one after the *** "
+    "symbol). Is it gramatically correct? Is it consistent with the beginning of the story? Pay special "
+    "attention to whether the student manages to complete the sentence which is split in the middle by the "
+    "separator ***."
+)
+STORY_GRADE = (
+    "Now, grade the student’s completion in terms of grammar, creativity, consistency with the story’s "
+    "beginning and whether the plot makes sense. Moreover, please provide your best guess of what the age "
+    "of the student might be, as reflected from the completion. Choose from possible age groups: A: 3 or "
+    "under. B: 4-5. C: 6-7. D: 8-9. E: 10-12. F: 13-16."
+)
+# The paper prints "Use the following grade format: [...]" only in its instruct prompt (Fig. 5); the
+# format itself is the one of its example answers ("Grammar: 8/10, Creativity: 7/10, Consistency: 7/10,
+# Age group: E (10-12)"). Appended by default (--no-format-line leaves the story prompt as printed).
+STORY_FORMAT = "Grammar: x/10, Creativity: x/10, Consistency: x/10, Age group: x"
+FORMAT_LINE = " Use the following grade format: {format}."
+# Asked when a grade could not be read; not from the paper.
+REASK = (
+    "I could not read all the grades in your answer. Please reply with one line in exactly this format, "
+    "with numbers from 0 to 10: {format}"
+)
+
+AGE_GROUPS = {"A": "3 or under", "B": "4-5", "C": "6-7", "D": "8-9", "E": "10-12", "F": "13-16"}
+STORY_FIELDS = ("grammar", "creativity", "consistency")
+ALL_FIELDS = ("grammar", "creativity", "consistency", "plot")
+
+# The paper's Figure 4 (read from its image, see PAPER.md §5.4): (hidden, layers, eval loss, creativity,
+# grammar, consistency, instruct, plot). Baseline rows have no shape and no instruct models.
+PAPER_FIGURE4: list[tuple[Any, ...]] = [
+    (64, 12, 2.02, 4.84, 6.19, 4.75, 4.34, 4.39),
+    (64, 8, 2.08, 4.68, 6.14, 4.45, 4.34, 4.40),
+    (64, 4, 2.26, 3.97, 5.31, 3.77, 3.79, 3.71),
+    (64, 2, 2.38, 2.94, 4.33, 2.41, 2.86, 3.40),
+    (128, 12, 1.62, 6.02, 7.25, 7.20, 6.94, 6.58),
+    (128, 8, 1.65, 5.97, 7.23, 7.10, 6.87, 6.16),
+    (128, 4, 1.78, 5.70, 6.91, 6.60, 6.00, 5.53),
+    (128, 2, 1.92, 4.90, 6.43, 4.75, 5.23, 4.89),
+    (256, 12, 1.34, 6.66, 7.80, 8.38, 7.68, 7.18),
+    (256, 8, 1.38, 6.54, 7.72, 8.02, 7.92, 7.23),
+    (256, 4, 1.47, 6.32, 7.64, 7.76, 8.07, 7.18),
+    (256, 2, 1.60, 6.23, 7.50, 7.20, 7.23, 6.50),
+    (512, 12, 1.19, 6.90, 8.46, 9.11, 8.21, 7.37),
+    (512, 8, 1.20, 6.85, 8.34, 8.95, 8.05, 7.26),
+    (512, 4, 1.27, 6.75, 8.35, 8.50, 8.34, 7.36),
+    (512, 2, 1.39, 6.40, 7.72, 7.90, 7.76, 7.13),
+    (768, 12, 1.18, 7.00, 8.30, 9.20, 8.23, 7.47),
+    (768, 8, 1.18, 7.02, 8.62, 9.34, 8.36, 7.34),
+    (768, 4, 1.20, 6.89, 8.43, 9.01, 8.44, 7.52),
+    (768, 2, 1.31, 6.68, 8.01, 8.42, 7.97, 7.34),
+    (768, 1, 1.54, 6.00, 7.35, 7.25, 5.81, 6.44),
+    (1024, 12, 1.22, 7.05, 8.43, 8.98, 8.18, 7.29),
+    (1024, 8, 1.20, 7.13, 8.25, 8.92, 8.47, 7.47),
+    (1024, 4, 1.21, 7.04, 8.32, 8.93, 8.34, 7.47),
+    (1024, 2, 1.27, 6.68, 8.22, 8.52, 8.04, 7.24),
+    (1024, 1, 1.49, 6.36, 7.77, 7.47, 6.09, 6.42),
+]
+PAPER_BASELINES: list[tuple[str, float, float, float, float | None, float | None]] = [
+    # (model, creativity, grammar, consistency, instruct, plot)
+    ("GPT-Neo (125M)", 3.34, 5.27, 4.22, None, None),
+    ("GPT-2-small (125M)", 3.70, 5.40, 4.32, None, None),
+    ("GPT-2-med (355M)", 4.22, 6.27, 5.34, None, None),
+    ("GPT-2-large (774M)", 4.30, 6.43, 6.04, None, None),
+    ("GPT-4", 8.21, 8.75, 9.93, 9.31, 8.26),
+]
+PAPER_K = 10
+"""Completions per beginning in the paper."""
+# The released eval file starts with this beginning (44 in all); it identifies the file, not its bytes.
+RELEASED_FIRST = "Once upon a time, there lived a bunny in a field."
+RELEASED_N = 44
+
+
+# --- options ------------------------------------------------------------------------------------
+
+
+@dataclass
+class JudgeOptions:
+    """Which LLM judges and how it is asked (shared by `eval judge` and `eval instruct`)."""
+
+    judge_model: str = ""
+    """The judge: a model name the endpoint serves (e.g. gpt-4o), or a model file for --backend local."""
+    backend: str = "auto"
+    """Judge backend: openai (any OpenAI-compatible endpoint), local (a model file in this process); auto = openai."""
+    base_url: str = ""
+    """OpenAI-compatible endpoint of the judge, e.g. http://127.0.0.1:8080/v1 (default: OpenAI's)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key (the key itself is never written anywhere)."""
+    chat: bool = True
+    """Use the chat completions API (the grading is a two-turn conversation)."""
+    judge_max_tokens: int = 600
+    """Most tokens of one judge answer."""
+    judge_temperature: float = 0.0
+    """Judge sampling temperature (the paper does not say; 0 makes re-runs repeatable where servers allow)."""
+    reasks: int = 2
+    """Times the judge is asked again when its grades cannot be read; then the grade counts as missing."""
+    format_line: bool = True
+    """Append 'Use the following grade format: ...' to the story grading turn (the paper prints it for instruct only)."""
+    concurrency: int = 8
+    """Judge conversations in flight at once."""
+    timeout: float = field(default=120.0, metadata={"parse": parse_duration})
+    """Timeout of one judge request (e.g. 90s, 2m)."""
+    retries: int = 6
+    """Retries of a failed judge request (429, 5xx, timeouts), with exponential backoff."""
+    retry_base: float = 1.0
+    """First retry wait in seconds (doubled each retry, with jitter)."""
+    rpm: int = 0
+    """Requests-per-minute cap (0 = none)."""
+    tpm: int = 0
+    """Tokens-per-minute cap, counted at the worst case of each request (0 = none)."""
+    price: str = ""
+    """Judge price as IN,OUT US dollars per 1M tokens (default: the built-in table by model; none = free)."""
+    cache: str = ""
+    """Answer cache (sqlite); default: eval/judge_cache.sqlite in the run folder."""
+    progress: bool = True
+    """Show a progress bar on stderr."""
+
+
+@dataclass
+class JudgeConfig(JudgeOptions):
+    """`tinystories eval judge`: GPT-Eval of a run's story completions."""
+
+    run: str = ""
+    """Run folder whose model completes the beginnings."""
+    prompts: str = ""
+    """Story beginnings: a YAML list (as the released 'Evaluation prompts.yaml'), a .jsonl or a .txt; default: the built-in 50."""
+    completions: int = 10
+    """Completions per beginning (the paper: 10)."""
+    max_new_tokens: int = 400
+    """Most new tokens of one completion (the paper's models stop by themselves; it gives no limit)."""
+    temperature: float = 1.0
+    """Sampling temperature of the model (the paper: 1)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold of the model; 1 = off (as the paper)."""
+    seed: int = 1234
+    """Seed: completion k of beginning i uses seed + i * completions + k; also seeds the bootstrap."""
+    step: int | None = None
+    """Checkpoint step to evaluate; default = the latest."""
+    device: str = "cpu"
+    """Torch device of the model (cpu, cuda, mps)."""
+    batch: int = 64
+    """Completions decoded together at most."""
+    bootstrap: int = 10000
+    """Bootstrap resamples of the beginnings for the 95% intervals."""
+    table: str = "nearest"
+    """Paper rows beside ours in the printed table: nearest (same hidden size), all, or none."""
+    write: bool = True
+    """Write eval/judge.json in the run folder."""
+
+
+# --- beginnings ---------------------------------------------------------------------------------
+
+
+def _yaml_scalar(text: str, where: str) -> str:
+    """One plain or quoted YAML scalar written on one line."""
+    text = text.strip()
+    if text.startswith('"'):
+        try:
+            value = json.loads(text)  # YAML double-quoted escapes are JSON's for the cases that occur
+        except json.JSONDecodeError:
+            raise UserError(f"{where}: cannot read the double-quoted string") from None
+        return str(value)
+    if text.startswith("'"):
+        if len(text) < 2 or not text.endswith("'"):
+            raise UserError(f"{where}: unterminated single-quoted string")
+        return text[1:-1].replace("''", "'")
+    return text
+
+
+def parse_yaml_list(text: str, source: str = "<yaml>") -> list[str]:
+    """The strings of a YAML document that is one list of strings.
+
+    Handles what such files hold: `- |-` / `- |` / `- >` blocks (the released
+    file's layout), one-line plain or quoted items, comments and `---`. PyYAML
+    is not needed; anything else is refused with the line number.
+    """
+    lines = text.splitlines()
+    items: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        stripped = line.strip()
+        where = f"{source}:{i + 1}"
+        if not stripped or stripped.startswith("#") or stripped in ("---", "..."):
+            i += 1
+            continue
+        if not line.startswith("-") or (len(line) > 1 and not line[1].isspace()):
+            raise UserError(
+                f"{where}: expected a list item '- ...' (the file must be a YAML list of strings)"
+            )
+        head = line[1:].strip()
+        block = re.fullmatch(r"([|>])([+-]?)\d?\s*(#.*)?", head)
+        if not block:
+            items.append(_yaml_scalar(head, where))
+            i += 1
+            continue
+        style, chomp = block.group(1), block.group(2)
+        body: list[str] = []
+        indent: int | None = None
+        i += 1
+        while i < len(lines):
+            cur = lines[i]
+            if cur.strip() == "":
+                body.append("")
+                i += 1
+                continue
+            lead = len(cur) - len(cur.lstrip(" "))
+            if indent is None:
+                indent = lead
+            if lead < indent or lead == 0:
+                break
+            body.append(cur[indent:])
+            i += 1
+        trailing = 0
+        while body and body[-1] == "":
+            body.pop()
+            trailing += 1
+        if style == "|":
+            value = "\n".join(body)
+        else:  # folded: single line breaks become spaces, blank lines stay line breaks
+            value = re.sub(r"(?<!\n)\n(?!\n)", " ", "\n".join(body))
+        if chomp == "+":
+            value += "\n" * (trailing + 1)
+        elif chomp == "" and body:
+            value += "\n"
+        items.append(value)
+    return items
+
+
+def read_beginnings(path: str | os.PathLike | None = None) -> tuple[list[str], dict[str, Any]]:
+    """Beginnings from a file (built-in set when None) and a description: source, counts, hashes.
+
+    Formats by suffix: .yaml/.yml a list of strings; .jsonl one string or an
+    object with `beginning` / `prompt` per line; .txt beginnings separated by
+    `<|endoftext|>` lines.
+    """
+    p = Path(path) if path else BUILTIN_BEGINNINGS
+    if not p.is_file():
+        raise UserError(f"no prompt file at {p}")
+    text = p.read_text(encoding="utf-8")
+    suffix = p.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        items = parse_yaml_list(text, str(p))
+    elif suffix in (".jsonl", ".ndjson"):
+        items = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{p}:{n}: not JSON ({e.msg})") from None
+            if isinstance(obj, dict):
+                obj = obj.get("beginning", obj.get("prompt"))
+            if not isinstance(obj, str):
+                raise UserError(f"{p}:{n}: expected a string or an object with a 'beginning' string")
+            items.append(obj)
+    elif suffix == ".txt":
+        items = text.split("<|endoftext|>")
+    else:
+        raise UserError(f"{p}: unknown prompt file type {suffix!r} (use .yaml, .jsonl or .txt)")
+    # Trailing whitespace ("Anna insisted that ") would end the model's prompt in a lone space token.
+    beginnings = [b.strip() for b in items if b.strip()]
+    if not beginnings:
+        raise UserError(f"{p} holds no story beginnings")
+    info = {
+        "source": "built-in" if path is None else os.fspath(path),
+        "n": len(beginnings),
+        "file_sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+        "set_sha256": set_hash(beginnings),
+        "label": prompt_set_label(beginnings, path is None),
+    }
+    return beginnings, info
+
+
+def set_hash(texts: Sequence[Any]) -> str:
+    """sha256 of a set's content (not of its file's layout)."""
+    return hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def prompt_set_label(beginnings: Sequence[str], builtin: bool) -> str:
+    """'built-in', 'released' (the released eval file's 44 beginnings) or 'custom'."""
+    if builtin:
+        return "built-in"
+    if len(beginnings) == RELEASED_N and beginnings[0].startswith(RELEASED_FIRST):
+        return "released"
+    return "custom"
+
+
+# --- parsing the judge's grades ---------------------------------------------------------------------
+
+_NUM = r"(\d+(?:\.\d+)?)"
+_AGE_RANGES = {"3 or under": "A", "4-5": "B", "6-7": "C", "8-9": "D", "10-12": "E", "13-16": "F"}
+
+
+def _score(text: str, label: str) -> float | None:
+    # "Grammar: 8/10", "Consistency with the beginning - 8.5 out of 10": the last such mention wins, since
+    # a grade line comes after any discussion. Failing that, "Grammar: 8" with a separator.
+    out_of = re.compile(rf"\b{label}\b[^\d\n]{{0,40}}?{_NUM}\s*(?:/|out of)\s*10(?!\.?\d)", re.I)
+    found = out_of.findall(text)
+    if not found:
+        found = re.findall(rf"\b{label}\b(?:\s+score)?\s*[:=\-–]\s*{_NUM}(?![\d/%])", text, re.I)
+    if not found:
+        return None
+    value = float(found[-1])
+    return value if 0 <= value <= 10 else None
+
+
+def _age(text: str) -> str | None:
+    found = re.findall(r"(?i:\bage(?:\s+group)?)\s*[:\-–]?\s*\(?([A-F])\b", text)
+    if found:
+        return found[-1]
+    m = re.search(r"(?i:\bage(?:\s+group)?)[^\n]{0,30}?(3 or under|\d+\s*-\s*\d+)", text)
+    if m:
+        return _AGE_RANGES.get(re.sub(r"\s+", "", m.group(1)).replace("orunder", " or under"))
+    return None
+
+
+def parse_grade(text: str) -> dict[str, Any]:
+    """Scores (0-10, None where absent or out of range) and the age group (A-F or None) in an answer."""
+    clean = re.sub(r"[*_#`]", "", text)  # markdown emphasis around labels or numbers
+    out: dict[str, Any] = {f: _score(clean, f) for f in ALL_FIELDS}
+    out["age_group"] = _age(clean)
+    return out
+
+
+# --- grading conversations -----------------------------------------------------------------------------
+
+
+@dataclass
+class Task:
+    """One story to grade: the two user turns of its conversation and the scores it must yield."""
+
+    group: int
+    """Bootstrap unit: the beginning (or instruction set) the story belongs to."""
+    k: int
+    """Which of the group's completions."""
+    assess: str
+    """First turn: the exercise and the request for an assessment."""
+    grade: str
+    """Second turn: the request for grades."""
+    fields: tuple[str, ...] = STORY_FIELDS
+    """Scores a complete grade has."""
+    format: str = STORY_FORMAT
+    """The grade format quoted when asking again."""
+
+
+@dataclass
+class JudgeStats:
+    requests: int = 0
+    cached: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    new_prompt_tokens: int = 0
+    new_completion_tokens: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _request_seed(seed: int, group: int, k: int, turn: int) -> int:
+    blob = f"{seed}|{group}|{k}|{turn}".encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:4], "little") >> 1
+
+
+def grade_all(
+    tasks: Sequence[Task],
+    opts: JudgeOptions,
+    cache_path: str | os.PathLike,
+    seed: int = 0,
+    client: Any = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run every task's conversation with the judge; one grade record per task, and judge statistics.
+
+    A grade record holds the assessment, every grading answer, the scores
+    (all None unless every required score was read), the age group, the
+    re-asks used and `complete`. A request that still fails after its retries
+    stops the command with a UserError once the others are done; the cache
+    keeps every answer received, so running it again continues. `client`
+    replaces the backend `opts` names (any object with the `LLM` interface).
+    """
+    from tinystories.llm.base import (
+        LLMError,
+        RateLimiter,
+        Request,
+        RetryPolicy,
+        call_with_retries,
+        worst_case_tokens,
+    )
+    from tinystories.llm.cache import AnswerCache, cache_key
+    from tinystories.llm.select import choose_backend, make_client
+
+    backend = choose_backend(opts.backend, opts.judge_model, model_flag="--judge-model")
+    if opts.reasks < 0 or opts.concurrency < 1 or opts.judge_max_tokens < 1:
+        raise UserError("--reasks must be >= 0, --concurrency and --judge-max-tokens >= 1")
+    if not opts.chat:
+        raise UserError("the grading is a conversation: the judge needs the chat API (drop --no-chat)")
+    if client is None:
+        client = make_client(backend, opts.judge_model, base_url=opts.base_url, api_key_env=opts.api_key_env,
+                             chat=True, timeout=opts.timeout, concurrency=opts.concurrency, seed=seed)  # fmt: skip
+    cache = AnswerCache(cache_path)
+    namespace = {"task": "judge", "backend": backend, "model": opts.judge_model, "base_url": opts.base_url}
+    limiter = RateLimiter(opts.rpm, opts.tpm)
+    policy = RetryPolicy(retries=opts.retries, base=opts.retry_base)
+    st = JudgeStats()
+    results: list[dict[str, Any] | None] = [None] * len(tasks)
+
+    async def ask(task: Task, turn: int, messages: list[dict[str, str]]) -> str:
+        req = Request(messages=[dict(m) for m in messages], max_tokens=opts.judge_max_tokens,
+                      temperature=opts.judge_temperature, seed=_request_seed(seed, task.group, task.k, turn))  # fmt: skip
+        key = cache_key(namespace, task.group * 1_000_000 + task.k, turn, req)
+        comp = cache.get(key)
+        if comp is None:
+            await limiter.acquire(worst_case_tokens(req))
+            st.requests += 1
+            comp = await call_with_retries(lambda: client.complete(req), policy)
+            cache.put(key, comp)
+            st.new_prompt_tokens += comp.prompt_tokens
+            st.new_completion_tokens += comp.completion_tokens
+        else:
+            st.cached += 1
+        st.prompt_tokens += comp.prompt_tokens
+        st.completion_tokens += comp.completion_tokens
+        return comp.text
+
+    async def converse(i: int) -> None:
+        task = tasks[i]
+        messages = [{"role": "user", "content": task.assess}]
+        assessment = await ask(task, 0, messages)
+        messages += [{"role": "assistant", "content": assessment}, {"role": "user", "content": task.grade}]
+        answers: list[str] = []
+        found: dict[str, Any] = {}
+        for attempt in range(opts.reasks + 1):
+            if attempt:
+                messages += [{"role": "assistant", "content": answers[-1]},
+                             {"role": "user", "content": REASK.format(format=task.format)}]  # fmt: skip
+            answers.append(await ask(task, attempt + 1, messages))
+            # A score read in an earlier answer stands unless a later one restates it.
+            found.update({k: v for k, v in parse_grade(answers[-1]).items() if v is not None})
+            if all(found.get(f) is not None for f in task.fields):
+                break
+        complete = all(found.get(f) is not None for f in task.fields)
+        results[i] = {
+            "group": task.group,
+            "k": task.k,
+            "assessment": assessment,
+            "answers": answers,
+            "reasks": len(answers) - 1,
+            "complete": complete,
+            # An unreadable grade is missing as a whole, never completed by guesses.
+            "scores": {f: found.get(f) if complete else None for f in ALL_FIELDS},
+            "partial": {f: found.get(f) for f in ALL_FIELDS} if not complete else None,
+            "age_group": found.get("age_group"),
+        }
+
+    async def main() -> None:
+        from tqdm import tqdm
+
+        pending = iter(range(len(tasks)))
+        bar = tqdm(
+            total=len(tasks), unit="grade", disable=not opts.progress, mininterval=0.5, dynamic_ncols=True
+        )
+
+        async def worker() -> None:
+            for i in pending:
+                try:
+                    await converse(i)
+                except LLMError as e:
+                    st.errors.append(str(e))
+                    if not e.retryable:
+                        return
+                bar.update(1)
+
+        try:
+            await asyncio.gather(*(worker() for _ in range(opts.concurrency)))
+        finally:
+            bar.close()
+            await client.aclose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        cache.close()
+    if st.errors:
+        done = sum(r is not None for r in results)
+        raise UserError(
+            f"{len(tasks) - done} of {len(tasks)} gradings failed (last error: {st.errors[-1]}); the answers "
+            "received are cached: run the command again to finish"
+        )
+    from tinystories.llm.prices import cost_usd, price_of
+
+    price = price_of(opts.judge_model, opts.price)
+    stats = {
+        "requests": st.requests,
+        "cached_answers": st.cached,
+        "prompt_tokens": st.prompt_tokens,
+        "completion_tokens": st.completion_tokens,
+        "price_usd_per_1m": list(price) if price else None,
+        "usd_all_answers": round(cost_usd(price, st.prompt_tokens, st.completion_tokens), 6),
+        "usd_this_run": round(cost_usd(price, st.new_prompt_tokens, st.new_completion_tokens), 6),
+    }
+    return [r for r in results if r is not None], stats
+
+
+def judge_settings(opts: JudgeOptions) -> dict[str, Any]:
+    """What decides the judge's answers (for the result file; no key)."""
+    from tinystories.llm.select import choose_backend
+
+    return {
+        "backend": choose_backend(opts.backend, opts.judge_model, model_flag="--judge-model"),
+        "model": opts.judge_model,
+        "base_url": opts.base_url,
+        "temperature": opts.judge_temperature,
+        "max_tokens": opts.judge_max_tokens,
+        "reasks": opts.reasks,
+        "format_line": opts.format_line,
+    }
+
+
+# --- statistics -------------------------------------------------------------------------------------------
+
+
+def bootstrap_mean(
+    groups: Sequence[Sequence[float]], n_boot: int = 10000, seed: int = 0, level: float = 0.95
+) -> dict[str, Any]:
+    """The mean of all values and a percentile interval from resampling whole groups with replacement.
+
+    Each resample draws as many groups as there are (with replacement) and
+    takes the mean of all their values together, so the interval reflects how
+    much the result depends on which beginnings were chosen. Groups without
+    values (every grade missing) carry no information and are left out.
+    """
+    kept = [list(g) for g in groups if len(g)]
+    n = len(kept)
+    if n == 0:
+        return {"mean": None, "ci95": None, "n": 0, "groups": 0}
+    sums = np.array([sum(g) for g in kept], dtype=np.float64)
+    counts = np.array([len(g) for g in kept], dtype=np.float64)
+    mean = float(sums.sum() / counts.sum())
+    rng = np.random.default_rng(seed)
+    boot = np.empty(n_boot)
+    for s in range(0, n_boot, 1000):  # in blocks: a large set times many resamples stays small in memory
+        idx = rng.integers(0, n, size=(min(1000, n_boot - s), n))
+        boot[s : s + len(idx)] = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(boot, [tail, 100 - tail])
+    return {"mean": mean, "ci95": [float(low), float(high)], "n": int(counts.sum()), "groups": n}
+
+
+def summarize_grades(
+    grades: Sequence[dict[str, Any]], fields: Sequence[str], n_groups: int, n_boot: int, seed: int
+) -> dict[str, Any]:
+    """Per score: mean and bootstrap interval over groups; the parse-failure rate; age groups."""
+    out: dict[str, Any] = {}
+    for f in fields:
+        groups: list[list[float]] = [[] for _ in range(n_groups)]
+        for g in grades:
+            if g["scores"].get(f) is not None:
+                groups[g["group"]].append(g["scores"][f])
+        out[f] = bootstrap_mean(groups, n_boot, seed)
+    failed = sum(not g["complete"] for g in grades)
+    out["parse"] = {
+        "graded": len(grades),
+        "missing": failed,
+        "failure_rate": failed / len(grades) if grades else None,
+        "reasks": sum(g["reasks"] for g in grades),
+        "answered_after_reask": sum(g["complete"] and g["reasks"] > 0 for g in grades),
+    }
+    ages = [g["age_group"] for g in grades if g["complete"]]
+    out["age_groups"] = {a: ages.count(a) for a in AGE_GROUPS if a in ages}
+    out["age_groups"]["missing"] = sum(a is None for a in ages)
+    return out
+
+
+# --- the table ----------------------------------------------------------------------------------------------
+
+
+def judge_differs(judge_model: str) -> str | None:
+    """Why a judge is not the paper's (None for the 2023 GPT-4 family; its snapshot is unstated)."""
+    name = judge_model.lower()
+    # gpt-4o, gpt-4.1 and gpt-4-turbo are later, different models.
+    if name == "gpt-4" or name.startswith(("gpt-4-0", "gpt-4-32k")):
+        return None
+    return f"judge {judge_model} (paper: GPT-4)"
+
+
+def comparability(judge_model: str, prompt_label: str, completions: int, temperature: float) -> list[str]:
+    """Why a row differs from the paper's protocol (empty: same judge family, prompt set and sampling)."""
+    why = [w for w in [judge_differs(judge_model)] if w]
+    if prompt_label != "released":
+        why.append(f"{prompt_label} prompt set (paper: its own ~50; released file: {RELEASED_N})")
+    if completions != PAPER_K:
+        why.append(f"{completions} completions per beginning (paper: {PAPER_K})")
+    if temperature != 1.0:
+        why.append(f"temperature {temperature:g} (paper: 1)")
+    return why
+
+
+def _cell(stat: dict[str, Any] | None) -> str:
+    if stat is None:
+        return "–"
+    if stat.get("mean") is None:
+        return "n/a"
+    low, high = stat["ci95"]
+    return f"{stat['mean']:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def run_row(
+    run_dir: str | os.PathLike, judge: dict[str, Any] | None, instruct: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A table row for a run from its eval results (judge.json and/or instruct.json contents)."""
+    base = judge or instruct or {}
+    model = base.get("model", {})
+    loss = None
+    loss_path = Path(run_dir) / "eval" / "loss.json"
+    if loss_path.is_file():
+        try:
+            loss = json.loads(loss_path.read_text())["stream"]["loss"]
+        except (OSError, ValueError, KeyError, TypeError):
+            loss = None
+    ijudge = (instruct or {}).get("judge") or {}
+    scores, iscores = (judge or {}).get("scores", {}), ijudge.get("scores", {})
+    why = list((judge or {}).get("not_comparable", []))
+    why += [w for w in ijudge.get("not_comparable", []) if w not in why]
+    judges = ([judge["judge"]["model"]] if judge else []) + ([ijudge["model"]] if ijudge else [])
+    sets = [f"{judge['prompts']['label']} ({judge['prompts']['n']})"] if judge else []
+    if ijudge:
+        sets.append(f"instruct {instruct['sets']['label']} ({instruct['sets']['n']})")
+    return {
+        "model": f"{Path(os.fspath(run_dir)).name} (step {base.get('step', '?')})",
+        "hidden": model.get("d_model"),
+        "layers": model.get("n_layer"),
+        "eval_loss": loss,
+        "creativity": scores.get("creativity"),
+        "grammar": scores.get("grammar"),
+        "consistency": scores.get("consistency"),
+        "instruct": iscores.get("consistency"),
+        "plot": iscores.get("plot"),
+        "judge": ", ".join(dict.fromkeys(judges)) or "–",
+        "prompt_set": ", ".join(sets) or "–",
+        "comparable": "yes" if not why else "no: " + "; ".join(why),
+    }
+
+
+def render_table(rows: Sequence[dict[str, Any]], paper: str = "nearest") -> str:
+    """A Markdown table laid out like the paper's Figure 4: our rows, then the paper's (nearest, all or none).
+
+    Our scores read `mean [95% interval]`; the paper's are its raw GPT-4 scores
+    (its min-max normalised second numbers are left out).
+    """
+    if paper not in ("nearest", "all", "none"):
+        raise UserError(f"--table must be nearest, all or none, got {paper!r}")
+
+    def line(cells: Sequence[Any]) -> str:
+        return "| " + " | ".join("–" if c is None else f"{c:.2f}" if isinstance(c, float) else str(c) for c in cells) + " |"
+
+    head = ["Model", "Hidden", "Layers", "Eval loss", "Creativity", "Grammar", "Consistency", "Instruct", "Plot",
+            "Judge", "Prompt set", "Comparable to the paper"]  # fmt: skip
+    lines = [line(head), "|" + "---|" * len(head)]
+    for r in rows:
+        scores = [_cell(r[k]) for k in ("creativity", "grammar", "consistency", "instruct", "plot")]
+        lines.append(line([r["model"], r["hidden"], r["layers"], r["eval_loss"], *scores,
+                           r["judge"], r["prompt_set"], r["comparable"]]))  # fmt: skip
+    if paper == "none":
+        return "\n".join(lines) + "\n"
+    sizes = sorted({row[0] for row in PAPER_FIGURE4})
+    near = {min(sizes, key=lambda s: abs(s - r["hidden"])) for r in rows if r.get("hidden")}
+    paper_cells = ["GPT-4", "paper's (~50)", "(the paper)"]
+    for hidden, layers, *numbers in PAPER_FIGURE4:
+        if paper == "all" or hidden in near:
+            lines.append(line(["paper", hidden, layers, *numbers, *paper_cells]))
+    for name, *numbers in PAPER_BASELINES:
+        if paper == "all" or name in ("GPT-2-large (774M)", "GPT-4"):
+            lines.append(line([f"{name}, paper", None, None, None, *numbers, *paper_cells]))
+    return "\n".join(lines) + "\n"
+
+
+# --- the model's completions --------------------------------------------------------------------------------
+
+
+def model_info(loaded: Any) -> dict[str, Any]:
+    """What identifies the model: its shape, checkpoint and weight hash."""
+    from tinystories.io import sha256_file
+    from tinystories.run import MODEL_FILE
+
+    cfg = loaded.model.config
+    return {
+        "checkpoint": os.fspath(loaded.path),
+        "weights_sha256": sha256_file(Path(loaded.path) / MODEL_FILE),
+        "params": sum(p.numel() for p in loaded.model.parameters()),
+        "d_model": cfg.d_model,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "vocab_size": cfg.vocab_size,
+        "max_seq_len": cfg.max_seq_len,
+    }
+
+
+def complete_prompts(
+    loaded: Any,
+    prompts: Sequence[str],
+    k: int,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    batch: int,
+) -> list[list[dict[str, Any]]]:
+    """K completions of every prompt (text, finish reason, seed): completion j of prompt i uses seed + i*k + j."""
+    from tinystories.sample import SampleParams, complete, prompt_ids
+
+    model, tok = loaded.model, loaded.tokenizer
+    context = model.config.max_seq_len
+    ids = [prompt_ids(tok, p) for p in prompts]
+    for i, p in enumerate(ids):
+        if len(p) >= context:
+            raise UserError(
+                f"prompt {i + 1} has {len(p)} tokens: it does not fit the model's context of {context}"
+            )
+    flat = [p for p in ids for _ in range(k)]
+    params = [
+        SampleParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed + j)
+        for j in range(len(flat))
+    ]
+    outs = complete(model, flat, params, eot_id=tok.eot_id, max_batch=batch)
+    result: list[list[dict[str, Any]]] = [[] for _ in prompts]
+    for j, (p, c) in enumerate(zip(flat, outs)):
+        text = tok.decode(p + c.tokens)[len(tok.decode(p)) :]
+        result[j // k].append(
+            {"text": text, "finish_reason": c.finish_reason, "tokens": len(c.tokens), "seed": seed + j}
+        )
+    return result
+
+
+def _check_common(run: str, completions: int, bootstrap: int) -> None:
+    if not run:
+        raise UserError("--run is required: the run folder whose model is evaluated")
+    if completions < 1:
+        raise UserError(f"--completions must be >= 1, got {completions}")
+    if bootstrap < 100:
+        raise UserError(f"--bootstrap must be >= 100, got {bootstrap}")
+
+
+# --- the command -----------------------------------------------------------------------------------------------
+
+
+def evaluate_judge(cfg: JudgeConfig) -> dict[str, Any]:
+    """Complete the beginnings with the run's model, have the judge grade them; writes eval/judge.json."""
+    from tinystories.io import atomic_write_json
+    from tinystories.run import load_run
+
+    _check_common(cfg.run, cfg.completions, cfg.bootstrap)
+    if not cfg.judge_model:
+        raise UserError(
+            "--judge-model is required: the LLM that grades (e.g. gpt-4o, or a local server's model)"
+        )
+    if cfg.table not in ("nearest", "all", "none"):
+        raise UserError(f"--table must be nearest, all or none, got {cfg.table!r}")
+    beginnings, prompts_info = read_beginnings(cfg.prompts or None)
+    settings = judge_settings(cfg)
+    loaded = load_run(cfg.run, step=cfg.step, device=cfg.device)
+    done = complete_prompts(loaded, beginnings, cfg.completions, max_new_tokens=cfg.max_new_tokens,
+                            temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, batch=cfg.batch)  # fmt: skip
+    grade_turn = STORY_GRADE + (FORMAT_LINE.format(format=STORY_FORMAT) if cfg.format_line else "")
+    tasks = [
+        Task(
+            group=i,
+            k=k,
+            assess=STORY_ASSESS.format(beginning=b, completion=c["text"].strip()),
+            grade=grade_turn,
+        )
+        for i, b in enumerate(beginnings)
+        for k, c in enumerate(done[i])
+    ]
+    cache = cfg.cache or Path(cfg.run) / "eval" / "judge_cache.sqlite"
+    grades, stats = grade_all(tasks, cfg, cache, seed=cfg.seed)
+    summary = summarize_grades(grades, (*STORY_FIELDS, "plot"), len(beginnings), cfg.bootstrap, cfg.seed)
+    why = comparability(cfg.judge_model, prompts_info["label"], cfg.completions, cfg.temperature)
+    result: dict[str, Any] = {
+        "run": os.fspath(cfg.run),
+        "step": loaded.step,
+        "model": model_info(loaded),
+        "prompts": prompts_info,
+        "sampling": {
+            "completions": cfg.completions,
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+            "max_new_tokens": cfg.max_new_tokens,
+            "seed": cfg.seed,
+            "seeds": "completion k of beginning i: seed + i * completions + k",
+        },
+        "judge": settings,
+        "templates": {
+            "assess": STORY_ASSESS,
+            "grade": grade_turn,
+            "reask": REASK.format(format=STORY_FORMAT),
+        },
+        "bootstrap": {
+            "resamples": cfg.bootstrap,
+            "seed": cfg.seed,
+            "unit": "beginning",
+            "interval": "percentile",
+        },
+        "scores": {f: summary[f] for f in (*STORY_FIELDS, "plot")},
+        "parse": summary["parse"],
+        "age_groups": summary["age_groups"],
+        "cost": stats,
+        "not_comparable": why,
+    }
+    instruct_path = Path(cfg.run) / "eval" / "instruct.json"
+    instruct = _read_json(instruct_path)
+    result["table"] = render_table([run_row(cfg.run, result, instruct)], cfg.table)
+    result["completions"] = [
+        {"beginning": t.group, "k": t.k, **done[t.group][t.k], **g} for t, g in zip(tasks, grades)
+    ]
+    if cfg.write:
+        atomic_write_json(Path(cfg.run) / "eval" / "judge.json", result)
+    # The table goes to stderr: stdout carries the command's JSON summary.
+    print(result["table"], file=sys.stderr)
+    return {k: v for k, v in result.items() if k not in ("completions", "templates", "table")}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
