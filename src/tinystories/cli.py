@@ -99,6 +99,14 @@ COMMANDS: dict[str, Command] = {
         "tinystories.eval.decontam:decontam",
         "report eval and probe items whose word 6-grams occur in a training corpus",
     ),
+    "eval judge": Command(
+        "tinystories.eval.judge:evaluate_judge",
+        "GPT-Eval: an LLM judge grades the run's completions of story beginnings (grammar, creativity, consistency)",
+    ),
+    "eval instruct": Command(
+        "tinystories.eval.instruct:evaluate_instruct",
+        "instruction following of an Instruct model: required words and sentence present, optional LLM judge",
+    ),
     "eval diversity": Command(
         "tinystories.eval.diversity:evaluate_diversity",
         "memorization and diversity: Rouge of completions of cut training stories vs. the original, each other and the corpus",
