@@ -325,3 +325,14 @@ def test_bad_options_are_one_line_errors(s260k, tmp_path):
             evaluate_diversity(cfg)
     with pytest.raises(UserError, match="not found"):
         evaluate_diversity(DiversityConfig(run=str(s260k), data=(str(tmp_path / "missing.txt"),)))
+
+
+def test_blocks_cover_every_story_once_within_their_limits():
+    lengths = np.array([0] * 70_000 + [5, 300, 0, 7] + [1] * 1000)
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    blocks = list(diversity._blocks(starts, 100, stories=65536))
+    assert blocks[0][0] == 0 and blocks[-1][1] == len(lengths)
+    assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+    assert all(0 < s1 - s0 <= 65536 for s0, s1 in blocks)
+    # A block holds more than `words` words only when one story alone is longer.
+    assert all(starts[s1] - starts[s0] <= 100 or s1 - s0 == 1 for s0, s1 in blocks)

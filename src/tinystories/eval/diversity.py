@@ -258,13 +258,16 @@ def _runs(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return at, np.diff(np.append(at, len(a)))
 
 
-def _blocks(starts: np.ndarray, words: int) -> Iterator[tuple[int, int]]:
-    """Story ranges [s0, s1) of about `words` words each (`starts`: (N + 1,) word offset of each story)."""
+def _blocks(starts: np.ndarray, words: int, stories: int = 2**31 - 1) -> Iterator[tuple[int, int]]:
+    """Story ranges [s0, s1) of about `words` words and at most `stories` stories each.
+
+    `starts`: (N + 1,) word offset of each story, then the total.
+    """
     n = len(starts) - 1
     s0 = 0
     while s0 < n:
         s1 = int(np.searchsorted(starts, starts[s0] + words, side="right")) - 1
-        s1 = min(n, max(s1, s0 + 1))
+        s1 = min(n, s0 + stories, max(s1, s0 + 1))
         yield s0, s1
         s0 = s1
 
@@ -510,8 +513,10 @@ def _build_postings(wkeys: np.ndarray, starts: np.ndarray, keys: np.ndarray, k: 
     come in story order, so every list is sorted by story.
     """
     index_dtype = np.int32 if len(keys) < 2**31 else np.int64
-    parts = []
-    for s0, s1 in _blocks(starts, _SMALL_BLOCK):
+    df = np.zeros(len(keys), dtype=np.int64)  # stories holding each k-gram: the list sizes
+    occ = np.zeros(len(keys), dtype=np.int64)
+    parts = []  # per block: (k-gram index, story - s0 as uint16, count, s0), 8 bytes a triple
+    for s0, s1 in _blocks(starts, _SMALL_BLOCK, stories=65536):
         h, doc = _block_grams(wkeys, starts, s0, s1, k)
         u = _sorted_unique(h)
         local = _positions(u, h).astype(np.uint64)  # (m,) block-local k-gram id
@@ -519,25 +524,24 @@ def _build_postings(wkeys: np.ndarray, starts: np.ndarray, keys: np.ndarray, k: 
         at, tf = _runs(packed)  # one run per (k-gram, story)
         pairs = packed[at]
         gram = np.searchsorted(keys, u).astype(index_dtype)[(pairs >> np.uint64(32)).astype(np.int64)]
-        story = (pairs & np.uint64(0xFFFFFFFF)).astype(np.int32) + np.int32(s0)
-        parts.append((gram, story, np.minimum(tf, 65535).astype(np.uint16)))
-    df = np.zeros(len(keys), dtype=np.int64)
-    occ = np.zeros(len(keys), dtype=np.int64)
-    for gram, _, tf in parts:
+        tf = np.minimum(tf, 65535).astype(np.uint16)
         at, size = _runs(gram)  # gram ascends within a block
         df[gram[at]] += size
         occ[gram[at]] += np.add.reduceat(tf.astype(np.int64), at) if len(at) else 0
+        parts.append((gram, (pairs & np.uint64(0xFFFF)).astype(np.uint16), tf, s0))
     offsets = np.zeros(len(keys) + 1, dtype=np.int64)
     np.cumsum(df, out=offsets[1:])
     del df
     docs = np.empty(int(offsets[-1]), dtype=np.int32)
     tfs = np.empty(int(offsets[-1]), dtype=np.uint16)
     fill = offsets[:-1].copy()  # next free slot of each list
+    parts.reverse()
     while parts:
-        gram, story, tf = parts.pop(0)
+        gram, story, tf, s0 = parts.pop()  # in story order; each block's memory goes as it is placed
         at, size = _runs(gram)
         pos = np.repeat(fill[gram[at]] - at, size) + np.arange(len(gram))  # slot of each triple
-        docs[pos], tfs[pos] = story, tf
+        docs[pos] = story.astype(np.int32) + np.int32(s0)
+        tfs[pos] = tf
         fill[gram[at]] += size
     return occ, Postings(keys, offsets, docs, tfs)
 
@@ -876,7 +880,7 @@ def plot(result: dict[str, Any], path: str | os.PathLike, title: str = "") -> bo
             continue
         bars(ax, block["histogram"], "model", "tab:blue")
         bars(ax, block["reference"]["histogram"], "training text", "tab:orange", 0.5)
-        ax.set_title(f"{k}-grams: log10 frequency in the corpus (Fig. 16; {NEVER:g} = never)", fontsize=9)
+        ax.set_title(f"{k}-grams: log10 corpus frequency (Fig. 16; {NEVER:g} = never)", fontsize=9)
         ax.set_xlim(NEVER, 0)
         ax.set_ylabel("distinct k-grams")
         ax.legend(fontsize=8)
