@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import math
 
@@ -332,7 +333,7 @@ def test_blocks_cover_every_story_once_within_their_limits():
     starts = np.concatenate([[0], np.cumsum(lengths)])
     blocks = list(diversity._blocks(starts, 100, stories=65536))
     assert blocks[0][0] == 0 and blocks[-1][1] == len(lengths)
-    assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(blocks))
     assert all(0 < s1 - s0 <= 65536 for s0, s1 in blocks)
     # A block holds more than `words` words only when one story alone is longer.
     assert all(starts[s1] - starts[s0] <= 100 or s1 - s0 == 1 for s0, s1 in blocks)
