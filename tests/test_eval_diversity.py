@@ -337,3 +337,19 @@ def test_blocks_cover_every_story_once_within_their_limits():
     assert all(0 < s1 - s0 <= 65536 for s0, s1 in blocks)
     # A block holds more than `words` words only when one story alone is longer.
     assert all(starts[s1] - starts[s0] <= 100 or s1 - s0 == 1 for s0, s1 in blocks)
+
+
+def test_dataset_folder_corpus_is_its_split_decoded(real, tmp_path):
+    from tinystories.cli import run
+    from tinystories.data.shards import split_of
+
+    data = data_file("tinystories/TinyStories-valid.first201.txt")
+    run(["tokenize", "--data", str(data), "--out", str(tmp_path / "ds"), "--vocab-size", "400",
+         "--val-fraction", "0.2", "--workers", "1"])
+    corpus = open_corpus([str(tmp_path / "ds")], "train")
+    assert "content_hash" in corpus.info
+    got = list(corpus.stories())
+    want = [s for s in real if split_of(s, 0.2, 0) == "train"]
+    assert got == want and 0 < len(got) < len(real)
+    with pytest.raises(UserError, match="no 'test' split"):
+        open_corpus([str(tmp_path / "ds")], "test")
