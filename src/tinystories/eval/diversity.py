@@ -352,10 +352,16 @@ class CorpusIndex:
         np.cumsum(lengths, out=starts[1:])
         counts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         postings: dict[int, Postings] = {}
-        for k in sorted(set(orders) | set(posting_orders)):
+        # Count-only orders first, so that the corpus's words can go before the last lists are laid out.
+        todo = sorted(set(orders) - set(posting_orders)) + sorted(posting_orders)
+        for n, k in enumerate(todo):
             keys = _distinct_grams(wkeys, starts, k)
             if k in posting_orders:
-                occ, postings[k] = _build_postings(wkeys, starts, keys, k)
+                df, occ, parts = _posting_parts(wkeys, starts, keys, k)
+                if n == len(todo) - 1:
+                    del wkeys
+                postings[k] = _place(keys, df, parts)
+                del df, parts
             else:
                 occ = _gram_counts(wkeys, starts, keys, k)
             if k in orders:
@@ -504,13 +510,14 @@ def _gram_counts(wkeys: np.ndarray, starts: np.ndarray, keys: np.ndarray, k: int
     return occ
 
 
-def _build_postings(wkeys: np.ndarray, starts: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, Postings]:
-    """Corpus occurrences and posting lists of `keys` (all the corpus's k-grams, sorted).
+def _posting_parts(
+    wkeys: np.ndarray, starts: np.ndarray, keys: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]]:
+    """Per block of stories, the (k-gram, story, count) triples of `keys` (all the corpus's k-grams, sorted).
 
-    Per block: the (k-gram, story, count) triples, found by one sort of
-    (block-local k-gram id, story) packed in a uint64. Then each k-gram's list
-    size is known, and the triples are written to their final places; blocks
-    come in story order, so every list is sorted by story.
+    A block's triples come from one sort of (block-local k-gram id, story)
+    packed in a uint64. Returns, per k-gram, the number of stories holding it
+    (G,) and its corpus occurrences (G,), and the blocks' triples.
     """
     index_dtype = np.int32 if len(keys) < 2**31 else np.int64
     df = np.zeros(len(keys), dtype=np.int64)  # stories holding each k-gram: the list sizes
@@ -529,9 +536,18 @@ def _build_postings(wkeys: np.ndarray, starts: np.ndarray, keys: np.ndarray, k: 
         df[gram[at]] += size
         occ[gram[at]] += np.add.reduceat(tf.astype(np.int64), at) if len(at) else 0
         parts.append((gram, (pairs & np.uint64(0xFFFF)).astype(np.uint16), tf, s0))
+    return df, occ, parts
+
+
+def _place(keys: np.ndarray, df: np.ndarray, parts: list) -> Postings:
+    """Posting lists from the blocks' triples (`_posting_parts`), emptying `parts` as it goes.
+
+    Each k-gram's list size (`df`) is known, so every triple goes straight to
+    its final place; blocks come in story order, so every list is sorted by
+    story. A block's memory is freed once it is placed.
+    """
     offsets = np.zeros(len(keys) + 1, dtype=np.int64)
     np.cumsum(df, out=offsets[1:])
-    del df
     docs = np.empty(int(offsets[-1]), dtype=np.int32)
     tfs = np.empty(int(offsets[-1]), dtype=np.uint16)
     fill = offsets[:-1].copy()  # next free slot of each list
@@ -543,7 +559,7 @@ def _build_postings(wkeys: np.ndarray, starts: np.ndarray, keys: np.ndarray, k: 
         docs[pos] = story.astype(np.int32) + np.int32(s0)
         tfs[pos] = tf
         fill[gram[at]] += size
-    return occ, Postings(keys, offsets, docs, tfs)
+    return Postings(keys, offsets, docs, tfs)
 
 
 def _positions(u: np.ndarray, h: np.ndarray) -> np.ndarray:
