@@ -702,7 +702,8 @@ def render_table(rows: Sequence[dict[str, Any]], paper: str = "nearest") -> str:
         raise UserError(f"--table must be nearest, all or none, got {paper!r}")
 
     def line(cells: Sequence[Any]) -> str:
-        return "| " + " | ".join("–" if c is None else f"{c:.2f}" if isinstance(c, float) else str(c) for c in cells) + " |"
+        text = ("–" if c is None else f"{c:.2f}" if isinstance(c, float) else str(c) for c in cells)
+        return "| " + " | ".join(text) + " |"
 
     head = ["Model", "Hidden", "Layers", "Eval loss", "Creativity", "Grammar", "Consistency", "Instruct", "Plot",
             "Judge", "Prompt set", "Comparable to the paper"]  # fmt: skip
