@@ -8,8 +8,10 @@ the corpus-wide measures for 100 completions: each distinct generated k-gram's
 corpus frequency (measure 3) and each completion's closest training story by
 Rouge-2 and Rouge-3 precision (measure 4), plus the same on the 100 true
 continuations with their own story left out (the command's reference), then
-saving the index and answering again from the memory-mapped copy. Peak
-resident memory of the whole process is reported. The completions are stand-
+saving the index and answering again from the memory-mapped copy. The
+memory figure held against the target is the process's peak resident memory
+up to the end of the measures (what the command needs, sampling aside); the
+whole script's peak, with the saved copy's pages mapped in, is reported too. The completions are stand-
 ins that a model trained on this corpus would write: the last 60% of 100
 procedural stories from another seed (the measures' cost depends on how many
 k-grams a text shares with the corpus, not on who wrote it).
@@ -135,6 +137,7 @@ def main() -> None:
     result = measure(index, completions, originals, [i for i, _ in picked], [s for _, s in picked])
     measure_s = time.perf_counter() - t
     timings = result["timings"]
+    peak_command = peak_gib()  # everything the command does, but sampling
     print(f"measures: {measure_s:.1f} s {timings}", file=sys.stderr)
 
     # The same from a saved, memory-mapped index (what a second run of the command does).
@@ -142,6 +145,10 @@ def main() -> None:
     t = time.perf_counter()
     index.save(folder)
     save_s = time.perf_counter() - t
+    n_stories, n_words, in_memory = index.n_stories, index.n_words, index_gib(index)
+    counts = {str(k): len(c[0]) for k, c in index.counts.items()}
+    postings = {str(k): len(p.docs) for k, p in index.postings.items()}
+    del index  # the mapped copy's pages count as resident memory too; keep one copy
     t = time.perf_counter()
     mapped = CorpusIndex.load(folder)
     again = measure(mapped, completions, originals, [i for i, _ in picked], [s for _, s in picked])
@@ -151,15 +158,13 @@ def main() -> None:
 
     stories = list(itertools.islice(iter_stories(path), args.brute_stories))
     brute = brute_force(stories, completions[: args.brute_queries])
-    brute_full_s = brute["seconds_per_pair"] * index.n_stories * args.completions * 2  # Rouge-2 and Rouge-3
+    brute_full_s = brute["seconds_per_pair"] * n_stories * args.completions * 2  # Rouge-2 and Rouge-3
     corpus_s = timings["kgrams_s"] + timings["closest_s"]
     total_s = hash_s + build_s + pick_s + measure_s
 
     out = {
-        "corpus": {"file": str(path), "stories": index.n_stories, "words": index.n_words,
-                   "mib": round(path.stat().st_size / 2**20, 1), "distinct_kgrams": {
-                       str(k): len(c[0]) for k, c in index.counts.items()},
-                   "postings": {str(k): len(p.docs) for k, p in index.postings.items()}},
+        "corpus": {"file": str(path), "stories": n_stories, "words": n_words,
+                   "mib": round(path.stat().st_size / 2**20, 1), "distinct_kgrams": counts, "postings": postings},
         "completions": len(completions),
         "seconds": {
             "hash_corpus_file": round(hash_s, 1),
@@ -173,9 +178,9 @@ def main() -> None:
             "save_index": round(save_s, 1),
             "measures_from_saved_index": round(mapped_s, 1),
         },
-        "memory_gib": {"peak_rss": round(peak_gib(), 2), "rss_after_build": round(rss_built, 2),
-                       "rss_at_start": round(rss_start, 2), "index_arrays": round(index_gib(index), 2),
-                       "index_on_disk": round(disk, 2)},
+        "memory_gib": {"peak_rss": round(peak_command, 2), "peak_rss_whole_script": round(peak_gib(), 2),
+                       "rss_after_build": round(rss_built, 2), "rss_at_start": round(rss_start, 2),
+                       "index_arrays": round(in_memory, 2), "index_on_disk": round(disk, 2)},
         "saved_index_same_answers": same,
         "brute_force": {**brute, "estimate_full_corpus_s": round(brute_full_s),
                         "speedup_of_corpus_measures": round(brute_full_s / max(corpus_s, 1e-9))},
@@ -186,7 +191,7 @@ def main() -> None:
             "closest_rouge3_mean": result["closest_training_story"]["rouge3"]["mean"],
         },
         "targets": {"total_s": 600, "peak_rss_gib": 8},
-        "met": total_s < 600 and peak_gib() < 8,
+        "met": total_s < 600 and peak_command < 8,
         "load_average": {"before": [round(x, 2) for x in load_before],
                          "after": [round(x, 2) for x in os.getloadavg()]},
         "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
@@ -198,7 +203,7 @@ def main() -> None:
     print(f"""
 | stories | build index | k-gram rates (100) | closest story (100 x 2) | total | peak RSS | index | brute force (est.) |
 |---:|---:|---:|---:|---:|---:|---:|---:|
-| {index.n_stories:,} | {s['read_and_build_index']} s | {s['kgram_frequencies_100']} s | {s['closest_story_100_rouge2_rouge3']} s | {s['total']} s | {m['peak_rss']} GiB | {m['index_arrays']} GiB | {brute_full_s / 3600:,.1f} h |
+| {n_stories:,} | {s['read_and_build_index']} s | {s['kgram_frequencies_100']} s | {s['closest_story_100_rouge2_rouge3']} s | {s['total']} s | {m['peak_rss']} GiB | {m['index_arrays']} GiB | {brute_full_s / 3600:,.1f} h |
 """)
 
 

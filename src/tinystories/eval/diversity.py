@@ -15,9 +15,10 @@ true rest of that story and S the training corpus:
    of T_i against S_j, k = 2 and 3 (Figure 17).
 
 Beside the model, a reference: the same measures on the true continuations
-T'_i (measures 3 and 4 leave out the story each one comes from, else every
-continuation would trivially be found in the corpus). It shows what the
-training text itself scores.
+T'_i (measure 3 counts in the corpus without the picked stories, measure 4
+leaves out the story each continuation comes from; else every continuation
+would trivially be found in the corpus). It shows what the training text
+itself scores.
 
 Words and counts are those of the `rouge-score` package with its defaults:
 lowercase, runs of [a-z0-9] are the words (anything else separates them), no
@@ -26,14 +27,16 @@ stemming; n-grams are counted with multiplicity and the overlap is clipped
 overlap / n-grams of the prediction (0 when it has none).
 
 Measures 3 and 4 look at every training story, so they go through a
-`CorpusIndex`: words become integer ids, each k-gram a 64-bit hash; per k a
+`CorpusIndex`: each word gets a 64-bit key, each k-gram a 64-bit hash of its
+words' keys; per k a
 sorted table of distinct hashes with their corpus counts (measure 3 is a
 binary search per k-gram), and for k = 2, 3 posting lists (story id, count in
 that story) per distinct k-gram. Measure 4 adds, for each story, the clipped
 overlap min(count in T_i, count in S_j) over the posting lists of T_i's
 k-grams (one `np.bincount` over the stories), which is the exact Rouge-k
 overlap of T_i with every story at once; the best one is taken. Hash
-collisions are the only approximation: with 10^8 distinct k-grams the chance
+collisions (of words or k-grams) are the only approximation: with 10^8
+distinct k-grams the chance
 that any two share a hash is about 3 in 10,000, and a completion's k-gram
 meets a wrong count with a chance near 10^-7.
 """
@@ -981,6 +984,7 @@ def evaluate_diversity(cfg: DiversityConfig) -> dict[str, Any]:
     result = {
         "run": os.fspath(cfg.run),
         "step": loaded.step,
+        "checkpoint": os.fspath(loaded.path),
         "model": config_dict(model.config),
         "corpus": {**corpus.info, "max_stories": cfg.max_stories, "fingerprint": corpus.fingerprint,
                    "stories": index.n_stories, "words": index.n_words},
@@ -996,12 +1000,10 @@ def evaluate_diversity(cfg: DiversityConfig) -> dict[str, Any]:
     }
     out = Path(cfg.run) / "eval"
     if cfg.write:
+        png = out / "diversity.png"
+        drawn = cfg.plot and plot(result, png, f"{cfg.run} step {loaded.step}")
+        result["plot"] = os.fspath(png) if drawn else None
         atomic_write_json(out / "diversity.json", result)
-        if cfg.plot:
-            result["plot"] = os.fspath(out / "diversity.png") if plot(result, out / "diversity.png",
-                                                                      f"{cfg.run} step {loaded.step}") else None
-            if result["plot"] is not None:
-                atomic_write_json(out / "diversity.json", result)
     return _brief(result)
 
 
