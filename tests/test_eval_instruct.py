@@ -229,3 +229,17 @@ def test_instruct_eval_with_a_judge(instruct_run, tmp_path, monkeypatch):
     assert "The story should contain the following sentence: The dog ran fast." in first
     assert any("The general plot of the story should be: A cat naps." in t for t in judge.first_turns)
     assert any("something unexpected happens / there is a plot twist" in t for t in judge.first_turns)
+
+
+def test_cli_options_reach_the_command(instruct_run, tmp_path, capsys):
+    from tinystories import cli
+
+    sets = tmp_path / "one.jsonl"
+    sets.write_text(json.dumps({"id": "a", "instruct": "Words: run, dog, red\nStory:"}) + "\n")
+    out = cli.run(["eval", "instruct", "--run", str(instruct_run / "run"), "--sets", str(sets), "--completions", "3",
+                   "--max-new-tokens", "8", "--bootstrap", "200", "--seed", "5", "--no-write"])  # fmt: skip
+    assert out["sampling"]["completions"] == 3 and out["sampling"]["seed"] == 5
+    assert out["checks"]["all_words"]["n"] == 3 and out["sets"]["source"] == str(sets)
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "instruct", "--run", str(instruct_run / "run"), "--sets", str(tmp_path / "none.jsonl")])
+    assert "tinystories: error: no instruction-set file at" in capsys.readouterr().err

@@ -377,3 +377,20 @@ def test_judge_with_reasks_on_a_real_server(llm_server, tiny_run, tmp_path):
     # every incomplete grade was asked again twice before it was given up
     assert parse["reasks"] >= 2 * parse["missing"]
     assert brief["cost"]["requests"] == 4 * 2 + parse["reasks"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_judge_in_process_with_the_local_backend(tiny_run, tmp_path):
+    from llm_server import skip_reason, smollm2_gguf
+
+    if skip_reason():
+        pytest.skip(skip_reason())
+    prompts = tmp_path / "one.yaml"
+    prompts.write_text("---\n- Mia had a red kite. When she let go of the string, the kite\n")
+    brief = evaluate_judge(JudgeConfig(run=str(tiny_run), prompts=str(prompts), completions=1, max_new_tokens=8,
+                                       reasks=0, backend="local", judge_model=str(smollm2_gguf()),
+                                       judge_max_tokens=8, progress=False, bootstrap=200, write=False,
+                                       cache=str(tmp_path / "cache.sqlite")))  # fmt: skip
+    assert brief["judge"]["backend"] == "local" and brief["cost"]["requests"] == 2
+    assert brief["parse"]["graded"] == 1
