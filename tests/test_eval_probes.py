@@ -348,5 +348,7 @@ def test_checkpoints_all_gives_a_curve(untrained, tmp_path):
     assert only["step"] == 10 and "curve" not in only
     with pytest.raises(UserError, match="no checkpoint at step"):
         evaluate_probes(ProbesConfig(run=str(run), sets="fact", checkpoints="0,5", write=False))
+    with pytest.raises(UserError, match="takes 'all'"):
+        evaluate_probes(ProbesConfig(run=str(run), sets="fact", checkpoints="latest", write=False))
     with pytest.raises(UserError, match="not both"):
         evaluate_probes(ProbesConfig(run=str(run), sets="fact", checkpoints="all", step=0, write=False))

@@ -473,7 +473,7 @@ def probe_model(model: Any, tokenizer: Any, items: Sequence[dict[str, Any]], cfg
     completions: list[str | None] = [None] * len(items)
     greedy: list[float | None] = [None] * len(items)
     if cfg.max_new_tokens > 0:
-        completions = list(greedy_completions(model, tokenizer, items, cfg.max_new_tokens, cfg.batch))
+        completions = greedy_completions(model, tokenizer, items, cfg.max_new_tokens, cfg.batch)
         greedy = [accept_outcome(c, it) for c, it in zip(completions, items)]
         result["greedy"] = report(items, greedy, open_ended=True)
     result["items"] = [
@@ -502,9 +502,12 @@ def _steps(cfg: ProbesConfig) -> list[int | None]:
         steps = sorted({int(s) for s in spec.split(",") if s.strip()})
     except ValueError:
         raise UserError(f"--checkpoints takes 'all' or steps like 100,200, got {spec!r}") from None
-    missing = [s for s in steps if s not in have]
-    if missing or not steps:
-        raise UserError(f"run {cfg.run} has no checkpoint at step {missing or spec} (have: {', '.join(map(str, have))})")
+    if not steps:
+        raise UserError(f"--checkpoints takes 'all' or steps like 100,200, got {spec!r}")
+    missing = [str(s) for s in steps if s not in have]
+    if missing:
+        raise UserError(f"run {cfg.run} has no checkpoint at step {', '.join(missing)} "
+                        f"(have: {', '.join(map(str, have))})")
     return steps
 
 
