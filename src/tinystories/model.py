@@ -316,7 +316,8 @@ class _Step:
     masks: dict[int | None, torch.Tensor | None]  # window -> bool mask (True = visible); None: see `Attention`
     cache: KVCache | None
     past: int  # cached tokens of every row when `slots` is None (rows in step); else the longest row's
-    slots: torch.Tensor | None  # (B*T*K,) flat (b, k, s) cache slots of the new keys, rows out of step only
+    slots: tuple[torch.Tensor, torch.Tensor] | None  # rows out of step only: flat cache slots of the new keys and
+    # values, (B*K*T,) each, in the order (b, k, t); see KVCache.kv
     kv_len: int  # S: keys visible to this step, cached ones included
     positions: torch.Tensor  # (T,) shared by all rows, or (B, T)
 
@@ -364,9 +365,10 @@ class Attention(nn.Module):
             if step.slots is None:  # every row at the same position: a plain slice copy
                 keys[:, :, step.past : step.past + T] = k.transpose(1, 2)
                 values[:, :, step.past : step.past + T] = v.transpose(1, 2)
-            else:  # rows at different positions: one index_copy_ into the flattened slots
-                keys.view(-1, D).index_copy_(0, step.slots, k.transpose(1, 2).reshape(-1, D).to(keys.dtype))
-                values.view(-1, D).index_copy_(0, step.slots, v.transpose(1, 2).reshape(-1, D).to(values.dtype))
+            else:  # rows at different positions: index_copy_ into the flattened slots
+                flat = step.cache.kv[self.layer].view(-1, D)
+                flat.index_copy_(0, step.slots[0], k.transpose(1, 2).reshape(-1, D).to(keys.dtype))
+                flat.index_copy_(0, step.slots[1], v.transpose(1, 2).reshape(-1, D).to(values.dtype))
             k, v = keys[:, :, : step.kv_len], values[:, :, : step.kv_len]  # (B, K, S, D)
             if k.dtype != q.dtype:  # a cache kept in another precision
                 k, v = k.to(q.dtype), v.to(q.dtype)
@@ -493,6 +495,9 @@ class GPT(nn.Module):
             rows = torch.cat([pair_order(config.n_head + config.kv_heads, config.head_dim),
                               torch.arange(qk_rows, qk_rows + config.kv_heads * config.head_dim)])
             self.register_buffer("qkv_pair_rows", rows, persistent=False)
+        # Parameters prepared for `decode`, built on first use (see _decode_weights).
+        self._decode_params: list[nn.Parameter] | None = None
+        self._decode_cache: _DecodeWeights | None = None
         self.reset_parameters()
 
     @torch.no_grad()
@@ -541,6 +546,10 @@ class GPT(nn.Module):
         positions cache.lengths[b] + t; lengths advance by T. hooks: see module doc.
         """
         B, T = idx.shape
+        if T == 1 and cache is not None and hooks is None and targets is None and not _is_none(logits) and (
+            self._decoding()
+        ):
+            return ModelOutput(self.decode(idx[:, 0], cache)[:, None], None)  # (B, 1, V)
         if hooks is not None:
             unknown = sorted(set(hooks) - set(self.hook_sites()))
             if unknown:
@@ -569,6 +578,106 @@ class GPT(nn.Module):
         elif logits != "all":
             raise ValueError(f"logits must be 'all', 'last', 'none' or a (B,) tensor, got {logits!r}")
         return ModelOutput(F.linear(x, self.classifier_weight), loss)
+
+    def _decoding(self) -> bool:
+        """Whether a one-token forward may take `decode`: nothing needs autograd, dropout or tracing."""
+        return (
+            not torch.is_grad_enabled()
+            and not (self.training and self.config.dropout > 0)
+            and not torch.compiler.is_compiling()
+        )
+
+    def decode(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits (B, V) for the token after `tokens` (B,): one new token per row, at position cache.lengths[b].
+
+        Computes what `forward(tokens[:, None], cache=cache, logits="last")` does,
+        with the same kernels on the same operands, so the logits are bitwise
+        the same; forward calls it when no gradient, hook, loss or dropout is
+        involved. Why a separate path: a decode step of a small model is a few
+        hundred kernels of a few microseconds each, so what surrounds them
+        (module calls, mask building, transposing weights, reordering the RoPE
+        rows, Python-level tensor methods) costs as much as the arithmetic.
+        Here a layer is about 20 kernels on operands prepared once
+        (`_decode_weights`): the norm, one matmul for q, k and v, one complex
+        multiply rotating q and k, one indexed copy of the new key and value
+        into the cache, attention with no mask unless rows are at different
+        positions, the output matmul with the residual add folded in, and the
+        MLP likewise.
+        """
+        cfg = self.config
+        B = tokens.shape[0]
+        H, K, D = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        prepared = _decode_weights(self)
+        lengths = cache.lengths.tolist()  # the host needs the longest row to size attention: one sync
+        shortest, longest = min(lengths), max(lengths)
+        kv_len = longest + 1
+        if kv_len > cache.max_len:
+            raise UserError(f"KV cache holds {cache.max_len} positions; this step needs {kv_len}")
+        if cfg.pos == "learned" and kv_len > cfg.max_seq_len:
+            raise UserError(f"sequence of {kv_len} tokens exceeds the model's max_seq_len {cfg.max_seq_len}")
+        pos = cache.lengths  # (B,)
+
+        x = torch.embedding(prepared.embedding, tokens)  # (B, C)
+        if prepared.positions is not None:
+            x = x + torch.embedding(prepared.positions, pos)
+        slots = (cache.head_slots() + pos[:, None]).view(-1)  # (B*2K,) flat slots of the new keys, then values
+        rotation = None
+        if prepared.rope is not None:
+            table = prepared.rope
+            if kv_len > len(table):  # a cache longer than max_seq_len: extend the table, as forward does
+                table = torch.view_as_complex(rope_rotations(kv_len, D, cfg.rope_theta).to(tokens.device))
+            # Broadcast over the heads: the same kernel, and so the same rounding, as forward's.
+            rotation = table[pos].unsqueeze(1)  # (B, 1, D/2)
+        # Keys each layer attends to: slots [lo, kv_len), and a (B, 1, 1, S) mask when rows are out of step.
+        spans: dict[int | None, tuple[int, torch.Tensor | None]] = {}
+        for window in prepared.windows:
+            if shortest == longest:  # every row at position `longest`: the slice is the whole mask
+                spans[window] = (0 if window is None else max(0, kv_len - window), None)
+                continue
+            dist = pos[:, None] - torch.arange(kv_len, device=pos.device)  # (B, S): i - j
+            mask = dist >= 0
+            if window is not None:
+                mask &= dist < window
+            spans[window] = (0, mask[:, None, None])
+
+        norm = prepared.norm
+        for layer, flat, keys, values in zip(prepared.layers, cache.flat, cache.keys, cache.values):
+            h = norm(x, layer.norm1)
+            qkv = torch.mm(h, layer.qkv) if layer.qkv_bias is None else torch.addmm(layer.qkv_bias, h, layer.qkv)
+            heads = qkv.view(B, H + 2 * K, D)
+            if rotation is None:
+                q = heads.narrow(1, 0, H)  # (B, H, D)
+                new = heads.narrow(1, H, 2 * K).reshape(B * 2 * K, D)  # keys, then values
+            else:
+                qk = heads.narrow(1, 0, H + K)
+                if qk.dtype not in (torch.float32, torch.float64):
+                    qk = qk.float()  # complex numbers need fp32 or fp64
+                turned = torch.view_as_complex(qk.view(B, H + K, D // 2, 2)) * rotation
+                turned = torch.view_as_real(turned).view(B, H + K, D)
+                if turned.dtype != x.dtype:
+                    turned = turned.to(x.dtype)
+                q = turned.narrow(1, 0, H)
+                new = torch.cat((turned.narrow(1, H, K), heads.narrow(1, H + K, K)), dim=1).view(B * 2 * K, D)
+            flat.index_copy_(0, slots, new if new.dtype == flat.dtype else new.to(flat.dtype))
+            lo, mask = spans[layer.window]
+            k, v = keys.narrow(2, lo, kv_len - lo), values.narrow(2, lo, kv_len - lo)  # (B, K, S, D)
+            if k.dtype != x.dtype:  # a cache kept in another precision
+                k, v = k.to(x.dtype), v.to(x.dtype)
+            # The H / K query heads sharing a key/value head act as that many queries against it.
+            y = F.scaled_dot_product_attention(q.view(B, K, H // K, D), k, v, attn_mask=mask,
+                                               scale=prepared.scale)  # (B, K, H/K, D)
+            x = _residual(x, y.view(B, H * D), layer.out, layer.out_bias)
+            h = norm(x, layer.norm2)
+            h = torch.mm(h, layer.fc) if layer.fc_bias is None else torch.addmm(layer.fc_bias, h, layer.fc)
+            if prepared.gated:  # SwiGLU: columns [gate; up]
+                half = h.shape[1] // 2
+                h = F.silu(h.narrow(1, 0, half)) * h.narrow(1, half, half)  # (B, F)
+            else:
+                h = F.gelu(h, approximate="tanh")
+            x = _residual(x, h, layer.proj, layer.proj_bias)
+        x = norm(x, prepared.norm_final)
+        cache.lengths += 1
+        return torch.mm(x, prepared.classifier)  # (B, V)
 
     def _positions(self, T: int, device: torch.device, cache: KVCache | None) -> torch.Tensor:
         """Positions of the new tokens: (T,) without a cache, (B, T) with one."""
@@ -621,11 +730,12 @@ class GPT(nn.Module):
 
         slots = None
         if cache is not None and not in_step:
-            # Flat index of slot (b, k, position) in a (B, K, max_len, D) cache seen as (B*K*max_len, D),
-            # in the order the new keys are laid out: (b, k, t).
+            # Flat index of key slot (b, k, position) in a layer's (B, 2K, max_len, D) cache seen as
+            # (B*2K*max_len, D), in the order the new keys are laid out: (b, k, t). Values sit K heads further.
             K, M = cfg.kv_heads, cache.max_len
-            base = (torch.arange(B, device=device)[:, None] * K + torch.arange(K, device=device)) * M  # (B, K)
-            slots = (base[:, :, None] + pos[:, None, :]).reshape(-1)  # (B*K*T,)
+            base = (torch.arange(B, device=device)[:, None] * 2 * K + torch.arange(K, device=device)) * M  # (B, K)
+            key_slots = (base[:, :, None] + pos[:, None, :]).reshape(-1)  # (B*K*T,)
+            slots = (key_slots, key_slots + K * M)
         return _Step(rope=rope, masks=masks, cache=cache, past=longest, slots=slots, kv_len=kv_len, positions=pos)
 
     def num_params(self, non_embedding: bool = False) -> int:
@@ -678,6 +788,10 @@ class KVCache:
     emptied for a new sequence by `reset`. Plain tensors, owned by the caller.
     In RoPE models each key head's dimensions are stored in pair order (see
     `pair_order`), as attention computes them; values are stored as they are.
+
+    Each layer's keys and values live in one tensor, `kv[layer]` (B, 2K, max_len, D):
+    heads [0, K) are keys, [K, 2K) values, so a decode step writes both with one
+    copy; `keys[layer]` and `values[layer]` are views of its two halves.
     """
 
     def __init__(
@@ -690,23 +804,47 @@ class KVCache:
     ):
         if config.pos == "learned" and max_len > config.max_seq_len:
             raise UserError(f"a KV cache of {max_len} positions exceeds max_seq_len {config.max_seq_len}")
-        shape = (batch_size, config.kv_heads, max_len, config.head_dim)  # (B, K, S, D)
+        shape = (batch_size, 2 * config.kv_heads, max_len, config.head_dim)  # (B, 2K, S, D)
         dtype = dtype or torch.get_default_dtype()
         self.max_len = max_len
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.kv = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         """(B,) tokens held per row; the next token of row b takes position lengths[b]."""
+        self._split()
+
+    def _split(self) -> None:
+        K = self.kv[0].shape[1] // 2 if self.kv else 0
+        self.keys = [t[:, :K] for t in self.kv]  # (B, K, max_len, D) views
+        self.values = [t[:, K:] for t in self.kv]
+        self.flat = [t.view(-1, t.shape[-1]) for t in self.kv]  # (B*2K*max_len, D): one row per slot
+        self._head_slots: torch.Tensor | None = None
+
+    def head_slots(self) -> torch.Tensor:
+        """(B, 2K) long: the row in `flat[layer]` of slot 0 of each row and head (keys, then values)."""
+        if self._head_slots is None:
+            B, heads, M, _ = self.kv[0].shape
+            device = self.lengths.device
+            self._head_slots = (torch.arange(B, device=device)[:, None] * heads + torch.arange(heads, device=device)) * M
+        return self._head_slots
 
     @property
     def batch_size(self) -> int:
         return self.lengths.shape[0]
 
+    def rows(self, start: int, stop: int) -> KVCache:
+        """A KVCache over rows [start, stop), sharing this one's tensors (writes, lengths included, land here)."""
+        view = KVCache.__new__(KVCache)
+        view.max_len = self.max_len
+        view.kv = [t[start:stop] for t in self.kv]
+        view.lengths = self.lengths[start:stop]
+        view._split()
+        return view
+
     def reorder(self, index: torch.Tensor) -> None:
         """Row i becomes old row index[i] (beam search); index may repeat rows or change B."""
-        self.keys = [k.index_select(0, index) for k in self.keys]
-        self.values = [v.index_select(0, index) for v in self.values]
+        self.kv = [t.index_select(0, index) for t in self.kv]
         self.lengths = self.lengths.index_select(0, index)
+        self._split()
 
     def reset(self, rows: torch.Tensor | list[int] | None = None) -> None:
         """Empty the given rows (indices or a (B,) bool mask; all when None) to start new sequences."""
@@ -715,6 +853,113 @@ class KVCache:
             return
         rows = torch.as_tensor(rows, device=self.lengths.device)
         self.lengths[rows if rows.dtype == torch.bool else rows.long()] = 0  # a mask or row indices
+
+
+# --- one-token decoding ---------------------------------------------------------
+
+
+def _is_none(logits: str | torch.Tensor) -> bool:
+    return isinstance(logits, str) and logits == "none"
+
+
+def _residual(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x + h @ weight (+ bias): without a bias the add is folded into the matmul (addmm), one kernel fewer."""
+    if bias is None:
+        return torch.addmm(x, h, weight)
+    return x + torch.addmm(bias, h, weight)
+
+
+class _DecodeLayer(NamedTuple):
+    """One block's parameters as `GPT.decode` uses them: matmul operands as (in, out) views, ready for mm."""
+
+    norm1: tuple[torch.Tensor, torch.Tensor | None]  # weight, bias (None for RMSNorm)
+    qkv: torch.Tensor  # (C, (H + 2K) * D); RoPE models: query and key columns in pair order (a copy)
+    qkv_bias: torch.Tensor | None
+    out: torch.Tensor  # (H * D, C)
+    out_bias: torch.Tensor | None
+    norm2: tuple[torch.Tensor, torch.Tensor | None]
+    fc: torch.Tensor  # (C, F), or (C, 2F) for SwiGLU
+    fc_bias: torch.Tensor | None
+    proj: torch.Tensor  # (F, C)
+    proj_bias: torch.Tensor | None
+    window: int | None
+
+
+class _DecodeWeights(NamedTuple):
+    key: tuple  # storage address and version counter of every parameter they were built from
+    sources: list[torch.Tensor]  # those storages, kept alive so that no new parameter can reuse an address
+    layers: list[_DecodeLayer]
+    embedding: torch.Tensor  # (V, C)
+    positions: torch.Tensor | None  # (max_seq_len, C), learned positions only
+    rope: torch.Tensor | None  # (max_seq_len, D/2) complex: each position's rotation
+    norm: Callable[[torch.Tensor, tuple[torch.Tensor, torch.Tensor | None]], torch.Tensor]
+    norm_final: tuple[torch.Tensor, torch.Tensor | None]
+    classifier: torch.Tensor  # (C, V)
+    windows: set[int | None]
+    scale: float  # of the attention scores
+    gated: bool  # SwiGLU MLP
+
+
+def _decode_weights(model: GPT) -> _DecodeWeights:
+    """The model's parameters prepared for `GPT.decode`, rebuilt only when one of them changed.
+
+    A parameter counts as changed when its storage or version counter did
+    (in-place updates, load_state_dict, .to()). Not seen: edits made through
+    `.data` (they bypass the version counter), and parameters replaced by new
+    Parameter objects after the first decode.
+    """
+    if model._decode_params is None:
+        model._decode_params = list(model.parameters())
+    key = tuple([(p.data_ptr(), p._version) for p in model._decode_params])  # ~10 us: 2% of a step
+    cached = model._decode_cache
+    if cached is not None and cached.key == key:
+        return cached
+    cfg = model.config
+
+    def bias(linear: nn.Linear, rows: torch.Tensor | None = None) -> torch.Tensor | None:
+        if linear.bias is None or rows is None:
+            return linear.bias
+        return linear.bias.index_select(0, rows)
+
+    def norm_params(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return module.weight, getattr(module, "bias", None)
+
+    rows = model.qkv_pair_rows if cfg.pos == "rope" else None
+    layers = []
+    for layer, block in enumerate(model.blocks):
+        qkv = block.attn.qkv.weight
+        layers.append(_DecodeLayer(
+            norm1=norm_params(block.ln1),
+            qkv=(qkv if rows is None else qkv.index_select(0, rows)).t(),
+            qkv_bias=bias(block.attn.qkv, rows),
+            out=block.attn.out.weight.t(), out_bias=block.attn.out.bias,
+            norm2=norm_params(block.ln2),
+            fc=block.mlp.fc.weight.t(), fc_bias=block.mlp.fc.bias,
+            proj=block.mlp.proj.weight.t(), proj_bias=block.mlp.proj.bias,
+            window=cfg.layer_window(layer),
+        ))
+    rope = None
+    if cfg.pos == "rope":
+        table = model.rope_rotations  # cast off fp32 with the model: rebuilt in fp32, as forward does
+        if table.dtype != torch.float32:
+            table = rope_rotations(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta).to(table.device)
+        rope = torch.view_as_complex(table)
+    # torch.rms_norm / torch.layer_norm: what F.rms_norm / F.layer_norm call, less a Python layer.
+    shape, eps = (cfg.d_model,), cfg.norm_eps
+    if cfg.norm == "rms":
+        def norm(x: torch.Tensor, wb: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
+            return torch.rms_norm(x, shape, wb[0], eps)
+    else:
+        def norm(x: torch.Tensor, wb: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
+            return torch.layer_norm(x, shape, wb[0], wb[1], eps)
+
+    model._decode_cache = _DecodeWeights(
+        key=key, sources=[p.detach() for p in model._decode_params], layers=layers,
+        embedding=model.tok_emb.weight, positions=None if model.pos_emb is None else model.pos_emb.weight,
+        rope=rope, norm=norm, norm_final=norm_params(model.ln_final), classifier=model.classifier_weight.t(),
+        windows={layer.window for layer in layers}, scale=model.blocks[0].attn.scale, gated=cfg.mlp == "swiglu",
+    )
+    return model._decode_cache
 
 
 def count_params(config: ModelConfig, non_embedding: bool = False) -> int:

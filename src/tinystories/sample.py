@@ -255,16 +255,6 @@ def _threads_for(flops: float, device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _row_view(cache: KVCache, start: int, stop: int) -> KVCache:
-    """A KVCache over rows [start, stop) of `cache`, sharing its tensors (writes land in `cache`)."""
-    view = KVCache.__new__(KVCache)
-    view.max_len = cache.max_len
-    view.keys = [k[start:stop] for k in cache.keys]
-    view.values = [v[start:stop] for v in cache.values]
-    view.lengths = cache.lengths[start:stop]
-    return view
-
-
 class Sampler:
     """Batched, KV-cached generation through which sequences join and leave.
 
@@ -373,7 +363,7 @@ class Sampler:
         for i, (_, p) in enumerate(run):
             idx[i, : len(p)] = torch.as_tensor(p, dtype=torch.long)
         idx = idx.to(self.device)
-        view = _row_view(self.cache, start, stop)
+        view = self.cache.rows(start, stop)
         view.lengths.zero_()
         last = torch.as_tensor(lengths, device=self.device) - 1  # (n,)
         with _threads_for(idx.numel() * self._token_flops, self.device):
@@ -429,7 +419,7 @@ class Sampler:
         """The cache over rows [0, hi), built once per hi (views share the cache's tensors)."""
         view = self._views.get(hi)
         if view is None:
-            view = self._views[hi] = _row_view(self.cache, 0, hi)
+            view = self._views[hi] = self.cache.rows(0, hi)
         return view
 
     def step(self) -> list[StepEvent]:
