@@ -233,6 +233,53 @@ def test_rows_of_different_lengths_share_a_batch(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_the_decode_path_is_bitwise_the_general_forward(family):
+    # forward sends one-token steps to GPT.decode; hooks={} keeps them on the general path, step by step.
+    cfg = FAMILIES[family]()
+    model = make(cfg)
+    with torch.no_grad():
+        caches = [KVCache(cfg, batch_size=3, max_len=40) for _ in range(2)]
+        for cache in caches:
+            model(tokens(3, 9, seed=3), cache=cache, logits="none")
+            cache.lengths.copy_(torch.tensor([9, 4, 6]))  # rows out of step: the masked attention
+        for t in range(16):  # past the local layer's window of 4
+            if t == 8:
+                for cache in caches:
+                    cache.lengths.fill_(20)  # rows in step: no mask
+            step = tokens(3, 1, seed=20 + t)
+            fast = model.decode(step[:, 0], caches[0])
+            slow = model(step, cache=caches[1], hooks={}, logits="last").logits[:, 0]
+            assert torch.equal(fast, slow), t
+    assert torch.equal(caches[0].lengths, caches[1].lengths)
+    assert all(torch.equal(a, b) for a, b in zip(caches[0].kv, caches[1].kv))
+
+
+def test_the_decode_path_sees_changed_parameters():
+    cfg = llama_small()
+    model, other = make(cfg, seed=0), make(cfg, seed=1)
+    x = tokens(2, 6)
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            fast = model(x[:, :1], cache=KVCache(cfg, 2, 8)).logits  # the decode path
+            return fast, model(x[:, :1]).logits
+
+    fast, slow = both()
+    assert torch.equal(fast, slow)
+    with torch.no_grad():
+        model.blocks[0].attn.qkv.weight.mul_(1.5)  # in place: the prepared RoPE-ordered copy must be rebuilt
+    fast2, slow2 = both()
+    assert torch.equal(fast2, slow2) and not torch.equal(fast2, fast)
+    model.load_state_dict(other.state_dict())  # copies into the same storages
+    fast3, slow3 = both()
+    assert torch.equal(fast3, slow3) and not torch.equal(fast3, fast2)
+    model.to(torch.float64)  # new storages
+    with torch.no_grad():
+        fast4 = model(x[:, :1], cache=KVCache(cfg, 2, 8, dtype=torch.float64)).logits
+        assert fast4.dtype == torch.float64 and torch.equal(fast4, model(x[:, :1]).logits)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_reorder_follows_the_rows(family):
     cfg = FAMILIES[family]()
     model, x = make(cfg), tokens(2, 9)

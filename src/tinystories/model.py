@@ -601,7 +601,7 @@ class GPT(nn.Module):
         (`_decode_weights`): the norm, one matmul for q, k and v, one complex
         multiply rotating q and k, one indexed copy of the new key and value
         into the cache, attention with no mask unless rows are at different
-        positions, the output matmul with the residual add folded in, and the
+        positions or a local layer's window hides keys, the output matmul with the residual add folded in, and the
         MLP likewise.
         """
         cfg = self.config
@@ -628,17 +628,22 @@ class GPT(nn.Module):
                 table = torch.view_as_complex(rope_rotations(kv_len, D, cfg.rope_theta).to(tokens.device))
             # Broadcast over the heads: the same kernel, and so the same rounding, as forward's.
             rotation = table[pos].unsqueeze(1)  # (B, 1, D/2)
-        # Keys each layer attends to: slots [lo, kv_len), and a (B, 1, 1, S) mask when rows are out of step.
-        spans: dict[int | None, tuple[int, torch.Tensor | None]] = {}
+        # Each layer's attention mask: none when every key is visible, as forward decides, so that both paths
+        # run the same kernel (slicing a window's keys instead of masking them changes the rounding).
+        masks: dict[int | None, torch.Tensor | None] = {}
         for window in prepared.windows:
-            if shortest == longest:  # every row at position `longest`: the slice is the whole mask
-                spans[window] = (0 if window is None else max(0, kv_len - window), None)
+            if shortest == longest:  # every row at position `longest`
+                if window is None or window >= kv_len:
+                    masks[window] = None
+                    continue
+                dist = longest - torch.arange(kv_len, device=pos.device)[None]  # (1, S): i - j
+                masks[window] = (dist >= 0) & (dist < window)
                 continue
             dist = pos[:, None] - torch.arange(kv_len, device=pos.device)  # (B, S): i - j
             mask = dist >= 0
             if window is not None:
                 mask &= dist < window
-            spans[window] = (0, mask[:, None, None])
+            masks[window] = mask[:, None, None]  # (B, 1, 1, S)
 
         norm = prepared.norm
         for layer, flat, keys, values in zip(prepared.layers, cache.flat, cache.keys, cache.values):
@@ -659,8 +664,8 @@ class GPT(nn.Module):
                 q = turned.narrow(1, 0, H)
                 new = torch.cat((turned.narrow(1, H, K), heads.narrow(1, H + K, K)), dim=1).view(B * 2 * K, D)
             flat.index_copy_(0, slots, new if new.dtype == flat.dtype else new.to(flat.dtype))
-            lo, mask = spans[layer.window]
-            k, v = keys.narrow(2, lo, kv_len - lo), values.narrow(2, lo, kv_len - lo)  # (B, K, S, D)
+            mask = masks[layer.window]
+            k, v = keys.narrow(2, 0, kv_len), values.narrow(2, 0, kv_len)  # (B, K, S, D)
             if k.dtype != x.dtype:  # a cache kept in another precision
                 k, v = k.to(x.dtype), v.to(x.dtype)
             # The H / K query heads sharing a key/value head act as that many queries against it.
