@@ -86,6 +86,10 @@ def test_every_stage_writes_its_outputs_and_a_rerun_skips_them(done):
     assert proc["split"] == "val" and proc["stories"] == 3 and real["stories"] == 3
     probes = json.loads((model / "eval" / "probes.json").read_text())
     assert probes["n"] == 20 and probes["chance"] == 0.5
+    diversity = json.loads((model / "eval" / "diversity.json").read_text())
+    assert diversity["sampling"]["stories"] == 4 and diversity["corpus"]["dataset"] == str(root / "data")
+    assert diversity["corpus"]["split"] == "train"
+    assert not (model / "eval" / "judge.json").exists()  # no judge named in the recipe
     heads = json.loads((model / "interp" / "heads.json").read_text())
     assert len(heads["heads"]) == 2 * 4 and heads["stories"] == 4  # micro: 2 layers x 4 heads
     assert json.loads((model / "interp" / "neurons_layer0.json").read_text())["layer"] == 0  # -2 of 2 layers
@@ -101,6 +105,7 @@ def test_every_stage_writes_its_outputs_and_a_rerun_skips_them(done):
     note = closing_note(root)
     assert "Once upon a time" in note and "bits per byte" in note and "probes:" in note
     assert "procedural" in note and "real" in note
+    assert "memorization:" in note and "judge" not in note
     assert note.splitlines()[-1] == f"report: {root / 'report.html'}"
 
 
@@ -117,6 +122,25 @@ def test_a_changed_setting_redoes_only_the_stages_that_depend_on_it(done, tmp_pa
     assert statuses(r)["eval"] == "done" and statuses(r)["sample"] == "done"  # sample back to the recipe's
     assert statuses(r)["train"] == "skipped"
     assert json.loads((root / "model" / "eval" / "probes.json").read_text())["n"] == 10
+
+
+def test_a_judge_in_the_recipe_grades_in_the_eval_stage(done, llm_server, tmp_path):
+    # A real LLM server (llama.cpp, SmolLM2-135M) as the judge: one beginning, one completion, short answers.
+    root = copy_of(done, tmp_path)
+    real = json.loads((done[0] / "model" / "eval" / "loss_real.json").read_text())["files"][0]
+    prompts = tmp_path / "one.yaml"
+    prompts.write_text("---\n- Mia had a red kite. When she let go of the string, the kite\n")
+    judge = {"judge_model": llm_server.model, "base_url": llm_server.base_url, "prompts": str(prompts),
+             "completions": 1, "max_new_tokens": 8, "judge_max_tokens": 8, "reasks": 0, "bootstrap": 200,
+             "concurrency": 1, "progress": False}
+    recipe = write_recipe(tmp_path / "j.toml", micro(eval={"real": real, "max_stories": 3}, judge=judge))
+    r = run_pipeline(RunConfig(recipe=recipe, run=str(root)))
+    assert statuses(r)["eval"] == "done" and statuses(r)["train"] == "skipped"
+    result = json.loads((root / "model" / "eval" / "judge.json").read_text())
+    assert result["judge"]["model"] == llm_server.model and result["parse"]["graded"] == 1
+    assert (root / "judge_cache.sqlite").is_file()
+    assert f"judge ({llm_server.model})" in closing_note(root)
+    assert 'id="eval"' in (root / "report.html").read_text()
 
 
 def test_a_larger_budget_resumes_training(done, tmp_path):

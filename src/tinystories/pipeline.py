@@ -7,8 +7,9 @@ A recipe is a TOML file with one section per component, each holding fields
 of that component's config dataclass: `[synth]` (SynthConfig), `[tokenize]`
 (TokenizeConfig), `[model]` (ModelConfig fields over the preset), `[train]`
 (TrainConfig), `[sample]` (SampleConfig), `[eval]` (EvalConfig below),
-`[probes]` (ProbesConfig), `[heads]` (HeadsConfig), `[neurons]` (NeuronsConfig)
-and `[report]` (ReportConfig). Paths between stages are the pipeline's to
+`[probes]` (ProbesConfig), `[diversity]` (DiversityConfig), `[judge]`
+(JudgeConfig), `[heads]` (HeadsConfig), `[neurons]` (NeuronsConfig) and
+`[report]` (ReportConfig). Paths between stages are the pipeline's to
 choose, so a recipe may not set them. Built-in recipes live in
 `tinystories/recipes/`.
 
@@ -20,7 +21,8 @@ The pipeline folder:
     data/             tokenize: the dataset folder
     model/            train: the run folder (config.toml, ckpt/, metrics.jsonl, ...)
       samples/samples.json                 sample
-      eval/loss_procedural.json, eval/loss_real.json, eval/probes.json   eval
+      eval/loss_procedural.json, eval/loss_real.json, eval/probes.json,
+      eval/diversity.json, eval/judge.json (when a judge is set)           eval
       interp/heads.json, interp/neurons_layer*.json, *.png                interpret
     report.html       report: the whole run on one self-contained page
 
@@ -78,7 +80,7 @@ class RunConfig:
 
 @dataclass
 class EvalConfig:
-    """The eval stage: loss on procedural and on real text side by side, and the probes."""
+    """The eval stage: loss on procedural and on real text side by side, the probes, memorization and diversity, and the LLM judge when [judge] names one."""
 
     real: str = REAL_STORIES
     """Real stories scored beside the procedural validation split; a relative path not found from the working folder is looked up under $TINYSTORIES_TESTDATA (default ../shared/data); empty = none."""
@@ -86,6 +88,8 @@ class EvalConfig:
     """Score at most this many stories of each set (0 = all)."""
     batch: int = 16
     """Windows per forward in the loss evaluation."""
+    diversity: bool = True
+    """Also measure memorization and diversity against the training corpus ([diversity] settings)."""
 
 
 # --- recipes ----------------------------------------------------------------------
@@ -93,6 +97,8 @@ class EvalConfig:
 
 def _sections() -> dict[str, type]:
     from tinystories.data.shards import TokenizeConfig
+    from tinystories.eval.diversity import DiversityConfig
+    from tinystories.eval.judge import JudgeConfig
     from tinystories.eval.probes import ProbesConfig
     from tinystories.interp.heads import HeadsConfig
     from tinystories.interp.neurons import NeuronsConfig
@@ -110,6 +116,8 @@ def _sections() -> dict[str, type]:
         "sample": SampleConfig,
         "eval": EvalConfig,
         "probes": ProbesConfig,
+        "diversity": DiversityConfig,
+        "judge": JudgeConfig,
         "heads": HeadsConfig,
         "neurons": NeuronsConfig,
         "report": ReportConfig,
@@ -123,6 +131,8 @@ OWNED = {
     "train": ("data", "run", "resume", "device"),
     "sample": ("run", "out", "stream", "device"),
     "probes": ("run", "write", "device"),
+    "diversity": ("run", "data", "split", "write", "device"),
+    "judge": ("run", "write", "device", "cache"),
     "heads": ("run", "out", "device"),
     "neurons": ("run", "out", "device"),
     "report": ("run", "out"),
@@ -423,19 +433,40 @@ def _probes_config(p: Pipeline) -> Any:
     return build(ProbesConfig, {**p.section("probes"), "run": str(p.model), "device": p.torch_device()})
 
 
+def _diversity_config(p: Pipeline) -> Any:
+    from tinystories.eval.diversity import DiversityConfig
+
+    # The corpus is the pipeline's own training split.
+    return build(DiversityConfig, {**p.section("diversity"), "run": str(p.model), "data": (str(p.data),),
+                                   "split": "train", "device": p.torch_device()})
+
+
+def _judge_config(p: Pipeline) -> Any:
+    from tinystories.eval.judge import JudgeConfig
+
+    return build(JudgeConfig, {**p.section("judge"), "run": str(p.model), "device": p.torch_device(),
+                               "cache": str(p.root / "judge_cache.sqlite")})
+
+
 def _eval_key(p: Pipeline) -> dict[str, Any]:
+    from tinystories.eval.judge import BUILTIN_BEGINNINGS
+    from tinystories.eval.probes import BUILTIN_SETS
+
     ev = _eval_config(p)
     real = real_stories_path(ev.real)
     probes = _probes_config(p)
+    judge = _judge_config(p)
     return {
         "eval": dataclasses.asdict(ev),
         "real_sha256": sha256_file(real) if real else None,
         "probes": _asdict(probes, ("run", "device")),
         "probes_sha256": sha256_file(probes.probes) if probes.probes and Path(probes.probes).is_file() else None,
+        # Edits to the shipped sets must redo the stage too.
+        "builtin_sha256": {f.name: sha256_file(f) for f in (*BUILTIN_SETS.values(), BUILTIN_BEGINNINGS)},
+        "diversity": _asdict(_diversity_config(p), ("run", "data", "device")) if ev.diversity else None,
+        "judge": _asdict(judge, ("run", "device", "cache", "progress", "concurrency", "timeout", "retries",
+                                 "retry_base", "rpm", "tpm", "api_key_env")) if judge.judge_model else None,
     }
-
-
-EVAL_FILES = ("loss_procedural.json", "loss_real.json", "probes.json")
 
 
 def _run_eval(p: Pipeline, resume: bool) -> dict[str, Any]:
@@ -465,7 +496,36 @@ def _run_eval(p: Pipeline, resume: bool) -> dict[str, Any]:
     probes = evaluate_probes(_probes_config(p))
     print(f"[time] eval probes: {time.perf_counter() - t0:.1f}s", flush=True)
     summary["probes"] = {k: probes[k] for k in ("n", "accuracy", "ci95", "chance", "significant")}
+    summary.update(_run_diversity(p, ev.diversity, out))
+    summary.update(_run_judge(p, out))
     return summary
+
+
+def _run_diversity(p: Pipeline, enabled: bool, out: Path) -> dict[str, Any]:
+    from tinystories.eval.diversity import evaluate_diversity
+
+    if not enabled:
+        (out / "diversity.json").unlink(missing_ok=True)
+        return {}
+    t0 = time.perf_counter()
+    brief = evaluate_diversity(_diversity_config(p))
+    print(f"[time] eval diversity: {time.perf_counter() - t0:.1f}s", flush=True)
+    keep = ("completion_vs_original_rouge2_p", "between_generations_rouge2_f", "kgrams_never_in_corpus")
+    return {"diversity": {k: brief[k] for k in keep}}
+
+
+def _run_judge(p: Pipeline, out: Path) -> dict[str, Any]:
+    from tinystories.eval.judge import evaluate_judge
+
+    cfg = _judge_config(p)
+    if not cfg.judge_model:
+        (out / "judge.json").unlink(missing_ok=True)
+        return {}
+    t0 = time.perf_counter()
+    result = evaluate_judge(cfg)
+    print(f"[time] eval judge: {time.perf_counter() - t0:.1f}s", flush=True)
+    return {"judge": {"scores": {k: v["mean"] if v else None for k, v in result["scores"].items()},
+                      "parse": result["parse"]}}
 
 
 def _loss_brief(r: dict[str, Any]) -> dict[str, Any]:
@@ -478,7 +538,12 @@ def _loss_brief(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def _eval_fingerprint(p: Pipeline) -> str | None:
-    found = [p.model / "eval" / f for f in ("loss_procedural.json", "probes.json")]
+    need = ["loss_procedural.json", "probes.json"]
+    if _eval_config(p).diversity:
+        need.append("diversity.json")
+    if _judge_config(p).judge_model:
+        need.append("judge.json")
+    found = [p.model / "eval" / f for f in need]
     if not all(f.is_file() for f in found):
         return None
     return _hash([sha256_file(f) for f in found])
@@ -733,6 +798,21 @@ def closing_note(root: Path, n_samples: int = 2) -> str:
         )
         for cat, c in r.get("by_category", {}).items():
             lines.append(f"  {cat:<10} {c['accuracy']:.1%} of {c['n']} (95% CI {c['ci95'][0]:.1%}-{c['ci95'][1]:.1%})")
+    diversity = model / "eval" / "diversity.json"
+    if diversity.is_file():
+        r = json.loads(diversity.read_text())
+        rouge = r["completion_vs_original"]
+        never = r["kgrams_in_corpus"].get("4", {}).get("never_share")
+        lines.append(
+            f"memorization: completions vs the cut stories' true endings, Rouge-2 precision mean {rouge['mean']:.3f}"
+            + (f"; 4-grams never in the corpus {never:.1%}" if never is not None else "")
+        )
+    judge = model / "eval" / "judge.json"
+    if judge.is_file():
+        r = json.loads(judge.read_text())
+        cells = ", ".join(f"{k} {v['mean']:.1f}" for k, v in r["scores"].items() if v and v["mean"] is not None)
+        lines.append(f"judge ({r['judge']['model']}): {cells or 'no grades'}; "
+                     f"parse failures {r['parse']['failure_rate']:.0%}")
     lines.append(f"outputs: {model} (eval/, samples/, interp/), records: {root / STATE_FILE}")
     report = root / "report.html"
     if report.is_file():
