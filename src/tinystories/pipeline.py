@@ -466,6 +466,7 @@ def _eval_key(p: Pipeline) -> dict[str, Any]:
         "diversity": _asdict(_diversity_config(p), ("run", "data", "device")) if ev.diversity else None,
         "judge": _asdict(judge, ("run", "device", "cache", "progress", "concurrency", "timeout", "retries",
                                  "retry_base", "rpm", "tpm", "api_key_env")) if judge.judge_model else None,
+        "judge_prompts_sha256": sha256_file(judge.prompts) if judge.prompts and Path(judge.prompts).is_file() else None,
     }
 
 
