@@ -51,6 +51,7 @@ class FakeServer:
         self.faults: collections.deque[str] = collections.deque()
         self.log: list[tuple[float, str, str]] = []  # (time, path, fault)
         self.count = 0
+        self.headers: dict[str, str] = {}  # of the last request, names in lower case
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -65,6 +66,7 @@ class FakeServer:
                 method, path, _ = lines[0].split(" ", 2)
                 headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
+                self.headers = headers
                 status, extra, payload = await self._respond(method, path, body)
                 out = (
                     f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"

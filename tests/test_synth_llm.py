@@ -256,6 +256,14 @@ def test_api_key_never_written(server, tmp_path, monkeypatch):
             assert b"sk-very-secret-123" not in p.read_bytes(), p
 
 
+def test_requests_carry_the_key_and_no_sdk_telemetry(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("MY_KEY", "sk-abc")
+    synth(_cfg(server, tmp_path, n=2, api_key_env="MY_KEY"))
+    h = server.headers
+    assert h["authorization"] == "Bearer sk-abc" and h["content-type"] == "application/json"
+    assert not [k for k in h if k.startswith("x-stainless")], h
+
+
 def test_no_key_without_base_url(monkeypatch, tmp_path):
     monkeypatch.delenv("NO_SUCH_KEY", raising=False)
     with pytest.raises(UserError, match="NO_SUCH_KEY"):
