@@ -37,8 +37,6 @@ CATEGORY = {
     "cause": "reasoning",
     "color": "fact",
 }
-TOYS = ("ball", "kite", "doll", "drum", "boat", "truck", "hat", "book", "robot", "puzzle", "balloon", "teddy")
-WISHES = ("cat", "dog", "bike", "kite", "puppy", "doll", "drum", "bunny", "ball", "train", "boat", "fish")
 
 
 def _two_people(rng: random.Random, same_gender: bool) -> tuple[Character, Character]:
@@ -63,7 +61,7 @@ def mentions(text: str, word: str) -> list[int]:
 
 def _pair_possession(rng: random.Random) -> list[tuple[str, str, str]]:
     A, B = _two_people(rng, same_gender=True)
-    o1, o2 = rng.sample(TOYS, 2)
+    o1, o2 = rng.sample(W.TOYS, 2)
     c1, c2 = rng.sample(W.COLORS, 2)
     extra = rng.choice((o1, o2))
     lines = [
@@ -112,7 +110,7 @@ def _elimination_one(A: Character, wish: str, x: str, y: str, answer_last: bool,
 
 def _pair_elimination(rng: random.Random) -> list[tuple[str, str, str]]:
     A, _ = _two_people(rng, same_gender=True)
-    x, y = rng.sample(WISHES, 2)
+    x, y = rng.sample(W.WISHES, 2)
     parent = rng.choice(("Mom", "Dad"))
     wish = f"{A.name} wanted {a(x)} or {a(y)}."
     first_answer_last = rng.random() < 0.5

@@ -293,6 +293,48 @@ def _kind_phrase(rng: random.Random, c: Character) -> str:
     return a(rng.choice(("little ", "little ", "", "happy ", "small ")) + c.kind)
 
 
+# Scenes that state who has, wants or needs what and then use it, told with the story's own
+# characters: the in-context facts the procedural probes ask about (`synth/probes.py`), so a model
+# trained on these stories can learn to track them. Each is a decoration, not part of the plot.
+SCENE_P = 0.35
+"""Chance of each scene in a story."""
+
+RETRIEVE = (
+    "Later, {n} wanted to play with {p} own toy again. {n} picked up the {t}.",
+    "Before going home, {n} picked up the {t}.",
+    "At bedtime, {n} held the {t} close.",
+)
+
+
+def _choice_scene(rng: random.Random, hero: Character, parent: Character) -> list[str]:
+    """'{N} wanted a cat or a dog. Mom said he could not have the dog. So {N} got the cat.'"""
+    x, y = rng.sample(W.WISHES, 2)  # x is what the child gets
+    first, second = (x, y) if rng.random() < 0.5 else (y, x)
+    ruled_out = f"{parent.name} said {hero.he} could not have the {y}"
+    ruled_out += f", but the {x} was fine." if rng.random() < 0.5 else "."
+    return [f"{hero.name} wanted {a(first)} or {a(second)}.", ruled_out, f"So {hero.name} got the {x}."]
+
+
+def _needs_scene(rng: random.Random, hero: Character, friend: Character, parent: Character) -> list[str]:
+    """'{N} was hungry, and {F} was thirsty. Mom gave a big sandwich to {N}.' (and the other thing)"""
+    s1, s2 = rng.sample(list(W.NEEDS), 2)
+    A, B = (hero, friend) if rng.random() < 0.5 else (friend, hero)
+    lines = [f"{A.name} was {s1}, and {B.name} was {s2}."]
+    order = [(A, s1), (B, s2)] if rng.random() < 0.5 else [(B, s2), (A, s1)]
+    lines.append(f"{parent.name} gave {W.NEEDS[order[0][1]][0]} to {order[0][0].name}.")
+    if rng.random() < 0.5:
+        lines.append(f"Then {parent.name} gave {W.NEEDS[order[1][1]][0]} to {order[1][0].name}.")
+    return lines
+
+
+def _recap_scene(rng: random.Random, hero: Character, friend: Character) -> list[str]:
+    """'The duck smiled. The duck's name was Tom.' (kinds differ, so the kind names one character)"""
+    X, Y = (hero, friend) if rng.random() < 0.5 else (friend, hero)
+    if rng.random() < 0.5:
+        return [f"The {X.kind} {rng.choice(('smiled', 'laughed', 'waved'))}.", f"The {X.kind}'s name was {X.name}."]
+    return [f"The {X.kind}'s name was {X.name}, and the {Y.kind}'s name was {Y.name}."]
+
+
 def tell(
     words: list[str], features: list[str], rng: random.Random, lex: Lexicon
 ) -> tuple[str, dict[str, Any]]:
@@ -359,6 +401,18 @@ def tell(
     if rng.random() < 0.4:
         T.event("play")
         say(pick(PLAY))
+    owned: dict[str, str] = {}
+    if rng.random() < SCENE_P:
+        t1, t2 = rng.sample(W.TOYS, 2)
+        c1, c2 = rng.sample(W.COLORS, 2)
+        A, B = (hero, friend) if rng.random() < 0.5 else (friend, hero)
+        owned = {A.name: t1, B.name: t2}
+        T.event("toys")
+        say(f"{A.name} had {a(c1 + ' ' + t1)}, and {B.name} had {a(c2 + ' ' + t2)}.")
+    if rng.random() < SCENE_P:
+        T.event("choice")
+        for line in _choice_scene(rng, hero, parent):
+            say(line)
     if "Foreshadowing" in feats:
         T.event("setup")
         say(pick(SETUP[goal]), "Foreshadowing")
@@ -453,6 +507,18 @@ def tell(
     if rng.random() < 0.35:
         T.event("snack")
         say(_snack(rng, w))
+    if rng.random() < SCENE_P:
+        T.event("needs")
+        for line in _needs_scene(rng, hero, friend, parent):
+            say(line)
+    if owned:
+        X = rng.choice((hero, friend))
+        T.event("toys:again")
+        say(rng.choice(RETRIEVE).format(n=X.name, p=X.his, t=owned[X.name]))
+    if hero.kind != friend.kind and rng.random() < SCENE_P:
+        T.event("recap")
+        for line in _recap_scene(rng, hero, friend):
+            say(line)
     tokens = _tokens(T.text())
     if not _uses(tokens, lex.forms_of(wd["noun"], "noun")):
         slot = wd["ncls"] if wd["ncls"] in ("animal", "person", "nature", "body", "place") else "other"
@@ -510,6 +576,7 @@ def tell(
         "place": wd["place"],
         "objects": [{"name": wd["obj"], "facts": facts}] if re.search(rf"\b{wd['obj']}", text) else [],
         "goal": goal,
+        "possessions": owned,
         "skeleton": T.events,
         "feature_sentences": {f: T.features.get(f, []) for f in features},
         "n_sentences": T.n,
@@ -530,6 +597,10 @@ DECORATION = (
     "activity",
     "adj:",
     "noun:",
+    "toys",
+    "choice",
+    "needs",
+    "recap",
 )
 
 

@@ -109,6 +109,9 @@ NEEDS = {
     "wet": ("a dry towel", "dried off with a towel"),
     "sad": ("a big hug", "got a big hug"),
 }
+# Toys two children can each have, and things a child can wish for (possession and choice scenes, probes).
+TOYS = ("ball", "kite", "doll", "drum", "boat", "truck", "hat", "book", "robot", "puzzle", "balloon", "teddy")
+WISHES = ("cat", "dog", "bike", "kite", "puppy", "doll", "drum", "bunny", "ball", "train", "boat", "fish")
 FRAGILE = ("egg", "plate", "vase", "cookie", "mug", "bowl", "mirror", "window")
 STURDY = ("pillow", "teddy", "sock", "ball", "blanket", "hat", "rope", "towel")
 
