@@ -92,7 +92,8 @@ def test_outcome_and_report_by_hand():
         {"id": "a", "category": "fact", "prompt": "p", "answer": " x", "wrong": [" y"]},
         {"id": "b", "category": "fact", "prompt": "p", "answer": " x", "wrong": [" y", " z"]},
         {"id": "c", "category": "context", "prompt": "p", "answer": " x", "wrong": [" y"]},
-        {"id": "proc-1-000003-names", "category": "context", "prompt": "p", "answer": " x", "wrong": [" y"]},
+        {"id": "proc-1-000003-names", "category": "context", "prompt": "p", "answer": " x", "wrong": [" y"],
+         "source": "procedural"},
     ]
     r = report(items, [1.0, 0.0, 0.5, 1.0])
     assert r["n"] == 4 and r["correct"] == 2.5 and r["accuracy"] == 0.625
@@ -102,6 +103,8 @@ def test_outcome_and_report_by_hand():
     assert r["by_category"]["fact"]["chance"] == pytest.approx((0.5 + 1 / 3) / 2)
     assert r["by_category"]["context"]["accuracy"] == 0.75
     assert r["by_kind"] == {"names": r["by_kind"]["names"]} and r["by_kind"]["names"]["n"] == 1
+    assert r["by_source"]["file"]["n"] == 3 and r["by_source"]["file"]["accuracy"] == 0.5  # no source: a user file
+    assert r["by_source"]["procedural"]["accuracy"] == 1.0 and r["by_source"]["procedural"]["chance"] == 0.5
 
 
 def test_context_rules_sit_at_chance_on_procedural_probes():

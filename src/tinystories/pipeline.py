@@ -797,8 +797,11 @@ def closing_note(root: Path, n_samples: int = 2) -> str:
             f"probes: {r['accuracy']:.1%} of {r['n']} (95% CI {lo:.1%}-{hi:.1%}), chance {r['chance']:.1%}"
             + ("" if r["significant"] else "  [not above chance]")
         )
-        for cat, c in r.get("by_category", {}).items():
-            lines.append(f"  {cat:<10} {c['accuracy']:.1%} of {c['n']} (95% CI {c['ci95'][0]:.1%}-{c['ci95'][1]:.1%})")
+        sources = r.get("by_source", {})
+        groups = {**(sources if len(sources) > 1 else {}), **r.get("by_category", {})}
+        for name, c in groups.items():
+            lines.append(f"  {name:<10} {c['accuracy']:.1%} of {c['n']} (95% CI {c['ci95'][0]:.1%}-{c['ci95'][1]:.1%}),"
+                         f" chance {c['chance']:.1%}")
     diversity = model / "eval" / "diversity.json"
     if diversity.is_file():
         r = json.loads(diversity.read_text())

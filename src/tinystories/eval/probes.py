@@ -245,14 +245,15 @@ def _kind(item: dict[str, Any]) -> str | None:
 
 
 def report(items: Sequence[dict[str, Any]], outcomes: Sequence[float], open_ended: bool = False) -> dict[str, Any]:
-    """Overall, per-category and per-kind summaries of `outcomes` (one per item).
+    """Overall, per-source (builtin, procedural, ...), per-category and per-kind summaries of `outcomes`.
 
     Chance is 1 / number of options (multiple choice), or none when `open_ended`.
     """
     chances = None if open_ended else [1.0 / (1 + len(it["wrong"])) for it in items]
     out: dict[str, Any] = summarize(outcomes, chances)
-    groups: dict[str, dict[str, list[int]]] = {"by_category": {}, "by_kind": {}}
+    groups: dict[str, dict[str, list[int]]] = {"by_source": {}, "by_category": {}, "by_kind": {}}
     for i, it in enumerate(items):
+        groups["by_source"].setdefault(str(it.get("source") or "file"), []).append(i)
         groups["by_category"].setdefault(it["category"], []).append(i)
         kind = _kind(it)
         if kind is not None:
@@ -620,7 +621,7 @@ def _brief(result: dict[str, Any]) -> dict[str, Any]:
     out = {k: result[k] for k in ("run", "step", "n", "correct", "accuracy", "ci95", "chance", "above_chance",
                                   "significant")}
     out["sets"] = {s["name"]: s["n"] for s in result["sets"]}
-    for key in ("by_category", "by_kind"):
+    for key in ("by_source", "by_category", "by_kind"):
         if key in result:
             out[key] = result[key]
     for measure in ("byte_normalised", "greedy"):
