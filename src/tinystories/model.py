@@ -271,6 +271,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+def _attention_mask(positions: torch.Tensor, kv_len: int, window: int | None) -> torch.Tensor:
+    """(..., S) bool: which of keys 0..S-1 a query at each position sees (causal, within `window`)."""
+    dist = positions[..., None] - torch.arange(kv_len, device=positions.device)  # i - j
+    mask = dist >= 0
+    if window is not None:
+        mask &= dist < window
+    return mask
+
+
 def rope_rotations(length: int, head_dim: int, theta: float) -> torch.Tensor:
     """(length, D/2, 2) float32: cos and sin of position t at frequency i, the same numbers as `rope_tables`."""
     cos, sin = rope_tables(torch.arange(length), head_dim, theta)  # (length, 1, D)
@@ -601,8 +610,8 @@ class GPT(nn.Module):
         (`_decode_weights`): the norm, one matmul for q, k and v, one complex
         multiply rotating q and k, one indexed copy of the new key and value
         into the cache, attention with no mask unless rows are at different
-        positions or a local layer's window hides keys, the output matmul with the residual add folded in, and the
-        MLP likewise.
+        positions or a local layer's window hides keys, the output matmul with
+        the residual add folded in, and the MLP likewise.
         """
         cfg = self.config
         B = tokens.shape[0]
@@ -632,18 +641,12 @@ class GPT(nn.Module):
         # run the same kernel (slicing a window's keys instead of masking them changes the rounding).
         masks: dict[int | None, torch.Tensor | None] = {}
         for window in prepared.windows:
-            if shortest == longest:  # every row at position `longest`
-                if window is None or window >= kv_len:
-                    masks[window] = None
-                    continue
-                dist = longest - torch.arange(kv_len, device=pos.device)[None]  # (1, S): i - j
-                masks[window] = (dist >= 0) & (dist < window)
-                continue
-            dist = pos[:, None] - torch.arange(kv_len, device=pos.device)  # (B, S): i - j
-            mask = dist >= 0
-            if window is not None:
-                mask &= dist < window
-            masks[window] = mask[:, None, None]  # (B, 1, 1, S)
+            if shortest != longest:
+                masks[window] = _attention_mask(pos, kv_len, window)[:, None, None]  # (B, 1, 1, S)
+            elif window is None or window >= kv_len:  # every row at position `longest`, every key visible
+                masks[window] = None
+            else:
+                masks[window] = _attention_mask(torch.arange(longest, kv_len, device=pos.device), kv_len, window)  # (1, S)
 
         norm = prepared.norm
         for layer, flat, keys, values in zip(prepared.layers, cache.flat, cache.keys, cache.values):
@@ -711,10 +714,7 @@ class GPT(nn.Module):
             if (longest == 0 and (window is None or window >= T)) or (T == 1 and in_step and covers):
                 masks[window] = None  # plain causal (SDPA's is_causal fast path), or one query seeing all keys
                 continue
-            dist = pos[..., :, None] - torch.arange(kv_len, device=device)  # (T, S) or (B, T, S): i - j
-            mask = dist >= 0
-            if window is not None:
-                mask &= dist < window
+            mask = _attention_mask(pos, kv_len, window)  # (T, S) or (B, T, S)
             masks[window] = mask if pos.dim() == 1 else mask[:, None]  # (T, S) or (B, 1, T, S)
 
         rope = None

@@ -460,13 +460,13 @@ def _eval_key(p: Pipeline) -> dict[str, Any]:
         "eval": dataclasses.asdict(ev),
         "real_sha256": sha256_file(real) if real else None,
         "probes": _asdict(probes, ("run", "device")),
-        "probes_sha256": sha256_file(probes.probes) if probes.probes and Path(probes.probes).is_file() else None,
+        "probes_sha256": _fingerprint_file(Path(probes.probes)) if probes.probes else None,
         # Edits to the shipped sets must redo the stage too.
         "builtin_sha256": {f.name: sha256_file(f) for f in (*BUILTIN_SETS.values(), BUILTIN_BEGINNINGS)},
         "diversity": _asdict(_diversity_config(p), ("run", "data", "device")) if ev.diversity else None,
         "judge": _asdict(judge, ("run", "device", "cache", "progress", "concurrency", "timeout", "retries",
                                  "retry_base", "rpm", "tpm", "api_key_env")) if judge.judge_model else None,
-        "judge_prompts_sha256": sha256_file(judge.prompts) if judge.prompts and Path(judge.prompts).is_file() else None,
+        "judge_prompts_sha256": _fingerprint_file(Path(judge.prompts)) if judge.prompts else None,
     }
 
 
