@@ -129,6 +129,18 @@ def test_command_on_stories260k(tmp_path):
     assert data["protagonist"]["positives"] >= 3
 
 
+def test_layer_option_takes_a_negative_index():
+    import argparse
+
+    from tinystories.config import add_options, options_from
+
+    parser = argparse.ArgumentParser()
+    add_options(parser, NeuronsConfig)
+    for given, expected in (("-2", -2), ("-1", -1), ("3", 3)):
+        ns = parser.parse_args(["--run", "r", "--layer", given])
+        assert options_from(ns, NeuronsConfig)["layer"] == expected
+
+
 def test_words_classes_and_sentences_of_a_story(tok):
     text = 'Lily saw a big red ball. She ran to the park with Tom. "Hello, Tom!" said Lily.'
     s = prepare([{"story": text}], tok, 100)[0]

@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ class NeuronsConfig:
     """Run folder whose model is analysed."""
     data: tuple[str, ...] = ()
     """Story files or a dataset folder; default: the run's dataset, else procedural stories."""
-    layer: int = -2
+    layer: int = field(default=-2, metadata={"parse": int})  # a signed index, not a count
     """MLP layer; negative counts from the end (-2 = penultimate, as the paper)."""
     stories: int = 20
     """Number of stories (the paper: 20 stories, about 8,000 tokens)."""
