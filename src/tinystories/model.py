@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinystories import kernels
 from tinystories.errors import UserError
 
 IGNORE_INDEX = -1
@@ -629,52 +630,64 @@ class GPT(nn.Module):
         x = torch.embedding(prepared.embedding, tokens)  # (B, C)
         if prepared.positions is not None:
             x = x + torch.embedding(prepared.positions, pos)
-        slots = (cache.head_slots() + pos[:, None]).view(-1)  # (B*2K,) flat slots of the new keys, then values
-        rotation = None
-        if prepared.rope is not None:
-            table = prepared.rope
-            if kv_len > len(table):  # a cache longer than max_seq_len: extend the table, as forward does
-                table = torch.view_as_complex(rope_rotations(kv_len, D, cfg.rope_theta).to(tokens.device))
-            # Broadcast over the heads: the same kernel, and so the same rounding, as forward's.
-            rotation = table[pos].unsqueeze(1)  # (B, 1, D/2)
-        # Each layer's attention mask: none when every key is visible, as forward decides, so that both paths
-        # run the same kernel (slicing a window's keys instead of masking them changes the rounding).
-        masks: dict[int | None, torch.Tensor | None] = {}
-        for window in prepared.windows:
-            if shortest != longest:
-                masks[window] = _attention_mask(pos, kv_len, window)[:, None, None]  # (B, 1, 1, S)
-            elif window is None or window >= kv_len:  # every row at position `longest`, every key visible
-                masks[window] = None
-            else:
-                masks[window] = _attention_mask(torch.arange(longest, kv_len, device=pos.device), kv_len, window)  # (1, S)
+        # fp32 on the CPU: a C kernel rotates, writes the cache and attends in one call per layer (kernels.py).
+        fast = kernels.usable(x, cache.kv[0])
+        if fast:
+            rope = prepared.rope
+            if rope is not None and kv_len > len(rope):  # a cache longer than max_seq_len: extend the table
+                rope = torch.view_as_complex(rope_rotations(kv_len, D, cfg.rope_theta))
+            table = None if rope is None else torch.view_as_real(rope)  # (positions, D/2, 2)
+            threads = kernels.threads_for(B * H * kv_len * D)  # an upper bound of the keys read
+        else:
+            slots = (cache.head_slots() + pos[:, None]).view(-1)  # (B*2K,) flat slots of the new keys, then values
+            rotation = None
+            if prepared.rope is not None:
+                table = prepared.rope
+                if kv_len > len(table):  # a cache longer than max_seq_len: extend the table, as forward does
+                    table = torch.view_as_complex(rope_rotations(kv_len, D, cfg.rope_theta).to(tokens.device))
+                # Broadcast over the heads: the same kernel, and so the same rounding, as forward's.
+                rotation = table[pos].unsqueeze(1)  # (B, 1, D/2)
+            # Each layer's attention mask: none when every key is visible, as forward decides, so that both paths
+            # run the same kernel (slicing a window's keys instead of masking them changes the rounding).
+            masks: dict[int | None, torch.Tensor | None] = {}
+            for window in prepared.windows:
+                if shortest != longest:
+                    masks[window] = _attention_mask(pos, kv_len, window)[:, None, None]  # (B, 1, 1, S)
+                elif window is None or window >= kv_len:  # every row at position `longest`, every key visible
+                    masks[window] = None
+                else:
+                    masks[window] = _attention_mask(torch.arange(longest, kv_len, device=pos.device), kv_len, window)  # (1, S)
 
         norm = prepared.norm
-        for layer, flat, keys, values in zip(prepared.layers, cache.flat, cache.keys, cache.values):
+        for layer, kv, flat, keys, values in zip(prepared.layers, cache.kv, cache.flat, cache.keys, cache.values):
             h = norm(x, layer.norm1)
             qkv = torch.mm(h, layer.qkv) if layer.qkv_bias is None else torch.addmm(layer.qkv_bias, h, layer.qkv)
-            heads = qkv.view(B, H + 2 * K, D)
-            if rotation is None:
-                q = heads.narrow(1, 0, H)  # (B, H, D)
-                new = heads.narrow(1, H, 2 * K).reshape(B * 2 * K, D)  # keys, then values
+            if fast:
+                y = kernels.decode_attention(qkv, kv, pos, table, H, layer.window, prepared.scale, threads)  # (B, H*D)
             else:
-                qk = heads.narrow(1, 0, H + K)
-                if qk.dtype not in (torch.float32, torch.float64):
-                    qk = qk.float()  # complex numbers need fp32 or fp64
-                turned = torch.view_as_complex(qk.view(B, H + K, D // 2, 2)) * rotation
-                turned = torch.view_as_real(turned).view(B, H + K, D)
-                if turned.dtype != x.dtype:
-                    turned = turned.to(x.dtype)
-                q = turned.narrow(1, 0, H)
-                new = torch.cat((turned.narrow(1, H, K), heads.narrow(1, H + K, K)), dim=1).view(B * 2 * K, D)
-            flat.index_copy_(0, slots, new if new.dtype == flat.dtype else new.to(flat.dtype))
-            mask = masks[layer.window]
-            k, v = keys.narrow(2, 0, kv_len), values.narrow(2, 0, kv_len)  # (B, K, S, D)
-            if k.dtype != x.dtype:  # a cache kept in another precision
-                k, v = k.to(x.dtype), v.to(x.dtype)
-            # The H / K query heads sharing a key/value head act as that many queries against it.
-            y = F.scaled_dot_product_attention(q.view(B, K, H // K, D), k, v, attn_mask=mask,
-                                               scale=prepared.scale)  # (B, K, H/K, D)
-            x = _residual(x, y.view(B, H * D), layer.out, layer.out_bias)
+                heads = qkv.view(B, H + 2 * K, D)
+                if rotation is None:
+                    q = heads.narrow(1, 0, H)  # (B, H, D)
+                    new = heads.narrow(1, H, 2 * K).reshape(B * 2 * K, D)  # keys, then values
+                else:
+                    qk = heads.narrow(1, 0, H + K)
+                    if qk.dtype not in (torch.float32, torch.float64):
+                        qk = qk.float()  # complex numbers need fp32 or fp64
+                    turned = torch.view_as_complex(qk.view(B, H + K, D // 2, 2)) * rotation
+                    turned = torch.view_as_real(turned).view(B, H + K, D)
+                    if turned.dtype != x.dtype:
+                        turned = turned.to(x.dtype)
+                    q = turned.narrow(1, 0, H)
+                    new = torch.cat((turned.narrow(1, H, K), heads.narrow(1, H + K, K)), dim=1).view(B * 2 * K, D)
+                flat.index_copy_(0, slots, new if new.dtype == flat.dtype else new.to(flat.dtype))
+                mask = masks[layer.window]
+                k, v = keys.narrow(2, 0, kv_len), values.narrow(2, 0, kv_len)  # (B, K, S, D)
+                if k.dtype != x.dtype:  # a cache kept in another precision
+                    k, v = k.to(x.dtype), v.to(x.dtype)
+                # The H / K query heads sharing a key/value head act as that many queries against it.
+                y = F.scaled_dot_product_attention(q.view(B, K, H // K, D), k, v, attn_mask=mask,
+                                                   scale=prepared.scale).view(B, H * D)
+            x = _residual(x, y, layer.out, layer.out_bias)
             h = norm(x, layer.norm2)
             h = torch.mm(h, layer.fc) if layer.fc_bias is None else torch.addmm(layer.fc_bias, h, layer.fc)
             if prepared.gated:  # SwiGLU: columns [gate; up]

@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from tinystories import kernels
 from tinystories.errors import UserError
 from tinystories.model import GPT, KVCache
 
@@ -249,9 +250,11 @@ def _threads_for(flops: float, device: torch.device) -> Iterator[None]:
         yield
         return
     torch.set_num_threads(1)
+    budget = kernels.thread_budget.set(before)  # the attention kernel is one region per layer: it keeps them
     try:
         yield
     finally:
+        kernels.thread_budget.reset(budget)
         torch.set_num_threads(before)
 
 

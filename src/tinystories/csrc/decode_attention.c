@@ -1,0 +1,199 @@
+/* Attention for one decode step of a batch, fp32 on the CPU (see tinystories/kernels.py).
+
+   For each row b at position p = pos[b]:
+     1. rotate its query heads and its new key heads by RoPE angle p (when a table is given);
+     2. write the new key and value into the cache at slot p;
+     3. attend each query head to its key/value head's slots [lo, p], lo = max(0, p + 1 - window),
+        and write the result to out.
+
+   Why a kernel of its own: at head dims of 4-64 and a few hundred keys, PyTorch's
+   scaled_dot_product_attention spends most of its time on per-(row, head) overhead
+   (hundreds of microseconds a step at 64 rows), and the steps around it (rotation,
+   cache write) are a dozen microsecond-sized kernels each.
+
+   Layouts (all contiguous):
+     qkv   (B, H + 2K, D): query heads, then key heads, then value heads; rotated in place.
+           With RoPE, each query and key head is in pair order: dims (2i, 2i + 1) are the
+           real and imaginary parts of pair i.
+     rope  (max_pos, D/2, 2): cos and sin of position t at frequency i, or NULL.
+     kv    (B, 2K, M, D): one layer's cache; heads [0, K) are keys, [K, 2K) values.
+     out   (B, H, D).
+   Query head h reads key/value head h / (H / K), as grouped-query attention does. */
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* One row, any head dim: plain loops. `scores` holds M floats. */
+static void attend_row_any(float *x, int64_t p, float *kv, float *out,
+                           int H, int K, int D, int M, int window, float scale, float *scores)
+{
+    const int G = H / K;
+    int64_t lo = (window > 0 && p + 1 > window) ? p + 1 - window : 0;
+    int n = (int)(p + 1 - lo);  /* >= 1: a token always sees itself */
+    for (int qh = 0; qh < H; qh++) {
+        int h = qh / G;
+        const float *q = x + qh * D;
+        const float *keys = kv + ((int64_t)h * M + lo) * D;
+        const float *vals = kv + ((int64_t)(K + h) * M + lo) * D;
+        float m = 0.0f;
+        for (int t = 0; t < n; t++) {
+            float s = 0.0f;
+            for (int d = 0; d < D; d++) s += q[d] * keys[(int64_t)t * D + d];
+            scores[t] = s * scale;
+            m = (t == 0 || scores[t] > m) ? scores[t] : m;
+        }
+        float sum = 0.0f;
+        for (int t = 0; t < n; t++) {
+            scores[t] = expf(scores[t] - m);
+            sum += scores[t];
+        }
+        float *o = out + qh * D;
+        for (int d = 0; d < D; d++) o[d] = 0.0f;
+        for (int t = 0; t < n; t++)
+            for (int d = 0; d < D; d++) o[d] += scores[t] * vals[(int64_t)t * D + d];
+        for (int d = 0; d < D; d++) o[d] /= sum;
+    }
+}
+
+/* Eight floats, as one AVX register (two on 128-bit SIMD); any alignment. */
+typedef float v8 __attribute__((vector_size(32), aligned(4)));
+
+/* Lane j of the result is the sum of p[j]'s eight lanes: eight dot products finished at once
+   by a tree of shuffles, instead of one horizontal sum per key. */
+static inline v8 sum_lanes(const v8 p[8])
+{
+#define EVEN_ODD(x, y) (__builtin_shufflevector(x, y, 0, 8, 2, 10, 4, 12, 6, 14) + \
+                        __builtin_shufflevector(x, y, 1, 9, 3, 11, 5, 13, 7, 15))
+#define PAIRS(x, y) (__builtin_shufflevector(x, y, 0, 1, 8, 9, 4, 5, 12, 13) + \
+                     __builtin_shufflevector(x, y, 2, 3, 10, 11, 6, 7, 14, 15))
+    v8 a0 = EVEN_ODD(p[0], p[1]), a1 = EVEN_ODD(p[2], p[3]), a2 = EVEN_ODD(p[4], p[5]), a3 = EVEN_ODD(p[6], p[7]);
+    v8 b0 = PAIRS(a0, a1), b1 = PAIRS(a2, a3);
+    return __builtin_shufflevector(b0, b1, 0, 1, 2, 3, 8, 9, 10, 11) +
+           __builtin_shufflevector(b0, b1, 4, 5, 6, 7, 12, 13, 14, 15);
+#undef EVEN_ODD
+#undef PAIRS
+}
+
+/* One row for head dims that are a multiple of 8: each head is C = D / 8 chunks of eight floats.
+   C is a constant in the specialised copies below, so the chunk loops unroll. */
+static inline __attribute__((always_inline)) void attend_row_chunks(
+    const float *x, int64_t p, const float *kv, float *out,
+    int H, int K, const int C, int M, int window, float scale, float *scores)
+{
+    const int D = 8 * C, G = H / K;
+    int64_t lo = (window > 0 && p + 1 > window) ? p + 1 - window : 0;
+    int n = (int)(p + 1 - lo);
+    for (int qh = 0; qh < H; qh++) {
+        int h = qh / G;
+        v8 q[C];
+        for (int c = 0; c < C; c++) q[c] = ((const v8 *)(x + qh * D))[c] * scale;
+        const v8 *keys = (const v8 *)(kv + ((int64_t)h * M + lo) * D);
+        const v8 *vals = (const v8 *)(kv + ((int64_t)(K + h) * M + lo) * D);
+        int t = 0;
+        for (; t + 8 <= n; t += 8) {
+            v8 prod[8];
+            for (int j = 0; j < 8; j++) {
+                const v8 *k = keys + (int64_t)(t + j) * C;
+                prod[j] = q[0] * k[0];
+                for (int c = 1; c < C; c++) prod[j] += q[c] * k[c];
+            }
+            *(v8 *)(scores + t) = sum_lanes(prod);
+        }
+        for (; t < n; t++) {
+            const v8 *k = keys + (int64_t)t * C;
+            v8 prod = q[0] * k[0];
+            for (int c = 1; c < C; c++) prod += q[c] * k[c];
+            float s = 0.0f;
+            for (int d = 0; d < 8; d++) s += prod[d];
+            scores[t] = s;
+        }
+        float m = scores[0];
+        for (t = 1; t < n; t++) m = scores[t] > m ? scores[t] : m;
+        float sum = 0.0f;
+        for (t = 0; t < n; t++) {
+            scores[t] = expf(scores[t] - m);
+            sum += scores[t];
+        }
+        /* Two accumulators per chunk, so consecutive keys' multiply-adds do not wait on each other. */
+        v8 acc[C], acc2[C];
+        for (int c = 0; c < C; c++) acc[c] = acc2[c] = (v8){0};
+        for (t = 0; t + 2 <= n; t += 2) {
+            const v8 *v = vals + (int64_t)t * C;
+            for (int c = 0; c < C; c++) {
+                acc[c] += scores[t] * v[c];
+                acc2[c] += scores[t + 1] * v[C + c];
+            }
+        }
+        if (t < n)
+            for (int c = 0; c < C; c++) acc[c] += scores[t] * vals[(int64_t)t * C + c];
+        float inv = 1.0f / sum;
+        for (int c = 0; c < C; c++) ((v8 *)(out + qh * D))[c] = (acc[c] + acc2[c]) * inv;
+    }
+}
+
+/* Rows [b0, b1): rotate, write the cache, attend. */
+static void rows(float *qkv, const float *rope, const int64_t *pos, float *kv, float *out,
+                 int b0, int b1, int H, int K, int D, int M, int window, float scale, float *scores)
+{
+    for (int b = b0; b < b1; b++) {
+        float *x = qkv + (int64_t)b * (H + 2 * K) * D;
+        float *cache = kv + (int64_t)b * 2 * K * M * D;
+        float *o = out + (int64_t)b * H * D;
+        int64_t p = pos[b];
+        if (rope) {
+            const float *r = rope + p * D;  /* (D/2, 2) */
+            for (int h = 0; h < H + K; h++) {
+                float *v = x + h * D;
+                for (int i = 0; i < D; i += 2) {
+                    float a = v[i], c = v[i + 1], cs = r[i], sn = r[i + 1];
+                    v[i] = a * cs - c * sn;
+                    v[i + 1] = a * sn + c * cs;
+                }
+            }
+        }
+        for (int h = 0; h < 2 * K; h++)
+            memcpy(cache + ((int64_t)h * M + p) * D, x + (H + h) * D, D * sizeof(float));
+        switch (D) {
+        case 8: attend_row_chunks(x, p, cache, o, H, K, 1, M, window, scale, scores); break;
+        case 16: attend_row_chunks(x, p, cache, o, H, K, 2, M, window, scale, scores); break;
+        case 32: attend_row_chunks(x, p, cache, o, H, K, 4, M, window, scale, scores); break;
+        case 48: attend_row_chunks(x, p, cache, o, H, K, 6, M, window, scale, scores); break;
+        case 64: attend_row_chunks(x, p, cache, o, H, K, 8, M, window, scale, scores); break;
+        default:
+            if (D % 8 == 0 && D <= 256)
+                attend_row_chunks(x, p, cache, o, H, K, D / 8, M, window, scale, scores);
+            else
+                attend_row_any(x, p, cache, o, H, K, D, M, window, scale, scores);
+        }
+    }
+}
+
+/* Returns 0, or -1 when scratch memory could not be had. threads > 1 splits the rows. */
+int decode_attention(float *qkv, const float *rope, const int64_t *pos, float *kv, float *out,
+                     int B, int H, int K, int D, int M, int window, float scale, int threads)
+{
+    int failed = 0;
+    if (threads > B) threads = B;
+#pragma omp parallel num_threads(threads > 1 ? threads : 1) reduction(| : failed)
+    {
+        int n = 1, id = 0;
+#ifdef _OPENMP
+        n = omp_get_num_threads();
+        id = omp_get_thread_num();
+#endif
+        float *scores = malloc(sizeof(float) * (size_t)M);
+        if (!scores) {
+            failed = 1;
+        } else {
+            int b0 = (int)((int64_t)B * id / n), b1 = (int)((int64_t)B * (id + 1) / n);
+            rows(qkv, rope, pos, kv, out, b0, b1, H, K, D, M, window, scale, scores);
+            free(scores);
+        }
+    }
+    return failed ? -1 : 0;
+}

@@ -1,0 +1,159 @@
+"""A C kernel for the attention of one decode step on the CPU, built on first use.
+
+`GPT.decode` calls `decode_attention` for fp32 CPU tensors when the kernel is
+available, and PyTorch's own operations otherwise (other devices and dtypes, no
+C compiler, TINYSTORIES_KERNELS=0 in the environment, or `ENABLED = False`). The kernel (csrc/decode_attention.c)
+rotates the new query and key heads, writes the key and value into the cache and
+attends, for every row at once; it agrees with the PyTorch path to float32
+rounding (tests/test_kernels.py), not bitwise.
+
+It is compiled with the system's C compiler (`cc`, or $CC) into a per-user cache
+(`$TINYSTORIES_CACHE`, else `$XDG_CACHE_HOME/tinystories`, else
+`~/.cache/tinystories`), keyed by the source, the flags and the CPU, since
+`-march=native` code is only valid on the CPU it was built for; it is loaded
+with ctypes, so no PyTorch headers and no build step at install time.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+ENABLED = os.environ.get("TINYSTORIES_KERNELS", "1") != "0"
+"""Whether decoding may use the kernel; set False to keep PyTorch's attention (tests, benchmarks)."""
+
+MIN_WORK_PER_THREAD = 1 << 16
+"""Multiply-adds (rows x query heads x keys x head dim) a call needs per thread before it splits rows."""
+
+thread_budget: contextvars.ContextVar[int | None] = contextvars.ContextVar("thread_budget", default=None)
+"""Threads the kernel may use; None: torch.get_num_threads(). The sampler runs small decode steps on
+one PyTorch thread (many tiny kernels, each parallel region costing more than it splits) but leaves
+the kernel the threads it had, since one call is a single parallel region over all rows."""
+
+SOURCE = Path(__file__).with_name("csrc") / "decode_attention.c"
+FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
+# -ffast-math lets the exp loop use glibc's vector expf (its declarations need __FAST_MATH__); the kernel
+# never relies on inf or NaN.
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("TINYSTORIES_CACHE"):
+        return Path(os.environ["TINYSTORIES_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "tinystories"
+
+
+def _cpu_id() -> str:
+    """What -march=native depends on: the architecture and the CPU's model and feature flags."""
+    lines = [platform.machine()]
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "flags", "Features")):
+                    lines.append(line.strip())
+                if len(lines) >= 3:
+                    break
+    except OSError:
+        pass
+    return "\n".join(lines)
+
+
+def _build(compiler: str) -> Path:
+    """The shared library for this source, flags and CPU, compiled once; written atomically."""
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), _cpu_id().encode()])).hexdigest()[:16]
+    out = _cache_dir() / "kernels" / f"decode_attention-{key}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
+    os.close(fd)
+    try:
+        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"],
+                       check=True, capture_output=True, timeout=120)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    """The loaded kernel, or None when it cannot be built here (logged once)."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        log.info("no C compiler found: decoding uses PyTorch's attention")
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(compiler)))
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", b"") or b""
+        log.info("decode kernel not built (%s %s): decoding uses PyTorch's attention", e, detail.decode()[-500:])
+        return None
+    fn = lib.decode_attention
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_int]
+    return lib
+
+
+def available() -> bool:
+    """Whether the decode kernel is switched on and can be used in this process."""
+    return ENABLED and _library() is not None
+
+
+def usable(x: torch.Tensor, cache: torch.Tensor) -> bool:
+    """Whether `decode_attention` takes these operands: fp32 CPU tensors and a kernel built here."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and cache.dtype == torch.float32 and available()
+
+
+def threads_for(work: int) -> int:
+    """Threads for a call of `work` multiply-adds: up to the budget, at least MIN_WORK_PER_THREAD each."""
+    budget = thread_budget.get() or torch.get_num_threads()
+    return max(1, min(budget, work // MIN_WORK_PER_THREAD))
+
+
+def decode_attention(
+    qkv: torch.Tensor,
+    kv: torch.Tensor,
+    pos: torch.Tensor,
+    rope: torch.Tensor | None,
+    n_head: int,
+    window: int | None,
+    scale: float,
+    threads: int = 1,
+) -> torch.Tensor:
+    """Attention output (B, n_head * D) of one decode step; writes the new keys and values into `kv`.
+
+    qkv: (B, (H + 2K) * D) contiguous fp32, the fused projection (query and key
+    heads in RoPE pair order when `rope` is given); rotated in place. kv: one
+    layer's cache (B, 2K, M, D). pos: (B,) int64 position of each row's new
+    token. rope: (max_pos, D/2, 2) cos and sin, or None. window: a local layer's
+    window, or None.
+    """
+    lib = _library()
+    assert lib is not None, "decode_attention called without a kernel; check usable() first"
+    B, two_k, M, D = kv.shape
+    out = torch.empty(B, n_head * D)
+    assert qkv.is_contiguous() and kv.is_contiguous() and pos.dtype == torch.int64 and pos.is_contiguous()
+    assert rope is None or (rope.is_contiguous() and rope.dtype == torch.float32)
+    status = lib.decode_attention(
+        qkv.data_ptr(), None if rope is None else rope.data_ptr(), pos.data_ptr(), kv.data_ptr(), out.data_ptr(),
+        B, n_head, two_k // 2, D, M, window or 0, scale, threads,
+    )
+    if status != 0:
+        raise MemoryError("decode_attention: could not allocate scratch memory")
+    return out

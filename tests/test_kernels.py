@@ -1,0 +1,116 @@
+"""The C decode-attention kernel against PyTorch, its model path, and its fallbacks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinystories import kernels
+from tinystories.model import GPT, rope_rotations
+from tinystories.presets import preset
+from tinystories.sample import SampleParams, generate
+
+needs_kernel = pytest.mark.skipif(not kernels.available(), reason="the decode kernel could not be built here (no C compiler?)")
+
+
+def reference(qkv, kv, pos, table, H, window, scale):
+    """What the kernel must do, row by row in PyTorch: rotate, write the cache, attend to [lo, p]."""
+    B, twoK, _, D = kv.shape
+    K = twoK // 2
+    heads = qkv.view(B, H + 2 * K, D).clone()
+    out = torch.empty(B, H, D)
+    for b in range(B):
+        p = int(pos[b])
+        if table is not None:
+            pairs = torch.view_as_complex(heads[b, : H + K].reshape(H + K, D // 2, 2).contiguous())
+            turned = pairs * torch.view_as_complex(table[p].contiguous())
+            heads[b, : H + K] = torch.view_as_real(turned).reshape(H + K, D)
+        kv[b, :, p] = heads[b, H:]
+        lo = max(0, p + 1 - window) if window else 0
+        k, v = kv[b, :K, lo : p + 1], kv[b, K:, lo : p + 1]  # (K, n, D)
+        q = heads[b, :H].view(K, H // K, D)
+        out[b] = F.scaled_dot_product_attention(q, k, v, scale=scale).reshape(H, D)
+    return out.view(B, H * D), heads.view(B, -1)
+
+
+@needs_kernel
+@pytest.mark.parametrize("D", [4, 8, 16, 48, 64, 12])
+@pytest.mark.parametrize(("H", "K"), [(4, 4), (4, 2), (8, 2)])
+@pytest.mark.parametrize("window", [None, 3])
+@pytest.mark.parametrize("rope", [True, False])
+def test_kernel_equals_pytorch(D, H, K, window, rope):
+    torch.manual_seed(D * 100 + H * 10 + K)
+    B, M = 5, 40
+    pos = torch.tensor([0, 1, 7, 8, 39])  # the first slot, both sides of the window, of 8 keys, the last slot
+    kv = torch.randn(B, 2 * K, M, D)
+    qkv = torch.randn(B, (H + 2 * K) * D)
+    table = rope_rotations(M, D, 10000.0).contiguous() if rope else None
+    scale = D**-0.5
+    before, kv_ref = kv.clone(), kv.clone()
+    want, rotated = reference(qkv, kv_ref, pos, table, H, window, scale)
+    got = kernels.decode_attention(qkv, kv, pos, table, H, window, scale)
+    assert (got - want).abs().max() < 1e-5
+    assert (qkv - rotated).abs().max() < 1e-5  # rotated in place
+    assert (kv - kv_ref).abs().max() < 1e-5  # the new keys and values written where they belong, nothing else
+    written = kv.ne(before).nonzero()  # (row, head, slot, dim) of every changed element
+    assert torch.equal(written[:, 2], pos[written[:, 0]])  # each row's new slot only
+
+
+@needs_kernel
+def test_kernel_splits_rows_over_threads_with_the_same_result():
+    torch.manual_seed(0)
+    B, H, K, D, M = 9, 8, 4, 8, 64
+    kv, qkv = torch.randn(B, 2 * K, M, D), torch.randn(B, (H + 2 * K) * D)
+    pos = torch.arange(B) * 7
+    outs = [kernels.decode_attention(qkv.clone(), kv.clone(), pos, None, H, None, 0.3, threads) for threads in (1, 2, 4)]
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+@needs_kernel
+@pytest.mark.parametrize("name", ["llama-260k", "neo-1m"])
+def test_sampling_with_the_kernel_matches_pytorch_attention(name, monkeypatch):
+    # neo-1m: head dim 4 (the plain loops) with local layers of window 8; llama-260k: head dim 8, grouped queries.
+    over = {"vocab_size": 97, "windows": (None, 8) * 4} if name == "neo-1m" else {"vocab_size": 97}
+    torch.manual_seed(0)
+    model = GPT(preset(name, **over)).eval()
+    prompts = [[1, 2, 3], [4], [5, 6, 7, 8, 9, 10, 11]]  # different lengths: rows at different positions
+    params = SampleParams(temperature=0.0, max_new_tokens=40)
+    fast = generate(model, prompts, params)
+    monkeypatch.setattr(kernels, "ENABLED", False)
+    assert generate(model, prompts, params) == fast
+
+
+def test_no_compiler_means_pytorch_attention(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    monkeypatch.setenv("TINYSTORIES_CACHE", str(tmp_path))
+    kernels._library.cache_clear()
+    try:
+        assert not kernels.available()
+        model = GPT(preset("llama-260k", vocab_size=97)).eval()
+        assert len(generate(model, [[1, 2]], SampleParams(temperature=0.0, max_new_tokens=5))[0]) == 5
+        assert not list(tmp_path.rglob("*.so*"))  # nothing half-written left behind
+    finally:
+        kernels._library.cache_clear()
+
+
+def test_the_kernel_is_built_once_into_the_cache(monkeypatch, tmp_path):
+    if kernels._library() is None:
+        pytest.skip("the decode kernel could not be built here (no C compiler?)")
+    monkeypatch.setenv("TINYSTORIES_CACHE", str(tmp_path))
+    kernels._library.cache_clear()
+    try:
+        assert kernels.available()
+        built = list((tmp_path / "kernels").glob("decode_attention-*.so"))
+        assert len(built) == 1
+        stamp = built[0].stat().st_mtime_ns
+        kernels._library.cache_clear()
+        assert kernels.available() and built[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
+    finally:
+        kernels._library.cache_clear()
+
+
+def test_other_dtypes_keep_pytorch_attention():
+    x = torch.zeros(2, 8, dtype=torch.bfloat16)
+    assert not kernels.usable(x, torch.zeros(2, 2, 4, 8, dtype=torch.bfloat16))
+    assert not kernels.usable(x.float(), torch.zeros(2, 2, 4, 8, dtype=torch.float64))
