@@ -1,11 +1,12 @@
-"""A C kernel for the attention of one decode step on the CPU, built on first use.
+"""C kernels for one decode step on the CPU (attention, RMSNorm), built on first use.
 
-`GPT.decode` calls `decode_attention` for fp32 CPU tensors when the kernel is
-available, and PyTorch's own operations otherwise (other devices and dtypes, no
-C compiler, TINYSTORIES_KERNELS=0 in the environment, or `ENABLED = False`). The kernel (csrc/decode_attention.c)
-rotates the new query and key heads, writes the key and value into the cache and
-attends, for every row at once; it agrees with the PyTorch path to float32
-rounding (tests/test_kernels.py), not bitwise.
+`GPT.decode` calls `decode_attention` and `rms_norm` for fp32 CPU tensors when
+the kernels are available, and PyTorch's own operations otherwise (other devices
+and dtypes, no C compiler, TINYSTORIES_KERNELS=0 in the environment, or
+`ENABLED = False`). The attention kernel (csrc/decode.c) rotates the new query
+and key heads, writes the key and value into the cache and attends, for every
+row at once. Both agree with the PyTorch path to float32 rounding
+(tests/test_kernels.py), not bitwise.
 
 It is compiled with the system's C compiler (`cc`, or $CC) into a per-user cache
 (`$TINYSTORIES_CACHE`, else `$XDG_CACHE_HOME/tinystories`, else
@@ -43,7 +44,7 @@ thread_budget: contextvars.ContextVar[int | None] = contextvars.ContextVar("thre
 one PyTorch thread (many tiny kernels, each parallel region costing more than it splits) but leaves
 the kernel the threads it had, since one call is a single parallel region over all rows."""
 
-SOURCE = Path(__file__).with_name("csrc") / "decode_attention.c"
+SOURCE = Path(__file__).with_name("csrc") / "decode.c"
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
 # -ffast-math lets the exp loop use glibc's vector expf (its declarations need __FAST_MATH__); the kernel
 # never relies on inf or NaN.
@@ -75,7 +76,7 @@ def _build(compiler: str) -> Path:
     """The shared library for this source, flags and CPU, compiled once; written atomically."""
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), _cpu_id().encode()])).hexdigest()[:16]
-    out = _cache_dir() / "kernels" / f"decode_attention-{key}.so"
+    out = _cache_dir() / "kernels" / f"decode-{key}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -107,6 +108,8 @@ def _library() -> ctypes.CDLL | None:
     fn = lib.decode_attention
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_int]
+    lib.rms_norm.restype = None
+    lib.rms_norm.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 2 + [ctypes.c_float]
     return lib
 
 
@@ -116,7 +119,7 @@ def available() -> bool:
 
 
 def usable(x: torch.Tensor, cache: torch.Tensor) -> bool:
-    """Whether `decode_attention` takes these operands: fp32 CPU tensors and a kernel built here."""
+    """Whether the kernels take these operands: fp32 CPU tensors, and kernels built here."""
     return x.device.type == "cpu" and x.dtype == torch.float32 and cache.dtype == torch.float32 and available()
 
 
@@ -156,4 +159,14 @@ def decode_attention(
     )
     if status != 0:
         raise MemoryError("decode_attention: could not allocate scratch memory")
+    return out
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of x (B, C) contiguous fp32 with weight (C,): what torch.rms_norm computes, in one call."""
+    lib = _library()
+    assert lib is not None, "rms_norm called without a kernel; check usable() first"
+    assert x.is_contiguous() and weight.is_contiguous() and x.dim() == 2
+    out = torch.empty_like(x)
+    lib.rms_norm(x.data_ptr(), weight.data_ptr(), out.data_ptr(), x.shape[0], x.shape[1], eps)
     return out

@@ -1,4 +1,7 @@
-/* Attention for one decode step of a batch, fp32 on the CPU (see tinystories/kernels.py).
+/* Kernels for one decode step of a batch, fp32 on the CPU (see tinystories/kernels.py):
+   decode_attention, then rms_norm at the end.
+
+   decode_attention
 
    For each row b at position p = pos[b]:
      1. rotate its query heads and its new key heads by RoPE angle p (when a table is given);
@@ -196,4 +199,18 @@ int decode_attention(float *qkv, const float *rope, const int64_t *pos, float *k
         }
     }
     return failed ? -1 : 0;
+}
+
+/* RMSNorm of B rows of C floats: out = x / sqrt(mean(x^2) + eps) * weight. One call instead of
+   PyTorch's composite (about ten kernels on the CPU), which dominates a one-row decode step. */
+void rms_norm(const float *x, const float *weight, float *out, int B, int C, float eps)
+{
+    for (int b = 0; b < B; b++) {
+        const float *row = x + (int64_t)b * C;
+        float ss = 0.0f;
+        for (int c = 0; c < C; c++) ss += row[c] * row[c];
+        float r = 1.0f / sqrtf(ss / C + eps);
+        float *o = out + (int64_t)b * C;
+        for (int c = 0; c < C; c++) o[c] = row[c] * r * weight[c];
+    }
 }
