@@ -600,19 +600,24 @@ class GPT(nn.Module):
     def decode(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Logits (B, V) for the token after `tokens` (B,): one new token per row, at position cache.lengths[b].
 
-        Computes what `forward(tokens[:, None], cache=cache, logits="last")` does,
-        with the same kernels on the same operands, so the logits are bitwise
-        the same; forward calls it when no gradient, hook, loss or dropout is
-        involved. Why a separate path: a decode step of a small model is a few
-        hundred kernels of a few microseconds each, so what surrounds them
-        (module calls, mask building, transposing weights, reordering the RoPE
-        rows, Python-level tensor methods) costs as much as the arithmetic.
-        Here a layer is about 20 kernels on operands prepared once
-        (`_decode_weights`): the norm, one matmul for q, k and v, one complex
-        multiply rotating q and k, one indexed copy of the new key and value
-        into the cache, attention with no mask unless rows are at different
-        positions or a local layer's window hides keys, the output matmul with
-        the residual add folded in, and the MLP likewise.
+        Computes what `forward(tokens[:, None], cache=cache, logits="last")` does;
+        forward calls it when no gradient, hook, loss or dropout is involved. Why a
+        separate path: a decode step of a small model is a few hundred kernels of
+        a few microseconds each, so what surrounds them (module calls, mask
+        building, transposing weights, reordering the RoPE rows, Python-level
+        tensor methods) costs as much as the arithmetic. Operands are prepared
+        once (`_decode_weights`), and a layer is: the norm, one matmul for q, k
+        and v, attention, the output matmul with the residual add folded in, and
+        the MLP likewise.
+
+        Attention, two ways. fp32 on the CPU: the C kernels of `kernels.py`
+        rotate q and k, write the cache and attend in one call per layer, and
+        RMSNorm is one call too; the logits agree with forward's to float32
+        rounding. Otherwise (other devices and dtypes, or kernels off): the
+        same PyTorch kernels as forward on the same operands, so the logits are
+        bitwise the same: one complex multiply rotating q and k, one indexed
+        copy into the cache, and SDPA with no mask unless rows are at different
+        positions or a local layer's window hides keys.
         """
         cfg = self.config
         B = tokens.shape[0]
