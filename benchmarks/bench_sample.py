@@ -15,8 +15,11 @@ interleaved (each round runs every side once, the order alternating from
 round to round), so load from other work on a shared machine hits both
 sides alike; the best and the median round are both reported, with the load
 average around each case. Before timing, 24 greedy tokens are compared between
-the two sides as a check that the weights really are the same. `--compile`
-adds rows for ours with the model under `torch.compile` (dynamic shapes).
+the two sides as a check that the weights really are the same. Ours runs with
+its C decode kernels (tinystories/kernels.py: attention and RMSNorm, fp32 on the
+CPU) and, as a third side, without them (`ours_pytorch`: PyTorch's operations
+only). `--compile` adds rows for ours with the model under `torch.compile`
+(dynamic shapes).
 
 Writes benchmarks/results/sample.json and prints a markdown table.
 
@@ -35,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from tinystories import kernels
 from tinystories.convert import hf as convert
 from tinystories.convert.llama2c import load_llama2c
 from tinystories.io import atomic_write_text
@@ -71,6 +75,15 @@ def hf_twin(model: GPT, family: str) -> torch.nn.Module:
 def ours(model: GPT, streams: int, tokens: int, greedy: bool = False) -> list[list[int]]:
     params = SampleParams(temperature=0.0 if greedy else 1.0, max_new_tokens=tokens, seed=0, stop_at_eot=False)
     return generate(model, [[1]] * streams, params, max_batch=streams)
+
+
+def ours_pytorch(model: GPT, streams: int, tokens: int, greedy: bool = False) -> list[list[int]]:
+    """Ours without the C decode kernels: PyTorch's attention and RMSNorm."""
+    kernels.ENABLED = False
+    try:
+        return ours(model, streams, tokens, greedy)
+    finally:
+        kernels.ENABLED = True
 
 
 @torch.inference_mode()
@@ -135,6 +148,8 @@ def main() -> None:
             heavy = (family, streams) == ("neo", 64)
             tokens = min(args.tokens, args.tokens_neo64) if heavy else args.tokens
             runners = {"ours": (ours, model), "transformers": (theirs, hf)}
+            if kernels.available():
+                runners["ours_pytorch"] = (ours_pytorch, model)
             if compiled is not None:
                 runners["ours_compiled"] = (ours, compiled)
             for fn, m in runners.values():  # warm up (and compile) on a short run
@@ -181,11 +196,13 @@ def main() -> None:
         "machine": platform.machine(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "decode_kernels": kernels.available(),
         "cases": cases,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
-    cols = ["ours", "transformers"] + (["ours_compiled"] if args.compile else [])
+    cols = ["ours", "transformers"] + (["ours_pytorch"] if kernels.available() else [])
+    cols += ["ours_compiled"] if args.compile else []
     print(f"\n| model | streams | new tokens | {' | '.join(c + ' tok/s (best / median)' for c in cols)} "
           "| speedup (best / median) | target | greedy match |")
     print("|---|---|---|" + "---|" * len(cols) + "---|---|---|")
