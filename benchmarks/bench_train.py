@@ -15,7 +15,9 @@ that, not warm-up or the allocator, is what made best and median disagree.)
     (a) llama-260k, batch 16 x 512 (vocab 512): ours against transformers'
         LlamaForCausalLM (same configuration) and the llama2.c-style baseline;
         also our whole `train()` loop (data loader, schedule, logging) on real
-        stories, to show the loop adds little.
+        stories, to show the loop adds little. Ours runs with its C attention
+        kernel (tinystories/kernels.py); `ours_pytorch` is the same model with
+        it switched off (PyTorch's SDPA), timed in the same rounds.
     (b) llama-15m, batch 8 x 256 (vocab 32000): the same, compared with this
         CPU's fp32 matmul limit: tokens/s = achievable matmul FLOP/s (2048 x
         2048 torch matmuls, timed as one more variant of the same interleaved
@@ -47,6 +49,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from llama2c_style import BaselineConfig, BaselineLlama
+from tinystories import kernels
 from tinystories.io import atomic_open
 from tinystories.model import GPT
 from tinystories.presets import preset
@@ -103,6 +106,19 @@ def hf_loss(model, x, y):
 
 def baseline_loss(model, x, y):
     return model(x, y)[1]
+
+
+def without_kernels(step: Callable[[], None]) -> Callable[[], None]:
+    """The same step with our C attention kernel switched off (PyTorch's SDPA, as before it)."""
+
+    def run() -> None:
+        kernels.ENABLED = False
+        try:
+            step()
+        finally:
+            kernels.ENABLED = True
+
+    return run
 
 
 def interleaved(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
@@ -166,6 +182,10 @@ def bench_case(name: str, batch: int, seq: int, rounds: int, threads: int, compi
         "transformers": step_fn(hf_llama(cfg), hf_loss, x, y),
         "llama2c_style": step_fn(baseline(cfg), baseline_loss, x, y),
     }
+    if kernels.available():
+        twin = GPT(cfg)
+        twin.load_state_dict(ours.state_dict())
+        steps["ours_pytorch"] = without_kernels(step_fn(twin, ours_loss, x, y, fused=True))
     if with_matmul:
         # The fp32 matmul limit is timed as one more variant of the same interleaved rounds, so the
         # load that slows a training step slows the limit alike (a separate burst of matmuls taken at
@@ -246,9 +266,9 @@ def main() -> None:
         json.dump(result, f, indent=2)
 
     print(f"train: CPU, {args.threads} threads, interleaved rounds, tokens/s best / median (higher is better)\n")
-    print("| model | batch | ours | ours, compiled | ours, train() loop | transformers | llama2.c-style "
-          "| ours / transformers | compiled / transformers | load avg |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| model | batch | ours | ours, PyTorch attention | ours, compiled | ours, train() loop | transformers "
+          "| llama2.c-style | ours / transformers | compiled / transformers | load avg |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c in (small, large):
         t, m = c["tokens_per_s"], c["median_tokens_per_s"]
 
@@ -257,7 +277,8 @@ def main() -> None:
 
         loop = f"{t['ours_train_loop']:,.0f}" if t.get("ours_train_loop") else "-"
         comp_ratio = f"{t['ours_compiled'] / t['transformers']:.2f}x" if t.get("ours_compiled") else "-"
-        print(f"| {c['preset']} | {c['batch']} x {c['seq_len']} | {both('ours')} | {both('ours_compiled')} | {loop} "
+        print(f"| {c['preset']} | {c['batch']} x {c['seq_len']} | {both('ours')} | {both('ours_pytorch')} "
+              f"| {both('ours_compiled')} | {loop} "
               f"| {both('transformers')} | {both('llama2c_style')} | {t['ours'] / t['transformers']:.2f}x / "
               f"{m['ours'] / m['transformers']:.2f}x | {comp_ratio} | {c['load_average'][0]} -> "
               f"{c['load_average'][1]} |")

@@ -1,4 +1,4 @@
-"""The C decode-attention kernel against PyTorch, its model path, and its fallbacks."""
+"""The C attention kernels (decode and training) and RMSNorm against PyTorch, in the model, and their fallbacks."""
 
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def test_the_kernel_is_built_once_into_the_cache(monkeypatch, tmp_path):
     kernels._library.cache_clear()
     try:
         assert kernels.available()
-        built = list((tmp_path / "kernels").glob("decode-*.so"))
+        built = list((tmp_path / "kernels").glob("kernels-*.so"))
         assert len(built) == 1
         stamp = built[0].stat().st_mtime_ns
         kernels._library.cache_clear()
@@ -125,3 +125,88 @@ def test_other_dtypes_keep_pytorch_attention():
     x = torch.zeros(2, 8, dtype=torch.bfloat16)
     assert not kernels.usable(x, torch.zeros(2, 2, 4, 8, dtype=torch.bfloat16))
     assert not kernels.usable(x.float(), torch.zeros(2, 2, 4, 8, dtype=torch.float64))
+
+
+def sdpa_causal(q, k, v, window, scale):
+    """Reference for `causal_attention`: SDPA on (B, H, T, D) with the causal (and window) mask."""
+    _, T, H, _ = q.shape
+    K = k.shape[2]
+    i = torch.arange(T)
+    dist = i[:, None] - i[None, :]
+    mask = (dist >= 0) & (dist < (window or T))
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if K != H:
+        kt, vt = kt.repeat_interleave(H // K, dim=1), vt.repeat_interleave(H // K, dim=1)
+    return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale).transpose(1, 2)
+
+
+@needs_kernel
+@pytest.mark.parametrize(("H", "K", "D", "window", "T"), [
+    (4, 2, 8, None, 37),  # grouped queries; 37 keys: blocks of eight and a remainder
+    (4, 4, 16, 5, 37),  # a local window
+    (6, 6, 48, None, 20),  # llama-15m's head dim
+    (8, 2, 24, 3, 9),  # a head dim without a specialised copy
+    (2, 1, 8, None, 1),  # one token
+])
+def test_training_attention_equals_sdpa_forward_and_backward(H, K, D, window, T):
+    torch.manual_seed(H + K + D + T)
+    B = 3
+    qkv = torch.randn(B, T, H + 2 * K, D, dtype=torch.float32, requires_grad=True)
+    q, k, v = qkv.split([H, K, K], dim=2)  # strided views, as the model's fused projection gives them
+    assert kernels.trainable(q, k)
+    scale = D**-0.5
+    got = kernels.causal_attention(q, k, v, window, scale)
+    want = sdpa_causal(q, k, v, window, scale)
+    assert (got - want).abs().max() < 1e-5
+    dy = torch.randn_like(got)
+    (g1,) = torch.autograd.grad(got, qkv, dy)
+    (g2,) = torch.autograd.grad(want, qkv, dy)
+    assert (g1 - g2).abs().max() < 2e-5
+
+
+@needs_kernel
+def test_training_attention_is_bitwise_the_same_on_any_number_of_threads():
+    torch.manual_seed(0)
+    qkv = torch.randn(3, 40, 16, 8, requires_grad=True)
+    q, k, v = qkv.split([8, 4, 4], dim=2)
+    results = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            y = kernels.causal_attention(q, k, v, None, 0.35)
+            (g,) = torch.autograd.grad(y.square().sum(), qkv)
+            results.append((y, g))
+    finally:
+        torch.set_num_threads(before)
+    for y, g in results[1:]:
+        assert torch.equal(y, results[0][0]) and torch.equal(g, results[0][1])
+
+
+@needs_kernel
+@pytest.mark.parametrize("name", ["llama-260k", "neo-1m"])
+def test_training_with_the_kernel_matches_sdpa(name, monkeypatch):
+    # The model's loss and every parameter's gradient, kernel against SDPA (neo: local layers of window 8).
+    over = {"vocab_size": 97, "windows": (None, 8) * 4, "n_head": 8} if name == "neo-1m" else {"vocab_size": 97}
+    torch.manual_seed(0)
+    model = GPT(preset(name, **over)).train()
+    x = torch.randint(0, 97, (2, 33))
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = model(x, x, logits="none").loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    fast = loss_and_grads()
+    monkeypatch.setattr(kernels, "ENABLED", False)
+    slow = loss_and_grads()
+    assert abs(fast[0] - slow[0]) < 1e-5
+    assert all((a - b).abs().max() < 1e-5 for a, b in zip(fast[1], slow[1]))
+
+
+def test_training_attention_is_not_taken_for_other_operands():
+    q = torch.zeros(1, 4, 2, 8)
+    assert not kernels.trainable(q.double(), q.double())
+    assert not kernels.trainable(torch.zeros(1, 4, 2, 4), torch.zeros(1, 4, 2, 4))  # head dim 4: SDPA
+    assert not kernels.trainable(q.transpose(2, 3), q)  # the head dim not contiguous

@@ -1,12 +1,21 @@
-"""C kernels for one decode step on the CPU (attention, RMSNorm), built on first use.
+"""C kernels for attention on the CPU (csrc/kernels.c), built on first use.
 
-`GPT.decode` calls `decode_attention` and `rms_norm` for fp32 CPU tensors when
-the kernels are available, and PyTorch's own operations otherwise (other devices
-and dtypes, no C compiler, TINYSTORIES_KERNELS=0 in the environment, or
-`ENABLED = False`). The attention kernel (csrc/decode.c) rotates the new query
-and key heads, writes the key and value into the cache and attends, for every
-row at once. Both agree with the PyTorch path to float32 rounding
-(tests/test_kernels.py), not bitwise.
+fp32 on the CPU, the model calls them where PyTorch spends its time on
+overhead rather than arithmetic, and uses PyTorch's own operations otherwise
+(other devices and dtypes, no C compiler, TINYSTORIES_KERNELS=0 in the
+environment, or `ENABLED = False`):
+
+- `causal_attention`: whole-sequence causal (and windowed) attention, forward
+  and backward, for training and scoring; at head dims of 8-64 the inner
+  products are too short for PyTorch's flash kernel, and this runs about 4x
+  faster (benchmarks/README.md).
+- `decode_attention`: one decode step: rotates the new query and key heads,
+  writes the key and value into the cache and attends, every row at its own
+  position, in one call per layer.
+- `rms_norm`: one call instead of PyTorch's composite of about ten kernels.
+
+They agree with PyTorch to float32 rounding (tests/test_kernels.py), not
+bitwise; each is deterministic, whatever the number of threads.
 
 It is compiled with the system's C compiler (`cc`, or $CC) into a per-user cache
 (`$TINYSTORIES_CACHE`, else `$XDG_CACHE_HOME/tinystories`, else
@@ -44,7 +53,7 @@ thread_budget: contextvars.ContextVar[int | None] = contextvars.ContextVar("thre
 one PyTorch thread (many tiny kernels, each parallel region costing more than it splits) but leaves
 the kernel the threads it had, since one call is a single parallel region over all rows."""
 
-SOURCE = Path(__file__).with_name("csrc") / "decode.c"
+SOURCE = Path(__file__).with_name("csrc") / "kernels.c"
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
 # -ffast-math lets the exp loop use glibc's vector expf (its declarations need __FAST_MATH__); the kernel
 # never relies on inf or NaN.
@@ -76,7 +85,7 @@ def _build(compiler: str) -> Path:
     """The shared library for this source, flags and CPU, compiled once; written atomically."""
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), _cpu_id().encode()])).hexdigest()[:16]
-    out = _cache_dir() / "kernels" / f"decode-{key}.so"
+    out = _cache_dir() / "kernels" / f"kernels-{key}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -110,6 +119,12 @@ def _library() -> ctypes.CDLL | None:
     fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_int]
     lib.rms_norm.restype = None
     lib.rms_norm.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 2 + [ctypes.c_float]
+    strided = [ctypes.c_void_p] + [ctypes.c_int64] * 3  # a (B, T, heads, D) tensor: pointer, b/t/head strides
+    sizes = [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_int]  # B, T, H, K, D, window, scale, threads
+    lib.attention_forward.restype = ctypes.c_int
+    lib.attention_forward.argtypes = strided * 3 + [ctypes.c_void_p] * 2 + sizes
+    lib.attention_backward.restype = ctypes.c_int
+    lib.attention_backward.argtypes = strided * 3 + [ctypes.c_void_p] * 6 + sizes
     return lib
 
 
@@ -170,3 +185,63 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     out = torch.empty_like(x)
     lib.rms_norm(x.data_ptr(), weight.data_ptr(), out.data_ptr(), x.shape[0], x.shape[1], eps)
     return out
+
+
+def _strided(x: torch.Tensor) -> list[int]:
+    """A (B, T, heads, D) tensor as the kernels take it: pointer, then the b, t and head strides."""
+    return [x.data_ptr(), *x.stride()[:3]]
+
+
+class _CausalAttention(torch.autograd.Function):
+    """Causal (optionally windowed) attention with a C forward and backward; see `causal_attention`."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, window, scale):  # type: ignore[override]
+        B, T, H, D = q.shape
+        K = k.shape[2]
+        lib = _library()
+        y = torch.empty(B, T, H, D)
+        lse = torch.empty(B, H, T)
+        status = lib.attention_forward(*_strided(q), *_strided(k), *_strided(v), y.data_ptr(), lse.data_ptr(),
+                                       B, T, H, K, D, window or 0, scale, torch.get_num_threads())
+        if status != 0:
+            raise MemoryError("attention_forward: could not allocate scratch memory")
+        ctx.save_for_backward(q, k, v, y, lse)
+        ctx.window, ctx.scale = window, scale
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):  # type: ignore[override]
+        q, k, v, y, lse = ctx.saved_tensors
+        B, T, H, D = q.shape
+        K = k.shape[2]
+        dy = dy.contiguous()
+        dq = torch.empty(B, T, H, D)
+        dk, dv = torch.zeros(B, K, T, D), torch.zeros(B, K, T, D)  # per (row, head) contiguous: see kernels.c
+        status = _library().attention_backward(
+            *_strided(q), *_strided(k), *_strided(v), y.data_ptr(), dy.data_ptr(), lse.data_ptr(),
+            dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), B, T, H, K, D, ctx.window or 0, ctx.scale,
+            torch.get_num_threads(),
+        )
+        if status != 0:
+            raise MemoryError("attention_backward: could not allocate scratch memory")
+        return dq, dk.transpose(1, 2), dv.transpose(1, 2), None, None
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None,
+                     scale: float) -> torch.Tensor:
+    """Causal self-attention y (B, T, H, D) of q (B, T, H, D) over k, v (B, T, K, D), differentiable.
+
+    Query i sees keys [max(0, i + 1 - window), i]; query head h reads key/value
+    head h // (H / K). Any strides, the last dimension contiguous (the views the
+    fused projection gives); fp32 on the CPU, head dim a multiple of 8 (see
+    `trainable`). The backward pass recomputes the probabilities from the saved
+    log-sum-exp of each query, as flash attention does, so memory stays O(T).
+    """
+    return _CausalAttention.apply(q, k, v, window, scale)
+
+
+def trainable(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether `causal_attention` takes these operands."""
+    return (q.device.type == "cpu" and q.dtype == torch.float32 and k.dtype == torch.float32
+            and q.shape[-1] % 8 == 0 and q.stride(-1) == 1 and k.stride(-1) == 1 and available())

@@ -272,6 +272,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+def _compiling() -> bool:
+    """Whether torch.compile is tracing (it cannot trace into the C kernels: it keeps SDPA)."""
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling and is_compiling())
+
+
 def _attention_mask(positions: torch.Tensor, kv_len: int, window: int | None) -> torch.Tensor:
     """(..., S) bool: which of keys 0..S-1 a query at each position sees (causal, within `window`)."""
     dist = positions[..., None] - torch.arange(kv_len, device=positions.device)  # i - j
@@ -368,6 +374,15 @@ class Attention(nn.Module):
             q, k = rotate_pairs(qk.view(B, T, H + K, D), rotations).split([H, K], dim=2)  # (B, T, H|K, D)
         v = v.view(B, T, K, D)
 
+        dropout = self.dropout if self.training else 0.0
+        if (step.cache is None and dropout == 0.0 and not _compiling() and kernels.trainable(q, k)
+                and (hooks is None or self.prefix + "hook_pattern" not in hooks)):
+            # fp32 on the CPU, whole sequences: the C kernel, forward and backward (kernels.py); 4x
+            # PyTorch's flash kernel at head dims of 8-64, whose inner products are too short for it.
+            y = kernels.causal_attention(q, k, v, self.window, self.scale)  # (B, T, H, D)
+            z = _hook(hooks, self.prefix, "hook_z", y)
+            return _dropout(self.out(z.reshape(B, T, H * D)), self.dropout, self.training)  # (B, T, C)
+
         if step.cache is None:
             k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, K, S, D)
         else:
@@ -386,7 +401,6 @@ class Attention(nn.Module):
 
         # mask None: T > 1 means plain causal (S == T); T == 1 means every one of the S keys is visible.
         mask = step.masks[self.window]
-        dropout = self.dropout if self.training else 0.0
         if hooks is not None and self.prefix + "hook_pattern" in hooks:
             if K != H:  # query head h reads key/value head h // (H / K)
                 k, v = k.repeat_interleave(H // K, dim=1), v.repeat_interleave(H // K, dim=1)  # (B, H, S, D)

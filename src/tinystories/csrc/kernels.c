@@ -1,0 +1,379 @@
+/* Attention kernels, fp32 on the CPU (see tinystories/kernels.py): decode_attention for one
+   decode step of a batch, rms_norm, and attention_forward / attention_backward over whole
+   sequences for training, at the end.
+
+   decode_attention
+
+   For each row b at position p = pos[b]:
+     1. rotate its query heads and its new key heads by RoPE angle p (when a table is given);
+     2. write the new key and value into the cache at slot p;
+     3. attend each query head to its key/value head's slots [lo, p], lo = max(0, p + 1 - window),
+        and write the result to out.
+
+   Why a kernel of its own: at head dims of 4-64 and a few hundred keys, PyTorch's
+   scaled_dot_product_attention spends most of its time on per-(row, head) overhead
+   (hundreds of microseconds a step at 64 rows), and the steps around it (rotation,
+   cache write) are a dozen microsecond-sized kernels each.
+
+   Layouts (all contiguous):
+     qkv   (B, H + 2K, D): query heads, then key heads, then value heads; rotated in place.
+           With RoPE, each query and key head is in pair order: dims (2i, 2i + 1) are the
+           real and imaginary parts of pair i.
+     rope  (max_pos, D/2, 2): cos and sin of position t at frequency i, or NULL.
+     kv    (B, 2K, M, D): one layer's cache; heads [0, K) are keys, [K, 2K) values.
+     out   (B, H, D).
+   Query head h reads key/value head h / (H / K), as grouped-query attention does. */
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* One row, any head dim: plain loops. `scores` holds M floats. */
+static void attend_row_any(float *x, int64_t p, float *kv, float *out,
+                           int H, int K, int D, int M, int window, float scale, float *scores)
+{
+    const int G = H / K;
+    int64_t lo = (window > 0 && p + 1 > window) ? p + 1 - window : 0;
+    int n = (int)(p + 1 - lo);  /* >= 1: a token always sees itself */
+    for (int qh = 0; qh < H; qh++) {
+        int h = qh / G;
+        const float *q = x + qh * D;
+        const float *keys = kv + ((int64_t)h * M + lo) * D;
+        const float *vals = kv + ((int64_t)(K + h) * M + lo) * D;
+        float m = 0.0f;
+        for (int t = 0; t < n; t++) {
+            float s = 0.0f;
+            for (int d = 0; d < D; d++) s += q[d] * keys[(int64_t)t * D + d];
+            scores[t] = s * scale;
+            m = (t == 0 || scores[t] > m) ? scores[t] : m;
+        }
+        float sum = 0.0f;
+        for (int t = 0; t < n; t++) {
+            scores[t] = expf(scores[t] - m);
+            sum += scores[t];
+        }
+        float *o = out + qh * D;
+        for (int d = 0; d < D; d++) o[d] = 0.0f;
+        for (int t = 0; t < n; t++)
+            for (int d = 0; d < D; d++) o[d] += scores[t] * vals[(int64_t)t * D + d];
+        for (int d = 0; d < D; d++) o[d] /= sum;
+    }
+}
+
+/* Eight floats, as one AVX register (two on 128-bit SIMD); any alignment. */
+typedef float v8 __attribute__((vector_size(32), aligned(4)));
+
+/* Lane j of the result is the sum of p[j]'s eight lanes: eight dot products finished at once
+   by a tree of shuffles, instead of one horizontal sum per key. */
+static inline v8 sum_lanes(const v8 p[8])
+{
+#define EVEN_ODD(x, y) (__builtin_shufflevector(x, y, 0, 8, 2, 10, 4, 12, 6, 14) + \
+                        __builtin_shufflevector(x, y, 1, 9, 3, 11, 5, 13, 7, 15))
+#define PAIRS(x, y) (__builtin_shufflevector(x, y, 0, 1, 8, 9, 4, 5, 12, 13) + \
+                     __builtin_shufflevector(x, y, 2, 3, 10, 11, 6, 7, 14, 15))
+    v8 a0 = EVEN_ODD(p[0], p[1]), a1 = EVEN_ODD(p[2], p[3]), a2 = EVEN_ODD(p[4], p[5]), a3 = EVEN_ODD(p[6], p[7]);
+    v8 b0 = PAIRS(a0, a1), b1 = PAIRS(a2, a3);
+    return __builtin_shufflevector(b0, b1, 0, 1, 2, 3, 8, 9, 10, 11) +
+           __builtin_shufflevector(b0, b1, 4, 5, 6, 7, 12, 13, 14, 15);
+#undef EVEN_ODD
+#undef PAIRS
+}
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* out[t] = q . keys[t] for t < n: q is C chunks, key t starts `stride` floats after key t - 1. */
+INLINE void dots(const v8 *q, const float *keys, int64_t stride, int n, const int C, float *out)
+{
+    int t = 0;
+    for (; t + 8 <= n; t += 8) {
+        v8 prod[8];
+        for (int j = 0; j < 8; j++) {
+            const v8 *k = (const v8 *)(keys + (t + j) * stride);
+            prod[j] = q[0] * k[0];
+            for (int c = 1; c < C; c++) prod[j] += q[c] * k[c];
+        }
+        *(v8 *)(out + t) = sum_lanes(prod);
+    }
+    for (; t < n; t++) {
+        const v8 *k = (const v8 *)(keys + t * stride);
+        v8 prod = q[0] * k[0];
+        for (int c = 1; c < C; c++) prod += q[c] * k[c];
+        float s = 0.0f;
+        for (int d = 0; d < 8; d++) s += prod[d];
+        out[t] = s;
+    }
+}
+
+/* s[t] = exp(s[t] - max s) in place; returns the sum, and the max through *max. */
+INLINE float exp_shifted(float *s, int n, float *max)
+{
+    float m = s[0];
+    for (int t = 1; t < n; t++) m = s[t] > m ? s[t] : m;
+    float sum = 0.0f;
+    for (int t = 0; t < n; t++) {
+        s[t] = expf(s[t] - m);
+        sum += s[t];
+    }
+    *max = m;
+    return sum;
+}
+
+/* out = sum over t < n of w[t] * vals[t] (C chunks each, rows `stride` floats apart). Two
+   accumulators per chunk, so consecutive rows' multiply-adds do not wait on each other. */
+INLINE void weighted_sum(const float *w, const float *vals, int64_t stride, int n, const int C, v8 *out)
+{
+    v8 acc[C], acc2[C];
+    for (int c = 0; c < C; c++) acc[c] = acc2[c] = (v8){0};
+    int t = 0;
+    for (; t + 2 <= n; t += 2) {
+        const v8 *v = (const v8 *)(vals + t * stride), *v2 = (const v8 *)(vals + (t + 1) * stride);
+        for (int c = 0; c < C; c++) {
+            acc[c] += w[t] * v[c];
+            acc2[c] += w[t + 1] * v2[c];
+        }
+    }
+    if (t < n)
+        for (int c = 0; c < C; c++) acc[c] += w[t] * ((const v8 *)(vals + t * stride))[c];
+    for (int c = 0; c < C; c++) out[c] = acc[c] + acc2[c];
+}
+
+/* One row for head dims that are a multiple of 8: each head is C = D / 8 chunks of eight floats.
+   C is a constant in the specialised copies below, so the chunk loops unroll. */
+INLINE void attend_row_chunks(const float *x, int64_t p, const float *kv, float *out,
+                              int H, int K, const int C, int M, int window, float scale, float *scores)
+{
+    const int D = 8 * C, G = H / K;
+    int64_t lo = (window > 0 && p + 1 > window) ? p + 1 - window : 0;
+    int n = (int)(p + 1 - lo);
+    for (int qh = 0; qh < H; qh++) {
+        int h = qh / G;
+        v8 q[C], acc[C];
+        for (int c = 0; c < C; c++) q[c] = ((const v8 *)(x + qh * D))[c] * scale;
+        dots(q, kv + ((int64_t)h * M + lo) * D, D, n, C, scores);
+        float m, sum = exp_shifted(scores, n, &m);
+        weighted_sum(scores, kv + ((int64_t)(K + h) * M + lo) * D, D, n, C, acc);
+        for (int c = 0; c < C; c++) ((v8 *)(out + qh * D))[c] = acc[c] * (1.0f / sum);
+    }
+}
+
+/* Rows [b0, b1): rotate, write the cache, attend. */
+static void rows(float *qkv, const float *rope, const int64_t *pos, float *kv, float *out,
+                 int b0, int b1, int H, int K, int D, int M, int window, float scale, float *scores)
+{
+    for (int b = b0; b < b1; b++) {
+        float *x = qkv + (int64_t)b * (H + 2 * K) * D;
+        float *cache = kv + (int64_t)b * 2 * K * M * D;
+        float *o = out + (int64_t)b * H * D;
+        int64_t p = pos[b];
+        if (rope) {
+            const float *r = rope + p * D;  /* (D/2, 2) */
+            for (int h = 0; h < H + K; h++) {
+                float *v = x + h * D;
+                for (int i = 0; i < D; i += 2) {
+                    float a = v[i], c = v[i + 1], cs = r[i], sn = r[i + 1];
+                    v[i] = a * cs - c * sn;
+                    v[i + 1] = a * sn + c * cs;
+                }
+            }
+        }
+        for (int h = 0; h < 2 * K; h++)
+            memcpy(cache + ((int64_t)h * M + p) * D, x + (H + h) * D, D * sizeof(float));
+        switch (D) {
+        case 8: attend_row_chunks(x, p, cache, o, H, K, 1, M, window, scale, scores); break;
+        case 16: attend_row_chunks(x, p, cache, o, H, K, 2, M, window, scale, scores); break;
+        case 32: attend_row_chunks(x, p, cache, o, H, K, 4, M, window, scale, scores); break;
+        case 48: attend_row_chunks(x, p, cache, o, H, K, 6, M, window, scale, scores); break;
+        case 64: attend_row_chunks(x, p, cache, o, H, K, 8, M, window, scale, scores); break;
+        default:
+            if (D % 8 == 0 && D <= 256)
+                attend_row_chunks(x, p, cache, o, H, K, D / 8, M, window, scale, scores);
+            else
+                attend_row_any(x, p, cache, o, H, K, D, M, window, scale, scores);
+        }
+    }
+}
+
+/* Returns 0, or -1 when scratch memory could not be had. threads > 1 splits the rows. */
+int decode_attention(float *qkv, const float *rope, const int64_t *pos, float *kv, float *out,
+                     int B, int H, int K, int D, int M, int window, float scale, int threads)
+{
+    int failed = 0;
+    if (threads > B) threads = B;
+#pragma omp parallel num_threads(threads > 1 ? threads : 1) reduction(| : failed)
+    {
+        int n = 1, id = 0;
+#ifdef _OPENMP
+        n = omp_get_num_threads();
+        id = omp_get_thread_num();
+#endif
+        float *scores = malloc(sizeof(float) * (size_t)M);
+        if (!scores) {
+            failed = 1;
+        } else {
+            int b0 = (int)((int64_t)B * id / n), b1 = (int)((int64_t)B * (id + 1) / n);
+            rows(qkv, rope, pos, kv, out, b0, b1, H, K, D, M, window, scale, scores);
+            free(scores);
+        }
+    }
+    return failed ? -1 : 0;
+}
+
+/* RMSNorm of B rows of C floats: out = x / sqrt(mean(x^2) + eps) * weight. One call instead of
+   PyTorch's composite (about ten kernels on the CPU), which dominates a one-row decode step. */
+void rms_norm(const float *x, const float *weight, float *out, int B, int C, float eps)
+{
+    for (int b = 0; b < B; b++) {
+        const float *row = x + (int64_t)b * C;
+        float ss = 0.0f;
+        for (int c = 0; c < C; c++) ss += row[c] * row[c];
+        float r = 1.0f / sqrtf(ss / C + eps);
+        float *o = out + (int64_t)b * C;
+        for (int c = 0; c < C; c++) o[c] = row[c] * r * weight[c];
+    }
+}
+
+/* Causal attention over whole sequences, forward and backward, for training and scoring (head dims
+   a multiple of 8). q, k and v are (B, T, heads, D) with any strides for b, t and the head (in
+   floats) and D contiguous, as the fused projection leaves them; y and dy are (B, T, H, D) and dq
+   (B, T, H, D), dk and dv (B, K, T, D), all contiguous; lse (B, H, T) holds each query's
+   log-sum-exp of its scaled scores, from which the backward pass recomputes the probabilities
+   instead of storing them. Query i attends to keys [max(0, i + 1 - window), i] (window 0: all
+   of [0, i]). Work is split by (row, key/value head); each task first copies its key and value
+   rows next to each other (they are hundreds of bytes apart in the projection), and the G query
+   heads that read them, and write their gradients, share the task: no two threads write the
+   same memory. */
+
+typedef struct {
+    const float *p;
+    int64_t sb, st, sh;  /* strides of b, t and the head, in floats */
+} strided;
+
+INLINE const float *at(strided x, int b, int t, int h) { return x.p + b * x.sb + t * x.st + h * x.sh; }
+
+/* Rows t < T of head h of row b, packed: out is (T, D). */
+static void pack(strided x, int b, int h, int T, int D, float *out)
+{
+    for (int t = 0; t < T; t++) memcpy(out + (int64_t)t * D, at(x, b, t, h), sizeof(float) * (size_t)D);
+}
+
+INLINE void forward_head(strided q, const float *keys, const float *vals, float *y, float *lse, int b, int h,
+                         int T, int H, const int C, int window, float scale, float *s)
+{
+    const int D = 8 * C;
+    for (int i = 0; i < T; i++) {
+        int lo = (window > 0 && i + 1 > window) ? i + 1 - window : 0, n = i + 1 - lo;
+        v8 qi[C], acc[C];
+        for (int c = 0; c < C; c++) qi[c] = ((const v8 *)at(q, b, i, h))[c] * scale;
+        dots(qi, keys + (int64_t)lo * D, D, n, C, s);
+        float m, sum = exp_shifted(s, n, &m);
+        weighted_sum(s, vals + (int64_t)lo * D, D, n, C, acc);
+        v8 *yi = (v8 *)(y + (((int64_t)b * T + i) * H + h) * D);
+        for (int c = 0; c < C; c++) yi[c] = acc[c] * (1.0f / sum);
+        lse[((int64_t)b * H + h) * T + i] = m + logf(sum);
+    }
+}
+
+/* dk, dv: this task's (T, D) gradient rows, accumulated into. */
+INLINE void backward_head(strided q, const float *keys, const float *vals, const float *y, const float *dy,
+                          const float *lse, float *dq, float *dk, float *dv, int b, int h, int T, int H,
+                          const int C, int window, float scale, float *p, float *dp)
+{
+    const int D = 8 * C;
+    for (int i = 0; i < T; i++) {
+        int lo = (window > 0 && i + 1 > window) ? i + 1 - window : 0, n = i + 1 - lo;
+        int64_t row = ((int64_t)b * T + i) * H + h;
+        const v8 *yi = (const v8 *)(y + row * D), *dyi = (const v8 *)(dy + row * D);
+        const v8 *qraw = (const v8 *)at(q, b, i, h);
+        v8 qi[C], dqi[C], delta8 = {0};
+        for (int c = 0; c < C; c++) {
+            qi[c] = qraw[c] * scale;
+            delta8 += dyi[c] * yi[c];
+        }
+        float delta = 0.0f, l = lse[((int64_t)b * H + h) * T + i];
+        for (int d = 0; d < 8; d++) delta += delta8[d];
+        const float *k0 = keys + (int64_t)lo * D, *v0 = vals + (int64_t)lo * D;
+        dots(qi, k0, D, n, C, p);  /* scaled scores */
+        for (int t = 0; t < n; t++) p[t] = expf(p[t] - l);  /* probabilities */
+        dots(dyi, v0, D, n, C, dp);  /* dL/dp */
+        for (int t = 0; t < n; t++) dp[t] = p[t] * (dp[t] - delta) * scale;  /* dL/d(q.k) */
+        weighted_sum(dp, k0, D, n, C, dqi);
+        for (int c = 0; c < C; c++) ((v8 *)(dq + row * D))[c] = dqi[c];
+        v8 *dkt = (v8 *)(dk + (int64_t)lo * D), *dvt = (v8 *)(dv + (int64_t)lo * D);
+        for (int t = 0; t < n; t++)
+            for (int c = 0; c < C; c++) {
+                dkt[t * C + c] += dp[t] * qraw[c];
+                dvt[t * C + c] += p[t] * dyi[c];
+            }
+    }
+}
+
+#define FOR_C(CALL)                                                                 \
+    switch (C) {                                                                    \
+    case 1: { const int C_ = 1; CALL; } break;                                      \
+    case 2: { const int C_ = 2; CALL; } break;                                      \
+    case 4: { const int C_ = 4; CALL; } break;                                      \
+    case 6: { const int C_ = 6; CALL; } break;                                      \
+    case 8: { const int C_ = 8; CALL; } break;                                      \
+    default: { const int C_ = C; CALL; } break;                                     \
+    }
+
+int attention_forward(const float *qp, int64_t qsb, int64_t qst, int64_t qsh,
+                      const float *kp, int64_t ksb, int64_t kst, int64_t ksh,
+                      const float *vp, int64_t vsb, int64_t vst, int64_t vsh,
+                      float *y, float *lse, int B, int T, int H, int K, int D, int window, float scale,
+                      int threads)
+{
+    strided q = {qp, qsb, qst, qsh}, k = {kp, ksb, kst, ksh}, v = {vp, vsb, vst, vsh};
+    const int C = D / 8, G = H / K;
+    int failed = 0;
+#pragma omp parallel for num_threads(threads > 1 ? threads : 1) schedule(dynamic, 1) reduction(| : failed)
+    for (int task = 0; task < B * K; task++) {
+        float *buf = malloc(sizeof(float) * (size_t)T * (1 + 2 * (size_t)D));
+        if (!buf) {
+            failed = 1;
+            continue;
+        }
+        float *s = buf, *keys = buf + T, *vals = keys + (size_t)T * D;
+        int b = task / K, kh = task % K;
+        pack(k, b, kh, T, D, keys);
+        pack(v, b, kh, T, D, vals);
+        for (int g = 0; g < G; g++)
+            FOR_C(forward_head(q, keys, vals, y, lse, b, kh * G + g, T, H, C_, window, scale, s));
+        free(buf);
+    }
+    return failed ? -1 : 0;
+}
+
+/* dk and dv must be zeroed by the caller. */
+int attention_backward(const float *qp, int64_t qsb, int64_t qst, int64_t qsh,
+                       const float *kp, int64_t ksb, int64_t kst, int64_t ksh,
+                       const float *vp, int64_t vsb, int64_t vst, int64_t vsh,
+                       const float *y, const float *dy, const float *lse, float *dq, float *dk, float *dv,
+                       int B, int T, int H, int K, int D, int window, float scale, int threads)
+{
+    strided q = {qp, qsb, qst, qsh}, k = {kp, ksb, kst, ksh}, v = {vp, vsb, vst, vsh};
+    const int C = D / 8, G = H / K;
+    int failed = 0;
+#pragma omp parallel for num_threads(threads > 1 ? threads : 1) schedule(dynamic, 1) reduction(| : failed)
+    for (int task = 0; task < B * K; task++) {
+        float *buf = malloc(sizeof(float) * (size_t)T * (2 + 2 * (size_t)D));
+        if (!buf) {
+            failed = 1;
+            continue;
+        }
+        float *p = buf, *dp = buf + T, *keys = buf + 2 * T, *vals = keys + (size_t)T * D;
+        int b = task / K, kh = task % K;
+        pack(k, b, kh, T, D, keys);
+        pack(v, b, kh, T, D, vals);
+        float *dkh = dk + (int64_t)task * T * D, *dvh = dv + (int64_t)task * T * D;  /* (b, kh) of (B, K, T, D) */
+        for (int g = 0; g < G; g++)
+            FOR_C(backward_head(q, keys, vals, y, dy, lse, dq, dkh, dvh, b, kh * G + g, T, H, C_, window, scale,
+                                p, dp));
+        free(buf);
+    }
+    return failed ? -1 : 0;
+}
