@@ -272,12 +272,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
-def _compiling() -> bool:
-    """Whether torch.compile is tracing (it cannot trace into the C kernels: it keeps SDPA)."""
-    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(is_compiling and is_compiling())
-
-
 def _attention_mask(positions: torch.Tensor, kv_len: int, window: int | None) -> torch.Tensor:
     """(..., S) bool: which of keys 0..S-1 a query at each position sees (causal, within `window`)."""
     dist = positions[..., None] - torch.arange(kv_len, device=positions.device)  # i - j
@@ -375,10 +369,11 @@ class Attention(nn.Module):
         v = v.view(B, T, K, D)
 
         dropout = self.dropout if self.training else 0.0
-        if (step.cache is None and dropout == 0.0 and not _compiling() and kernels.trainable(q, k)
+        if (step.cache is None and dropout == 0.0 and not torch.compiler.is_compiling() and kernels.trainable(q, k)
                 and (hooks is None or self.prefix + "hook_pattern" not in hooks)):
             # fp32 on the CPU, whole sequences: the C kernel, forward and backward (kernels.py); 4x
             # PyTorch's flash kernel at head dims of 8-64, whose inner products are too short for it.
+            # torch.compile cannot trace into it, so compiled models keep SDPA.
             y = kernels.causal_attention(q, k, v, self.window, self.scale)  # (B, T, H, D)
             z = _hook(hooks, self.prefix, "hook_z", y)
             return _dropout(self.out(z.reshape(B, T, H * D)), self.dropout, self.training)  # (B, T, C)
