@@ -210,3 +210,10 @@ def test_training_attention_is_not_taken_for_other_operands():
     assert not kernels.trainable(q.double(), q.double())
     assert not kernels.trainable(torch.zeros(1, 4, 2, 4), torch.zeros(1, 4, 2, 4))  # head dim 4: SDPA
     assert not kernels.trainable(q.transpose(2, 3), q)  # the head dim not contiguous
+
+
+@needs_kernel
+def test_loading_the_kernels_leaves_denormals_alone():
+    # Linked with -ffast-math, gcc would add crtfastmath.o, flushing denormals to zero process-wide.
+    tiny = torch.tensor([1e-40], dtype=torch.float32)
+    assert (tiny * 1.0).item() > 0 and (torch.tensor([1e-38]) / 1000).item() > 0

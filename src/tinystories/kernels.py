@@ -54,9 +54,11 @@ one PyTorch thread (many tiny kernels, each parallel region costing more than it
 the kernel the threads it had, since one call is a single parallel region over all rows."""
 
 SOURCE = Path(__file__).with_name("csrc") / "kernels.c"
-FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
-# -ffast-math lets the exp loop use glibc's vector expf (its declarations need __FAST_MATH__); the kernel
-# never relies on inf or NaN.
+COMPILE = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC"]
+LINK = ["-shared", "-fopenmp"]
+# -ffast-math lets the exp loops use glibc's vector expf (its declarations need __FAST_MATH__); the
+# kernels never rely on inf or NaN. It is left out of the link on purpose: linked with it, gcc adds
+# crtfastmath.o, which switches the whole process to flushing denormals to zero when the library loads.
 
 
 def _cache_dir() -> Path:
@@ -84,20 +86,24 @@ def _cpu_id() -> str:
 def _build(compiler: str) -> Path:
     """The shared library for this source, flags and CPU, compiled once; written atomically."""
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), _cpu_id().encode()])).hexdigest()[:16]
+    flags = " ".join([*COMPILE, "|", *LINK]).encode()
+    key = hashlib.sha256(b"\0".join([source, flags, _cpu_id().encode()])).hexdigest()[:16]
     out = _cache_dir() / "kernels" / f"kernels-{key}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
     os.close(fd)
+    obj = tmp[: -len(".so.tmp")] + ".o.tmp"
     try:
-        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"],
-                       check=True, capture_output=True, timeout=120)
+        run = functools.partial(subprocess.run, check=True, capture_output=True, timeout=120)
+        run([compiler, *COMPILE, "-c", str(SOURCE), "-o", obj])
+        run([compiler, *LINK, obj, "-o", tmp, "-lm"])
         os.replace(tmp, out)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for path in (tmp, obj):
+            if os.path.exists(path):
+                os.unlink(path)
     return out
 
 
