@@ -249,5 +249,5 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: 
 
 def trainable(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Whether `causal_attention` takes these operands."""
-    return (q.device.type == "cpu" and q.dtype == torch.float32 and k.dtype == torch.float32
+    return (q.device.type == "cpu" and q.dtype == torch.float32 and k.dtype == torch.float32 and q.numel() > 0
             and q.shape[-1] % 8 == 0 and q.stride(-1) == 1 and k.stride(-1) == 1 and available())
