@@ -147,6 +147,8 @@ def sdpa_causal(q, k, v, window, scale):
     (6, 6, 48, None, 20),  # llama-15m's head dim
     (8, 2, 24, 3, 9),  # a head dim without a specialised copy
     (2, 1, 8, None, 1),  # one token
+    (16, 16, 4, None, 37),  # head dim 4 (TinyStories-1M's): two keys to a vector
+    (4, 2, 4, 6, 17),  # head dim 4, grouped, windowed
 ])
 def test_training_attention_equals_sdpa_forward_and_backward(H, K, D, window, T):
     torch.manual_seed(H + K + D + T)
@@ -186,8 +188,9 @@ def test_training_attention_is_bitwise_the_same_on_any_number_of_threads():
 @needs_kernel
 @pytest.mark.parametrize("name", ["llama-260k", "neo-1m"])
 def test_training_with_the_kernel_matches_sdpa(name, monkeypatch):
-    # The model's loss and every parameter's gradient, kernel against SDPA (neo: local layers of window 8).
-    over = {"vocab_size": 97, "windows": (None, 8) * 4, "n_head": 8} if name == "neo-1m" else {"vocab_size": 97}
+    # The model's loss and every parameter's gradient, kernel against SDPA (neo: 16 heads of 4, local layers
+    # of window 8).
+    over = {"vocab_size": 97, "windows": (None, 8) * 4} if name == "neo-1m" else {"vocab_size": 97}
     torch.manual_seed(0)
     model = GPT(preset(name, **over)).train()
     x = torch.randint(0, 97, (2, 33))
@@ -208,7 +211,7 @@ def test_training_with_the_kernel_matches_sdpa(name, monkeypatch):
 def test_training_attention_is_not_taken_for_other_operands():
     q = torch.zeros(1, 4, 2, 8)
     assert not kernels.trainable(q.double(), q.double())
-    assert not kernels.trainable(torch.zeros(1, 4, 2, 4), torch.zeros(1, 4, 2, 4))  # head dim 4: SDPA
+    assert not kernels.trainable(torch.zeros(1, 4, 2, 12), torch.zeros(1, 4, 2, 12))  # head dim 12: SDPA
     assert not kernels.trainable(q.transpose(2, 3), q)  # the head dim not contiguous
 
 

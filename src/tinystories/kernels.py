@@ -6,9 +6,9 @@ overhead rather than arithmetic, and uses PyTorch's own operations otherwise
 environment, or `ENABLED = False`):
 
 - `causal_attention`: whole-sequence causal (and windowed) attention, forward
-  and backward, for training and scoring; at head dims of 8-64 the inner
-  products are too short for PyTorch's flash kernel, and this runs about 4x
-  faster (benchmarks/README.md).
+  and backward, for training and scoring, at head dim 4 or a multiple of 8; at
+  head dims of 4-16 the inner products are too short for PyTorch's flash
+  kernel, and this runs about 4x faster (benchmarks/README.md).
 - `decode_attention`: one decode step: rotates the new query and key heads,
   writes the key and value into the cache and attends, every row at its own
   position, in one call per layer.
@@ -240,8 +240,8 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: 
 
     Query i sees keys [max(0, i + 1 - window), i]; query head h reads key/value
     head h // (H / K). Any strides, the last dimension contiguous (the views the
-    fused projection gives); fp32 on the CPU, head dim a multiple of 8 (see
-    `trainable`). The backward pass recomputes the probabilities from the saved
+    fused projection gives); fp32 on the CPU, head dim 4 or a multiple of 8
+    (see `trainable`). The backward pass recomputes the probabilities from the saved
     log-sum-exp of each query, as flash attention does, so memory stays O(T).
     """
     return _CausalAttention.apply(q, k, v, window, scale)
@@ -250,4 +250,5 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: 
 def trainable(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Whether `causal_attention` takes these operands."""
     return (q.device.type == "cpu" and q.dtype == torch.float32 and k.dtype == torch.float32 and q.numel() > 0
-            and q.shape[-1] % 8 == 0 and q.stride(-1) == 1 and k.stride(-1) == 1 and available())
+            and (q.shape[-1] == 4 or q.shape[-1] % 8 == 0) and q.stride(-1) == 1 and k.stride(-1) == 1
+            and available())

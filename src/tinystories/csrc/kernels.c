@@ -69,18 +69,17 @@ typedef float v8 __attribute__((vector_size(32), aligned(4)));
 
 /* Lane j of the result is the sum of p[j]'s eight lanes: eight dot products finished at once
    by a tree of shuffles, instead of one horizontal sum per key. */
-static inline v8 sum_lanes(const v8 p[8])
-{
 #define EVEN_ODD(x, y) (__builtin_shufflevector(x, y, 0, 8, 2, 10, 4, 12, 6, 14) + \
                         __builtin_shufflevector(x, y, 1, 9, 3, 11, 5, 13, 7, 15))
 #define PAIRS(x, y) (__builtin_shufflevector(x, y, 0, 1, 8, 9, 4, 5, 12, 13) + \
                      __builtin_shufflevector(x, y, 2, 3, 10, 11, 6, 7, 14, 15))
+
+static inline v8 sum_lanes(const v8 p[8])
+{
     v8 a0 = EVEN_ODD(p[0], p[1]), a1 = EVEN_ODD(p[2], p[3]), a2 = EVEN_ODD(p[4], p[5]), a3 = EVEN_ODD(p[6], p[7]);
     v8 b0 = PAIRS(a0, a1), b1 = PAIRS(a2, a3);
     return __builtin_shufflevector(b0, b1, 0, 1, 2, 3, 8, 9, 10, 11) +
            __builtin_shufflevector(b0, b1, 4, 5, 6, 7, 12, 13, 14, 15);
-#undef EVEN_ODD
-#undef PAIRS
 }
 
 #define INLINE static inline __attribute__((always_inline))
@@ -236,8 +235,8 @@ void rms_norm(const float *x, const float *weight, float *out, int B, int C, flo
     }
 }
 
-/* Causal attention over whole sequences, forward and backward, for training and scoring (head dims
-   a multiple of 8). q, k and v are (B, T, heads, D) with any strides for b, t and the head (in
+/* Causal attention over whole sequences, forward and backward, for training and scoring (head dim
+   4 or a multiple of 8). q, k and v are (B, T, heads, D) with any strides for b, t and the head (in
    floats) and D contiguous, as the fused projection leaves them; y and dy are (B, T, H, D) and dq
    (B, T, H, D), dk and dv (B, K, T, D), all contiguous; lse (B, H, T) holds each query's
    log-sum-exp of its scaled scores, from which the backward pass recomputes the probabilities
@@ -260,19 +259,63 @@ static void pack(strided x, int b, int h, int T, int D, float *out)
     for (int t = 0; t < T; t++) memcpy(out + (int64_t)t * D, at(x, b, t, h), sizeof(float) * (size_t)D);
 }
 
-INLINE void forward_head(strided q, const float *keys, const float *vals, float *y, float *lse, int b, int h,
-                         int T, int H, const int C, int window, float scale, float *s)
+/* Head dim 4, keys packed (stride 4): two keys to a vector. For 16 keys, the first two levels of
+   sum_lanes's tree leave each vector holding eight whole dot products, in the order (0, 2, 4, 6,
+   1, 3, 5, 7) of its eight keys; one shuffle puts them in order. */
+INLINE void dots4(const float *q, const float *keys, int n, float *out)
 {
-    const int D = 8 * C;
+    v8 qq = {q[0], q[1], q[2], q[3], q[0], q[1], q[2], q[3]};
+    int t = 0;
+    for (; t + 16 <= n; t += 16) {
+        v8 p[8];
+        for (int j = 0; j < 8; j++) p[j] = qq * *(const v8 *)(keys + (t + 2 * j) * 4);
+        v8 b0 = PAIRS(EVEN_ODD(p[0], p[1]), EVEN_ODD(p[2], p[3]));
+        v8 b1 = PAIRS(EVEN_ODD(p[4], p[5]), EVEN_ODD(p[6], p[7]));
+        *(v8 *)(out + t) = __builtin_shufflevector(b0, b0, 0, 4, 1, 5, 2, 6, 3, 7);
+        *(v8 *)(out + t + 8) = __builtin_shufflevector(b1, b1, 0, 4, 1, 5, 2, 6, 3, 7);
+    }
+    for (; t < n; t++) out[t] = q[0] * keys[t * 4] + q[1] * keys[t * 4 + 1] + q[2] * keys[t * 4 + 2] + q[3] * keys[t * 4 + 3];
+}
+
+/* out (4 floats) = sum over t < n of w[t] * vals[t], vals packed (stride 4): two rows to a vector. */
+INLINE void weighted_sum4(const float *w, const float *vals, int n, float *out)
+{
+    v8 acc = {0};
+    int t = 0;
+    for (; t + 2 <= n; t += 2) {
+        v8 ww = {w[t], w[t], w[t], w[t], w[t + 1], w[t + 1], w[t + 1], w[t + 1]};
+        acc += ww * *(const v8 *)(vals + t * 4);
+    }
+    for (int d = 0; d < 4; d++) out[d] = acc[d] + acc[4 + d] + (t < n ? w[t] * vals[t * 4 + d] : 0.0f);
+}
+
+/* dots and weighted_sum over packed rows (stride D) for the head dims the training kernels take:
+   4, or a multiple of 8. D is a constant in the specialised copies, so the branch folds away. */
+INLINE void dots_packed(const float *q, const float *keys, int n, const int D, float *out)
+{
+    if (D == 4) dots4(q, keys, n, out);
+    else dots((const v8 *)q, keys, D, n, D / 8, out);
+}
+
+INLINE void weighted_sum_packed(const float *w, const float *vals, int n, const int D, float *out)
+{
+    if (D == 4) weighted_sum4(w, vals, n, out);
+    else weighted_sum(w, vals, D, n, D / 8, (v8 *)out);
+}
+
+INLINE void forward_head(strided q, const float *keys, const float *vals, float *y, float *lse, int b, int h,
+                         int T, int H, const int D, int window, float scale, float *s)
+{
     for (int i = 0; i < T; i++) {
         int lo = (window > 0 && i + 1 > window) ? i + 1 - window : 0, n = i + 1 - lo;
-        v8 qi[C], acc[C];
-        for (int c = 0; c < C; c++) qi[c] = ((const v8 *)at(q, b, i, h))[c] * scale;
-        dots(qi, keys + (int64_t)lo * D, D, n, C, s);
+        float qi[D], acc[D];
+        const float *qraw = at(q, b, i, h);
+        for (int d = 0; d < D; d++) qi[d] = qraw[d] * scale;
+        dots_packed(qi, keys + (int64_t)lo * D, n, D, s);
         float m, sum = exp_shifted(s, n, &m);
-        weighted_sum(s, vals + (int64_t)lo * D, D, n, C, acc);
-        v8 *yi = (v8 *)(y + (((int64_t)b * T + i) * H + h) * D);
-        for (int c = 0; c < C; c++) yi[c] = acc[c] * (1.0f / sum);
+        weighted_sum_packed(s, vals + (int64_t)lo * D, n, D, acc);
+        float *yi = y + (((int64_t)b * T + i) * H + h) * D;
+        for (int d = 0; d < D; d++) yi[d] = acc[d] * (1.0f / sum);
         lse[((int64_t)b * H + h) * T + i] = m + logf(sum);
     }
 }
@@ -280,45 +323,42 @@ INLINE void forward_head(strided q, const float *keys, const float *vals, float 
 /* dk, dv: this task's (T, D) gradient rows, accumulated into. */
 INLINE void backward_head(strided q, const float *keys, const float *vals, const float *y, const float *dy,
                           const float *lse, float *dq, float *dk, float *dv, int b, int h, int T, int H,
-                          const int C, int window, float scale, float *p, float *dp)
+                          const int D, int window, float scale, float *p, float *dp)
 {
-    const int D = 8 * C;
     for (int i = 0; i < T; i++) {
         int lo = (window > 0 && i + 1 > window) ? i + 1 - window : 0, n = i + 1 - lo;
         int64_t row = ((int64_t)b * T + i) * H + h;
-        const v8 *yi = (const v8 *)(y + row * D), *dyi = (const v8 *)(dy + row * D);
-        const v8 *qraw = (const v8 *)at(q, b, i, h);
-        v8 qi[C], dqi[C], delta8 = {0};
-        for (int c = 0; c < C; c++) {
-            qi[c] = qraw[c] * scale;
-            delta8 += dyi[c] * yi[c];
+        const float *yi = y + row * D, *dyi = dy + row * D, *qraw = at(q, b, i, h);
+        float qi[D], dqi[D], delta = 0.0f, l = lse[((int64_t)b * H + h) * T + i];
+        for (int d = 0; d < D; d++) {
+            qi[d] = qraw[d] * scale;
+            delta += dyi[d] * yi[d];
         }
-        float delta = 0.0f, l = lse[((int64_t)b * H + h) * T + i];
-        for (int d = 0; d < 8; d++) delta += delta8[d];
         const float *k0 = keys + (int64_t)lo * D, *v0 = vals + (int64_t)lo * D;
-        dots(qi, k0, D, n, C, p);  /* scaled scores */
+        dots_packed(qi, k0, n, D, p);  /* scaled scores */
         for (int t = 0; t < n; t++) p[t] = expf(p[t] - l);  /* probabilities */
-        dots(dyi, v0, D, n, C, dp);  /* dL/dp */
+        dots_packed(dyi, v0, n, D, dp);  /* dL/dp */
         for (int t = 0; t < n; t++) dp[t] = p[t] * (dp[t] - delta) * scale;  /* dL/d(q.k) */
-        weighted_sum(dp, k0, D, n, C, dqi);
-        for (int c = 0; c < C; c++) ((v8 *)(dq + row * D))[c] = dqi[c];
-        v8 *dkt = (v8 *)(dk + (int64_t)lo * D), *dvt = (v8 *)(dv + (int64_t)lo * D);
+        weighted_sum_packed(dp, k0, n, D, dqi);
+        for (int d = 0; d < D; d++) dq[row * D + d] = dqi[d];
+        float *dkt = dk + (int64_t)lo * D, *dvt = dv + (int64_t)lo * D;
         for (int t = 0; t < n; t++)
-            for (int c = 0; c < C; c++) {
-                dkt[t * C + c] += dp[t] * qraw[c];
-                dvt[t * C + c] += p[t] * dyi[c];
+            for (int d = 0; d < D; d++) {
+                dkt[t * D + d] += dp[t] * qraw[d];
+                dvt[t * D + d] += p[t] * dyi[d];
             }
     }
 }
 
-#define FOR_C(CALL)                                                                 \
-    switch (C) {                                                                    \
-    case 1: { const int C_ = 1; CALL; } break;                                      \
-    case 2: { const int C_ = 2; CALL; } break;                                      \
-    case 4: { const int C_ = 4; CALL; } break;                                      \
-    case 6: { const int C_ = 6; CALL; } break;                                      \
-    case 8: { const int C_ = 8; CALL; } break;                                      \
-    default: { const int C_ = C; CALL; } break;                                     \
+#define FOR_D(CALL)                                                                 \
+    switch (D) {                                                                    \
+    case 4: { const int D_ = 4; CALL; } break;                                      \
+    case 8: { const int D_ = 8; CALL; } break;                                      \
+    case 16: { const int D_ = 16; CALL; } break;                                    \
+    case 32: { const int D_ = 32; CALL; } break;                                    \
+    case 48: { const int D_ = 48; CALL; } break;                                    \
+    case 64: { const int D_ = 64; CALL; } break;                                    \
+    default: { const int D_ = D; CALL; } break;                                     \
     }
 
 int attention_forward(const float *qp, int64_t qsb, int64_t qst, int64_t qsh,
@@ -328,7 +368,7 @@ int attention_forward(const float *qp, int64_t qsb, int64_t qst, int64_t qsh,
                       int threads)
 {
     strided q = {qp, qsb, qst, qsh}, k = {kp, ksb, kst, ksh}, v = {vp, vsb, vst, vsh};
-    const int C = D / 8, G = H / K;
+    const int G = H / K;
     int failed = 0;
 #pragma omp parallel for num_threads(threads > 1 ? threads : 1) schedule(dynamic, 1) reduction(| : failed)
     for (int task = 0; task < B * K; task++) {
@@ -342,7 +382,7 @@ int attention_forward(const float *qp, int64_t qsb, int64_t qst, int64_t qsh,
         pack(k, b, kh, T, D, keys);
         pack(v, b, kh, T, D, vals);
         for (int g = 0; g < G; g++)
-            FOR_C(forward_head(q, keys, vals, y, lse, b, kh * G + g, T, H, C_, window, scale, s));
+            FOR_D(forward_head(q, keys, vals, y, lse, b, kh * G + g, T, H, D_, window, scale, s));
         free(buf);
     }
     return failed ? -1 : 0;
@@ -356,7 +396,7 @@ int attention_backward(const float *qp, int64_t qsb, int64_t qst, int64_t qsh,
                        int B, int T, int H, int K, int D, int window, float scale, int threads)
 {
     strided q = {qp, qsb, qst, qsh}, k = {kp, ksb, kst, ksh}, v = {vp, vsb, vst, vsh};
-    const int C = D / 8, G = H / K;
+    const int G = H / K;
     int failed = 0;
 #pragma omp parallel for num_threads(threads > 1 ? threads : 1) schedule(dynamic, 1) reduction(| : failed)
     for (int task = 0; task < B * K; task++) {
@@ -371,7 +411,7 @@ int attention_backward(const float *qp, int64_t qsb, int64_t qst, int64_t qsh,
         pack(v, b, kh, T, D, vals);
         float *dkh = dk + (int64_t)task * T * D, *dvh = dv + (int64_t)task * T * D;  /* (b, kh) of (B, K, T, D) */
         for (int g = 0; g < G; g++)
-            FOR_C(backward_head(q, keys, vals, y, dy, lse, dq, dkh, dvh, b, kh * G + g, T, H, C_, window, scale,
+            FOR_D(backward_head(q, keys, vals, y, dy, lse, dq, dkh, dvh, b, kh * G + g, T, H, D_, window, scale,
                                 p, dp));
         free(buf);
     }
