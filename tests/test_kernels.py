@@ -69,6 +69,15 @@ def test_rms_norm_equals_pytorch(B, C):
 
 
 @needs_kernel
+def test_silu_mul_equals_pytorch():
+    torch.manual_seed(1)
+    h = torch.randn(5, 2 * 172) * 4  # large gates too: silu's tails
+    h[0, :3] = torch.tensor([-100.0, 100.0, -1e4])  # exp overflows: still 0 and x, no NaN
+    want = F.silu(h[:, :172]) * h[:, 172:]
+    assert (kernels.silu_mul(h) - want).abs().max() < 1e-5
+
+
+@needs_kernel
 def test_kernel_splits_rows_over_threads_with_the_same_result():
     torch.manual_seed(0)
     B, H, K, D, M = 9, 8, 4, 8, 64

@@ -12,7 +12,8 @@ environment, or `ENABLED = False`):
 - `decode_attention`: one decode step: rotates the new query and key heads,
   writes the key and value into the cache and attends, every row at its own
   position, in one call per layer.
-- `rms_norm`: one call instead of PyTorch's composite of about ten kernels.
+- `rms_norm`, `silu_mul`: decoding's RMSNorm (one call instead of PyTorch's
+  composite of about ten kernels) and SwiGLU (one instead of four).
 
 They agree with PyTorch to float32 rounding (tests/test_kernels.py), not
 bitwise; each is deterministic, whatever the number of threads.
@@ -125,6 +126,8 @@ def _library() -> ctypes.CDLL | None:
     fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_int]
     lib.rms_norm.restype = None
     lib.rms_norm.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 2 + [ctypes.c_float]
+    lib.silu_mul.restype = None
+    lib.silu_mul.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int] * 2
     strided = [ctypes.c_void_p] + [ctypes.c_int64] * 3  # a (B, T, heads, D) tensor: pointer, b/t/head strides
     sizes = [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_int]  # B, T, H, K, D, window, scale, threads
     lib.attention_forward.restype = ctypes.c_int
@@ -190,6 +193,16 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     assert x.is_contiguous() and weight.is_contiguous() and x.dim() == 2
     out = torch.empty_like(x)
     lib.rms_norm(x.data_ptr(), weight.data_ptr(), out.data_ptr(), x.shape[0], x.shape[1], eps)
+    return out
+
+
+def silu_mul(h: torch.Tensor) -> torch.Tensor:
+    """SwiGLU's silu(gate) * up of h (B, 2F) contiguous fp32, gate columns first: (B, F), in one call."""
+    lib = _library()
+    assert lib is not None, "silu_mul called without a kernel; check usable() first"
+    assert h.is_contiguous() and h.dim() == 2 and h.shape[1] % 2 == 0
+    out = torch.empty(h.shape[0], h.shape[1] // 2)
+    lib.silu_mul(h.data_ptr(), out.data_ptr(), h.shape[0], h.shape[1] // 2)
     return out
 
 

@@ -621,8 +621,8 @@ class GPT(nn.Module):
 
         Attention, two ways. fp32 on the CPU: the C kernels of `kernels.py`
         rotate q and k, write the cache and attend in one call per layer, and
-        RMSNorm is one call too; the logits agree with forward's to float32
-        rounding. Otherwise (other devices and dtypes, or kernels off): the
+        RMSNorm and SwiGLU are one call each; the logits agree with forward's
+        to float32 rounding. Otherwise (other devices and dtypes, or kernels off): the
         same PyTorch kernels as forward on the same operands, so the logits are
         bitwise the same: one complex multiply rotating q and k, one indexed
         copy into the cache, and SDPA with no mask unless rows are at different
@@ -708,7 +708,9 @@ class GPT(nn.Module):
             x = _residual(x, y, layer.out, layer.out_bias)
             h = norm(x, layer.norm2)
             h = torch.mm(h, layer.fc) if layer.fc_bias is None else torch.addmm(layer.fc_bias, h, layer.fc)
-            if prepared.gated:  # SwiGLU: columns [gate; up]
+            if prepared.gated and fast:  # SwiGLU in one C call
+                h = kernels.silu_mul(h)  # (B, F)
+            elif prepared.gated:  # SwiGLU: columns [gate; up]
                 half = h.shape[1] // 2
                 h = F.silu(h.narrow(1, 0, half)) * h.narrow(1, half, half)  # (B, F)
             else:

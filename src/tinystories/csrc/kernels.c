@@ -417,3 +417,14 @@ int attention_backward(const float *qp, int64_t qsb, int64_t qst, int64_t qsh,
     }
     return failed ? -1 : 0;
 }
+
+/* SwiGLU of B rows: out[b, j] = silu(h[b, j]) * h[b, F + j] for j < F, h (B, 2F) holding the gate
+   columns, then the up columns. One call instead of four PyTorch kernels in a decode step. */
+void silu_mul(const float *h, float *out, int B, int F)
+{
+    for (int b = 0; b < B; b++) {
+        const float *gate = h + (int64_t)b * 2 * F, *up = gate + F;
+        float *o = out + (int64_t)b * F;
+        for (int j = 0; j < F; j++) o[j] = gate[j] / (1.0f + expf(-gate[j])) * up[j];
+    }
+}
