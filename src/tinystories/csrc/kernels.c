@@ -425,6 +425,8 @@ void silu_mul(const float *h, float *out, int B, int F)
     for (int b = 0; b < B; b++) {
         const float *gate = h + (int64_t)b * 2 * F, *up = gate + F;
         float *o = out + (int64_t)b * F;
-        for (int j = 0; j < F; j++) o[j] = gate[j] / (1.0f + expf(-gate[j])) * up[j];
+        /* exp's argument capped at 80 (exp(80) ~ 5.5e34): under -ffast-math an infinite exp would turn
+           the quotient for a very negative gate into NaN instead of 0. */
+        for (int j = 0; j < F; j++) o[j] = gate[j] / (1.0f + expf(fminf(-gate[j], 80.0f))) * up[j];
     }
 }
