@@ -18,11 +18,13 @@ environment, or `ENABLED = False`):
 They agree with PyTorch to float32 rounding (tests/test_kernels.py), not
 bitwise; each is deterministic, whatever the number of threads.
 
-It is compiled with the system's C compiler (`cc`, or $CC) into a per-user cache
+They are compiled with the system's C compiler (`cc`, or $CC) into one shared
+library in a per-user cache
 (`$TINYSTORIES_CACHE`, else `$XDG_CACHE_HOME/tinystories`, else
 `~/.cache/tinystories`), keyed by the source, the flags and the CPU, since
-`-march=native` code is only valid on the CPU it was built for; it is loaded
-with ctypes, so no PyTorch headers and no build step at install time.
+`-march=native` code is only valid on the CPU it was built for, and loaded
+with ctypes: no PyTorch headers and no build step at install time. A failed
+build is logged (logger `tinystories.kernels`) and leaves PyTorch's path.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import torch
 log = logging.getLogger(__name__)
 
 ENABLED = os.environ.get("TINYSTORIES_KERNELS", "1") != "0"
-"""Whether decoding may use the kernel; set False to keep PyTorch's attention (tests, benchmarks)."""
+"""Whether the model may use the kernels; set False to keep PyTorch's operations (tests, benchmarks)."""
 
 MIN_WORK_PER_THREAD = 1 << 16
 """Multiply-adds (rows x query heads x keys x head dim) a call needs per thread before it splits rows."""
