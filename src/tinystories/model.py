@@ -371,9 +371,9 @@ class Attention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if (step.cache is None and dropout == 0.0 and not torch.compiler.is_compiling() and kernels.trainable(q, k)
                 and (hooks is None or self.prefix + "hook_pattern" not in hooks)):
-            # fp32 on the CPU, whole sequences: the C kernel, forward and backward (kernels.py); 4x
-            # PyTorch's flash kernel at head dims of 8-64, whose inner products are too short for it.
-            # torch.compile cannot trace into it, so compiled models keep SDPA.
+            # fp32 on the CPU, whole sequences: the C kernel, forward and backward (kernels.py); 2-4x
+            # PyTorch's flash kernel at head dims of 4-16, whose inner products are too short for it
+            # (even at 48). torch.compile cannot trace into it, so compiled models keep SDPA.
             y = kernels.causal_attention(q, k, v, self.window, self.scale)  # (B, T, H, D)
             z = _hook(hooks, self.prefix, "hook_z", y)
             return _dropout(self.out(z.reshape(B, T, H * D)), self.dropout, self.training)  # (B, T, C)
@@ -622,9 +622,9 @@ class GPT(nn.Module):
         Attention, two ways. fp32 on the CPU: the C kernels of `kernels.py`
         rotate q and k, write the cache and attend in one call per layer, and
         RMSNorm and SwiGLU are one call each; the logits agree with forward's
-        to float32 rounding. Otherwise (other devices and dtypes, or kernels off): the
-        same PyTorch kernels as forward on the same operands, so the logits are
-        bitwise the same: one complex multiply rotating q and k, one indexed
+        to float32 rounding. Otherwise (other devices and dtypes, or kernels
+        off): the same PyTorch kernels as forward on the same operands, so the
+        logits are bitwise the same: one complex multiply rotating q and k, one indexed
         copy into the cache, and SDPA with no mask unless rows are at different
         positions or a local layer's window hides keys.
         """
