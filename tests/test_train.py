@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 
+from tinystories import kernels
 from tinystories import run as runlib
 from tinystories.data.loader import Layout, TrainBatches, val_windows
 from tinystories.errors import UserError
@@ -215,6 +216,7 @@ def test_loss_goes_down_and_the_run_folder_is_complete(dataset: Path, tmp_path: 
     assert {"torch", "numpy", "python"} <= state["rng"].keys() and state["config_hash"]
     env = json.loads((run / "env.json").read_text())
     assert {"python", "torch", "numpy", "threads", "device", "hostname", "git"} <= env.keys()
+    assert env["cpu_kernels"] == kernels.available()
     config = runlib.read_config(run)
     assert config.model.vocab_size == 512 and config.model.d_model == 32
     assert config.train.warmup == 12 and config.data["content_hash"] == meta["content_hash"]

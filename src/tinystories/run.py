@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from tinystories import kernels
 from tinystories.config import build, from_toml, to_toml
 from tinystories.errors import UserError
 from tinystories.io import atomic_save, atomic_write_json, atomic_write_text
@@ -168,7 +169,7 @@ def _git_sha() -> dict[str, Any] | None:
 
 
 def environment(device: str | torch.device = "cpu", world_size: int = 1) -> dict[str, Any]:
-    """What produced a run: versions, git sha, threads, device, hostname."""
+    """What produced a run: versions, git sha, threads, device, hostname, and on the CPU whether the C kernels ran."""
     device = torch.device(device)
     env: dict[str, Any] = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -183,6 +184,8 @@ def environment(device: str | torch.device = "cpu", world_size: int = 1) -> dict
         "device": str(device),
         "world_size": world_size,
     }
+    if device.type == "cpu":  # whether attention ran on the C kernels or on PyTorch's operations
+        env["cpu_kernels"] = kernels.available()
     if device.type == "cuda":
         env["cuda"] = torch.version.cuda
         env["gpu"] = torch.cuda.get_device_name(device)
