@@ -1,6 +1,6 @@
 /* Attention kernels, fp32 on the CPU (see tinystories/kernels.py): decode_attention for one
-   decode step of a batch, rms_norm, and attention_forward / attention_backward over whole
-   sequences for training, at the end.
+   decode step of a batch, rms_norm and silu_mul for the rest of that step, and
+   attention_forward / attention_backward over whole sequences for training, at the end.
 
    decode_attention
 
@@ -32,38 +32,6 @@
 #include <omp.h>
 #endif
 
-/* One row, any head dim: plain loops. `scores` holds M floats. */
-static void attend_row_any(float *x, int64_t p, float *kv, float *out,
-                           int H, int K, int D, int M, int window, float scale, float *scores)
-{
-    const int G = H / K;
-    int64_t lo = (window > 0 && p + 1 > window) ? p + 1 - window : 0;
-    int n = (int)(p + 1 - lo);  /* >= 1: a token always sees itself */
-    for (int qh = 0; qh < H; qh++) {
-        int h = qh / G;
-        const float *q = x + qh * D;
-        const float *keys = kv + ((int64_t)h * M + lo) * D;
-        const float *vals = kv + ((int64_t)(K + h) * M + lo) * D;
-        float m = 0.0f;
-        for (int t = 0; t < n; t++) {
-            float s = 0.0f;
-            for (int d = 0; d < D; d++) s += q[d] * keys[(int64_t)t * D + d];
-            scores[t] = s * scale;
-            m = (t == 0 || scores[t] > m) ? scores[t] : m;
-        }
-        float sum = 0.0f;
-        for (int t = 0; t < n; t++) {
-            scores[t] = expf(scores[t] - m);
-            sum += scores[t];
-        }
-        float *o = out + qh * D;
-        for (int d = 0; d < D; d++) o[d] = 0.0f;
-        for (int t = 0; t < n; t++)
-            for (int d = 0; d < D; d++) o[d] += scores[t] * vals[(int64_t)t * D + d];
-        for (int d = 0; d < D; d++) o[d] /= sum;
-    }
-}
-
 /* Eight floats, as one AVX register (two on 128-bit SIMD); any alignment. */
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
 
@@ -84,21 +52,24 @@ static inline v8 sum_lanes(const v8 p[8])
 
 #define INLINE static inline __attribute__((always_inline))
 
-/* out[t] = q . keys[t] for t < n: q is C chunks, key t starts `stride` floats after key t - 1. */
-INLINE void dots(const v8 *q, const float *keys, int64_t stride, int n, const int C, float *out)
+/* The first key a query at position p sees: p + 1 - window in a local layer (window > 0), else 0. */
+INLINE int64_t first_key(int64_t p, int window) { return (window > 0 && p + 1 > window) ? p + 1 - window : 0; }
+
+/* out[t] = q . keys[t] for t < n: q and each key are C chunks, the keys packed one after another. */
+INLINE void dots(const v8 *q, const float *keys, int n, const int C, float *out)
 {
     int t = 0;
     for (; t + 8 <= n; t += 8) {
         v8 prod[8];
         for (int j = 0; j < 8; j++) {
-            const v8 *k = (const v8 *)(keys + (t + j) * stride);
+            const v8 *k = (const v8 *)keys + (int64_t)(t + j) * C;
             prod[j] = q[0] * k[0];
             for (int c = 1; c < C; c++) prod[j] += q[c] * k[c];
         }
         *(v8 *)(out + t) = sum_lanes(prod);
     }
     for (; t < n; t++) {
-        const v8 *k = (const v8 *)(keys + t * stride);
+        const v8 *k = (const v8 *)keys + (int64_t)t * C;
         v8 prod = q[0] * k[0];
         for (int c = 1; c < C; c++) prod += q[c] * k[c];
         float s = 0.0f;
@@ -121,41 +92,123 @@ INLINE float exp_shifted(float *s, int n, float *max)
     return sum;
 }
 
-/* out = sum over t < n of w[t] * vals[t] (C chunks each, rows `stride` floats apart). Two
-   accumulators per chunk, so consecutive rows' multiply-adds do not wait on each other. */
-INLINE void weighted_sum(const float *w, const float *vals, int64_t stride, int n, const int C, v8 *out)
+/* out = sum over t < n of w[t] * vals[t] (C chunks each, rows packed). Two accumulators per
+   chunk, so consecutive rows' multiply-adds do not wait on each other. */
+INLINE void weighted_sum(const float *w, const float *vals, int n, const int C, v8 *out)
 {
     v8 acc[C], acc2[C];
     for (int c = 0; c < C; c++) acc[c] = acc2[c] = (v8){0};
     int t = 0;
     for (; t + 2 <= n; t += 2) {
-        const v8 *v = (const v8 *)(vals + t * stride), *v2 = (const v8 *)(vals + (t + 1) * stride);
+        const v8 *v = (const v8 *)vals + (int64_t)t * C, *v2 = v + C;
         for (int c = 0; c < C; c++) {
             acc[c] += w[t] * v[c];
             acc2[c] += w[t + 1] * v2[c];
         }
     }
     if (t < n)
-        for (int c = 0; c < C; c++) acc[c] += w[t] * ((const v8 *)(vals + t * stride))[c];
+        for (int c = 0; c < C; c++) acc[c] += w[t] * ((const v8 *)vals + (int64_t)t * C)[c];
     for (int c = 0; c < C; c++) out[c] = acc[c] + acc2[c];
 }
 
-/* One row for head dims that are a multiple of 8: each head is C = D / 8 chunks of eight floats.
-   C is a constant in the specialised copies below, so the chunk loops unroll. */
-INLINE void attend_row_chunks(const float *x, int64_t p, const float *kv, float *out,
-                              int H, int K, const int C, int M, int window, float scale, float *scores)
+/* Head dim 4, keys packed (stride 4): two keys to a vector. For 16 keys, the first two levels of
+   sum_lanes's tree leave each vector holding eight whole dot products, in the order (0, 2, 4, 6,
+   1, 3, 5, 7) of its eight keys; one shuffle puts them in order. */
+INLINE void dots4(const float *q, const float *keys, int n, float *out)
 {
-    const int D = 8 * C, G = H / K;
-    int64_t lo = (window > 0 && p + 1 > window) ? p + 1 - window : 0;
+    v8 qq = {q[0], q[1], q[2], q[3], q[0], q[1], q[2], q[3]};
+    int t = 0;
+    for (; t + 16 <= n; t += 16) {
+        v8 p[8];
+        for (int j = 0; j < 8; j++) p[j] = qq * *(const v8 *)(keys + (t + 2 * j) * 4);
+        v8 b0 = PAIRS(EVEN_ODD(p[0], p[1]), EVEN_ODD(p[2], p[3]));
+        v8 b1 = PAIRS(EVEN_ODD(p[4], p[5]), EVEN_ODD(p[6], p[7]));
+        *(v8 *)(out + t) = __builtin_shufflevector(b0, b0, 0, 4, 1, 5, 2, 6, 3, 7);
+        *(v8 *)(out + t + 8) = __builtin_shufflevector(b1, b1, 0, 4, 1, 5, 2, 6, 3, 7);
+    }
+    for (; t < n; t++) out[t] = q[0] * keys[t * 4] + q[1] * keys[t * 4 + 1] + q[2] * keys[t * 4 + 2] + q[3] * keys[t * 4 + 3];
+}
+
+/* out (4 floats) = sum over t < n of w[t] * vals[t], vals packed (stride 4): two rows to a vector. */
+INLINE void weighted_sum4(const float *w, const float *vals, int n, float *out)
+{
+    v8 acc = {0};
+    int t = 0;
+    for (; t + 2 <= n; t += 2) {
+        v8 ww = {w[t], w[t], w[t], w[t], w[t + 1], w[t + 1], w[t + 1], w[t + 1]};
+        acc += ww * *(const v8 *)(vals + t * 4);
+    }
+    for (int d = 0; d < 4; d++) out[d] = acc[d] + acc[4 + d] + (t < n ? w[t] * vals[t * 4 + d] : 0.0f);
+}
+
+/* dots and weighted_sum over packed rows (stride D) for head dim 4 or a multiple of 8, as the
+   decode and training kernels use them. D is a constant in the specialised copies (FOR_D), so the
+   branch folds away. */
+INLINE void dots_packed(const float *q, const float *keys, int n, const int D, float *out)
+{
+    if (D == 4) dots4(q, keys, n, out);
+    else dots((const v8 *)q, keys, n, D / 8, out);
+}
+
+INLINE void weighted_sum_packed(const float *w, const float *vals, int n, const int D, float *out)
+{
+    if (D == 4) weighted_sum4(w, vals, n, out);
+    else weighted_sum(w, vals, n, D / 8, (v8 *)out);
+}
+
+#define FOR_D(CALL)                                                                 \
+    switch (D) {                                                                    \
+    case 4: { const int D_ = 4; CALL; } break;                                      \
+    case 8: { const int D_ = 8; CALL; } break;                                      \
+    case 16: { const int D_ = 16; CALL; } break;                                    \
+    case 32: { const int D_ = 32; CALL; } break;                                    \
+    case 48: { const int D_ = 48; CALL; } break;                                    \
+    case 64: { const int D_ = 64; CALL; } break;                                    \
+    default: { const int D_ = D; CALL; } break;                                     \
+    }
+
+/* One row, any head dim: plain loops. `scores` holds M floats. */
+static void attend_row_any(float *x, int64_t p, float *kv, float *out,
+                           int H, int K, int D, int M, int window, float scale, float *scores)
+{
+    const int G = H / K;
+    int64_t lo = first_key(p, window);
+    int n = (int)(p + 1 - lo);  /* >= 1: a token always sees itself */
+    for (int qh = 0; qh < H; qh++) {
+        int h = qh / G;
+        const float *q = x + qh * D;
+        const float *keys = kv + ((int64_t)h * M + lo) * D;
+        const float *vals = kv + ((int64_t)(K + h) * M + lo) * D;
+        for (int t = 0; t < n; t++) {
+            float s = 0.0f;
+            for (int d = 0; d < D; d++) s += q[d] * keys[(int64_t)t * D + d];
+            scores[t] = s * scale;
+        }
+        float m, sum = exp_shifted(scores, n, &m);
+        float *o = out + qh * D;
+        for (int d = 0; d < D; d++) o[d] = 0.0f;
+        for (int t = 0; t < n; t++)
+            for (int d = 0; d < D; d++) o[d] += scores[t] * vals[(int64_t)t * D + d];
+        for (int d = 0; d < D; d++) o[d] /= sum;
+    }
+}
+
+/* One row for head dim 4 or a multiple of 8 (a constant in the specialised copies, see FOR_D):
+   the cache rows are packed, so the training kernels' helpers serve. `scores` holds M floats. */
+INLINE void attend_row(const float *x, int64_t p, const float *kv, float *out,
+                       int H, int K, const int D, int M, int window, float scale, float *scores)
+{
+    const int G = H / K;
+    int64_t lo = first_key(p, window);
     int n = (int)(p + 1 - lo);
     for (int qh = 0; qh < H; qh++) {
         int h = qh / G;
-        v8 q[C], acc[C];
-        for (int c = 0; c < C; c++) q[c] = ((const v8 *)(x + qh * D))[c] * scale;
-        dots(q, kv + ((int64_t)h * M + lo) * D, D, n, C, scores);
+        float q[D], acc[D];
+        for (int d = 0; d < D; d++) q[d] = x[qh * D + d] * scale;
+        dots_packed(q, kv + ((int64_t)h * M + lo) * D, n, D, scores);
         float m, sum = exp_shifted(scores, n, &m);
-        weighted_sum(scores, kv + ((int64_t)(K + h) * M + lo) * D, D, n, C, acc);
-        for (int c = 0; c < C; c++) ((v8 *)(out + qh * D))[c] = acc[c] * (1.0f / sum);
+        weighted_sum_packed(scores, kv + ((int64_t)(K + h) * M + lo) * D, n, D, acc);
+        for (int d = 0; d < D; d++) out[qh * D + d] = acc[d] * (1.0f / sum);
     }
 }
 
@@ -181,18 +234,10 @@ static void rows(float *qkv, const float *rope, const int64_t *pos, float *kv, f
         }
         for (int h = 0; h < 2 * K; h++)
             memcpy(cache + ((int64_t)h * M + p) * D, x + (H + h) * D, D * sizeof(float));
-        switch (D) {
-        case 8: attend_row_chunks(x, p, cache, o, H, K, 1, M, window, scale, scores); break;
-        case 16: attend_row_chunks(x, p, cache, o, H, K, 2, M, window, scale, scores); break;
-        case 32: attend_row_chunks(x, p, cache, o, H, K, 4, M, window, scale, scores); break;
-        case 48: attend_row_chunks(x, p, cache, o, H, K, 6, M, window, scale, scores); break;
-        case 64: attend_row_chunks(x, p, cache, o, H, K, 8, M, window, scale, scores); break;
-        default:
-            if (D % 8 == 0 && D <= 256)
-                attend_row_chunks(x, p, cache, o, H, K, D / 8, M, window, scale, scores);
-            else
-                attend_row_any(x, p, cache, o, H, K, D, M, window, scale, scores);
-        }
+        if (D == 4 || D % 8 == 0)
+            FOR_D(attend_row(x, p, cache, o, H, K, D_, M, window, scale, scores))
+        else
+            attend_row_any(x, p, cache, o, H, K, D, M, window, scale, scores);
     }
 }
 
@@ -259,55 +304,11 @@ static void pack(strided x, int b, int h, int T, int D, float *out)
     for (int t = 0; t < T; t++) memcpy(out + (int64_t)t * D, at(x, b, t, h), sizeof(float) * (size_t)D);
 }
 
-/* Head dim 4, keys packed (stride 4): two keys to a vector. For 16 keys, the first two levels of
-   sum_lanes's tree leave each vector holding eight whole dot products, in the order (0, 2, 4, 6,
-   1, 3, 5, 7) of its eight keys; one shuffle puts them in order. */
-INLINE void dots4(const float *q, const float *keys, int n, float *out)
-{
-    v8 qq = {q[0], q[1], q[2], q[3], q[0], q[1], q[2], q[3]};
-    int t = 0;
-    for (; t + 16 <= n; t += 16) {
-        v8 p[8];
-        for (int j = 0; j < 8; j++) p[j] = qq * *(const v8 *)(keys + (t + 2 * j) * 4);
-        v8 b0 = PAIRS(EVEN_ODD(p[0], p[1]), EVEN_ODD(p[2], p[3]));
-        v8 b1 = PAIRS(EVEN_ODD(p[4], p[5]), EVEN_ODD(p[6], p[7]));
-        *(v8 *)(out + t) = __builtin_shufflevector(b0, b0, 0, 4, 1, 5, 2, 6, 3, 7);
-        *(v8 *)(out + t + 8) = __builtin_shufflevector(b1, b1, 0, 4, 1, 5, 2, 6, 3, 7);
-    }
-    for (; t < n; t++) out[t] = q[0] * keys[t * 4] + q[1] * keys[t * 4 + 1] + q[2] * keys[t * 4 + 2] + q[3] * keys[t * 4 + 3];
-}
-
-/* out (4 floats) = sum over t < n of w[t] * vals[t], vals packed (stride 4): two rows to a vector. */
-INLINE void weighted_sum4(const float *w, const float *vals, int n, float *out)
-{
-    v8 acc = {0};
-    int t = 0;
-    for (; t + 2 <= n; t += 2) {
-        v8 ww = {w[t], w[t], w[t], w[t], w[t + 1], w[t + 1], w[t + 1], w[t + 1]};
-        acc += ww * *(const v8 *)(vals + t * 4);
-    }
-    for (int d = 0; d < 4; d++) out[d] = acc[d] + acc[4 + d] + (t < n ? w[t] * vals[t * 4 + d] : 0.0f);
-}
-
-/* dots and weighted_sum over packed rows (stride D) for the head dims the training kernels take:
-   4, or a multiple of 8. D is a constant in the specialised copies, so the branch folds away. */
-INLINE void dots_packed(const float *q, const float *keys, int n, const int D, float *out)
-{
-    if (D == 4) dots4(q, keys, n, out);
-    else dots((const v8 *)q, keys, D, n, D / 8, out);
-}
-
-INLINE void weighted_sum_packed(const float *w, const float *vals, int n, const int D, float *out)
-{
-    if (D == 4) weighted_sum4(w, vals, n, out);
-    else weighted_sum(w, vals, D, n, D / 8, (v8 *)out);
-}
-
 INLINE void forward_head(strided q, const float *keys, const float *vals, float *y, float *lse, int b, int h,
                          int T, int H, const int D, int window, float scale, float *s)
 {
     for (int i = 0; i < T; i++) {
-        int lo = (window > 0 && i + 1 > window) ? i + 1 - window : 0, n = i + 1 - lo;
+        int lo = (int)first_key(i, window), n = i + 1 - lo;
         float qi[D], acc[D];
         const float *qraw = at(q, b, i, h);
         for (int d = 0; d < D; d++) qi[d] = qraw[d] * scale;
@@ -326,7 +327,7 @@ INLINE void backward_head(strided q, const float *keys, const float *vals, const
                           const int D, int window, float scale, float *p, float *dp)
 {
     for (int i = 0; i < T; i++) {
-        int lo = (window > 0 && i + 1 > window) ? i + 1 - window : 0, n = i + 1 - lo;
+        int lo = (int)first_key(i, window), n = i + 1 - lo;
         int64_t row = ((int64_t)b * T + i) * H + h;
         const float *yi = y + row * D, *dyi = dy + row * D, *qraw = at(q, b, i, h);
         float qi[D], dqi[D], delta = 0.0f, l = lse[((int64_t)b * H + h) * T + i];
@@ -349,17 +350,6 @@ INLINE void backward_head(strided q, const float *keys, const float *vals, const
             }
     }
 }
-
-#define FOR_D(CALL)                                                                 \
-    switch (D) {                                                                    \
-    case 4: { const int D_ = 4; CALL; } break;                                      \
-    case 8: { const int D_ = 8; CALL; } break;                                      \
-    case 16: { const int D_ = 16; CALL; } break;                                    \
-    case 32: { const int D_ = 32; CALL; } break;                                    \
-    case 48: { const int D_ = 48; CALL; } break;                                    \
-    case 64: { const int D_ = 64; CALL; } break;                                    \
-    default: { const int D_ = D; CALL; } break;                                     \
-    }
 
 int attention_forward(const float *qp, int64_t qsb, int64_t qst, int64_t qsh,
                       const float *kp, int64_t ksb, int64_t kst, int64_t ksh,
