@@ -78,12 +78,9 @@ def ours(model: GPT, streams: int, tokens: int, greedy: bool = False) -> list[li
 
 
 def ours_pytorch(model: GPT, streams: int, tokens: int, greedy: bool = False) -> list[list[int]]:
-    """Ours without the C decode kernels: PyTorch's attention and RMSNorm."""
-    kernels.ENABLED = False
-    try:
+    """Ours without the C decode kernels: PyTorch's attention, RMSNorm and SwiGLU."""
+    with kernels.disabled():
         return ours(model, streams, tokens, greedy)
-    finally:
-        kernels.ENABLED = True
 
 
 @torch.inference_mode()

@@ -112,11 +112,8 @@ def without_kernels(step: Callable[[], None]) -> Callable[[], None]:
     """The same step with our C attention kernel switched off (PyTorch's SDPA, as before it)."""
 
     def run() -> None:
-        kernels.ENABLED = False
-        try:
+        with kernels.disabled():
             step()
-        finally:
-            kernels.ENABLED = True
 
     return run
 

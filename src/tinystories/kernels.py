@@ -3,7 +3,7 @@
 fp32 on the CPU, the model calls them where PyTorch spends its time on
 overhead rather than arithmetic, and uses PyTorch's own operations otherwise
 (other devices and dtypes, no C compiler, TINYSTORIES_KERNELS=0 in the
-environment, or `ENABLED = False`):
+environment, `ENABLED = False`, or inside `with disabled():`):
 
 - `causal_attention`: whole-sequence causal (and windowed) attention, forward
   and backward, for training and scoring, at head dim 4 or a multiple of 8; at
@@ -29,6 +29,7 @@ build is logged (logger `tinystories.kernels`) and leaves PyTorch's path.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import ctypes
 import functools
@@ -39,6 +40,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -112,16 +114,16 @@ def _build(compiler: str) -> Path:
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    """The loaded kernel, or None when it cannot be built here (logged once)."""
+    """The loaded kernels, or None when they cannot be built here (logged once)."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        log.info("no C compiler found: decoding uses PyTorch's attention")
+        log.info("no C compiler found: attention runs on PyTorch's operations")
         return None
     try:
         lib = ctypes.CDLL(str(_build(compiler)))
     except (OSError, subprocess.SubprocessError) as e:
         detail = getattr(e, "stderr", b"") or b""
-        log.info("decode kernel not built (%s %s): decoding uses PyTorch's attention", e, detail.decode()[-500:])
+        log.info("kernels not built (%s %s): attention runs on PyTorch's operations", e, detail.decode()[-500:])
         return None
     fn = lib.decode_attention
     fn.restype = ctypes.c_int
@@ -140,8 +142,26 @@ def _library() -> ctypes.CDLL | None:
 
 
 def available() -> bool:
-    """Whether the decode kernel is switched on and can be used in this process."""
+    """Whether the kernels are switched on and can be used in this process."""
     return ENABLED and _library() is not None
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """PyTorch's operations instead of the kernels inside the block (the previous setting after it)."""
+    global ENABLED
+    before, ENABLED = ENABLED, False
+    try:
+        yield
+    finally:
+        ENABLED = before
+
+
+def _loaded() -> ctypes.CDLL:
+    """The library, for callers that checked `usable` or `trainable` first."""
+    lib = _library()
+    assert lib is not None, "a kernel was called without a library; check usable() or trainable() first"
+    return lib
 
 
 def usable(x: torch.Tensor, cache: torch.Tensor) -> bool:
@@ -173,8 +193,7 @@ def decode_attention(
     token. rope: (max_pos, D/2, 2) cos and sin, or None. window: a local layer's
     window, or None.
     """
-    lib = _library()
-    assert lib is not None, "decode_attention called without a kernel; check usable() first"
+    lib = _loaded()
     B, two_k, M, D = kv.shape
     out = torch.empty(B, n_head * D)
     assert qkv.is_contiguous() and kv.is_contiguous() and pos.dtype == torch.int64 and pos.is_contiguous()
@@ -190,8 +209,7 @@ def decode_attention(
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm of x (B, C) contiguous fp32 with weight (C,): what torch.rms_norm computes, in one call."""
-    lib = _library()
-    assert lib is not None, "rms_norm called without a kernel; check usable() first"
+    lib = _loaded()
     assert x.is_contiguous() and weight.is_contiguous() and x.dim() == 2
     out = torch.empty_like(x)
     lib.rms_norm(x.data_ptr(), weight.data_ptr(), out.data_ptr(), x.shape[0], x.shape[1], eps)
@@ -200,8 +218,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 def silu_mul(h: torch.Tensor) -> torch.Tensor:
     """SwiGLU's silu(gate) * up of h (B, 2F) contiguous fp32, gate columns first: (B, F), in one call."""
-    lib = _library()
-    assert lib is not None, "silu_mul called without a kernel; check usable() first"
+    lib = _loaded()
     assert h.is_contiguous() and h.dim() == 2 and h.shape[1] % 2 == 0
     out = torch.empty(h.shape[0], h.shape[1] // 2)
     lib.silu_mul(h.data_ptr(), out.data_ptr(), h.shape[0], h.shape[1] // 2)
@@ -220,10 +237,9 @@ class _CausalAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, window, scale):  # type: ignore[override]
         B, T, H, D = q.shape
         K = k.shape[2]
-        lib = _library()
         y = torch.empty(B, T, H, D)
         lse = torch.empty(B, H, T)
-        status = lib.attention_forward(*_strided(q), *_strided(k), *_strided(v), y.data_ptr(), lse.data_ptr(),
+        status = _loaded().attention_forward(*_strided(q), *_strided(k), *_strided(v), y.data_ptr(), lse.data_ptr(),
                                        B, T, H, K, D, window or 0, scale, torch.get_num_threads())
         if status != 0:
             raise MemoryError("attention_forward: could not allocate scratch memory")
@@ -239,7 +255,7 @@ class _CausalAttention(torch.autograd.Function):
         dy = dy.contiguous()
         dq = torch.empty(B, T, H, D)
         dk, dv = torch.zeros(B, K, T, D), torch.zeros(B, K, T, D)  # per (row, head) contiguous: see kernels.c
-        status = _library().attention_backward(
+        status = _loaded().attention_backward(
             *_strided(q), *_strided(k), *_strided(v), y.data_ptr(), dy.data_ptr(), lse.data_ptr(),
             dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), B, T, H, K, D, ctx.window or 0, ctx.scale,
             torch.get_num_threads(),
@@ -264,6 +280,5 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: 
 
 def trainable(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Whether `causal_attention` takes these operands."""
-    return (q.device.type == "cpu" and q.dtype == torch.float32 and k.dtype == torch.float32 and q.numel() > 0
-            and (q.shape[-1] == 4 or q.shape[-1] % 8 == 0) and q.stride(-1) == 1 and k.stride(-1) == 1
-            and available())
+    return (q.numel() > 0 and (q.shape[-1] == 4 or q.shape[-1] % 8 == 0) and q.stride(-1) == 1
+            and k.stride(-1) == 1 and usable(q, k))
