@@ -14,6 +14,13 @@ from tinystories.sample import SampleParams, generate
 needs_kernel = pytest.mark.skipif(not kernels.available(), reason="the decode kernel could not be built here (no C compiler?)")
 
 
+def tiny_model(name: str) -> GPT:
+    """The preset at vocabulary 97, seed 0; neo-1m with local layers of window 8 (as its family has)."""
+    over = {"vocab_size": 97, "windows": (None, 8) * 4} if name == "neo-1m" else {"vocab_size": 97}
+    torch.manual_seed(0)
+    return GPT(preset(name, **over))
+
+
 def reference(qkv, kv, pos, table, H, window, scale):
     """What the kernel must do, row by row in PyTorch: rotate, write the cache, attend to [lo, p]."""
     B, twoK, _, D = kv.shape
@@ -90,10 +97,9 @@ def test_kernel_splits_rows_over_threads_with_the_same_result():
 @needs_kernel
 @pytest.mark.parametrize("name", ["llama-260k", "neo-1m"])
 def test_sampling_with_the_kernel_matches_pytorch_attention(name, monkeypatch):
-    # neo-1m: head dim 4 (the plain loops) with local layers of window 8; llama-260k: head dim 8, grouped queries.
-    over = {"vocab_size": 97, "windows": (None, 8) * 4} if name == "neo-1m" else {"vocab_size": 97}
-    torch.manual_seed(0)
-    model = GPT(preset(name, **over)).eval()
+    # neo-1m: head dim 4 (two keys to a vector) with local layers of window 8; llama-260k: head dim 8, grouped
+    # queries.
+    model = tiny_model(name).eval()
     prompts = [[1, 2, 3], [4], [5, 6, 7, 8, 9, 10, 11]]  # different lengths: rows at different positions
     params = SampleParams(temperature=0.0, max_new_tokens=40)
     fast = generate(model, prompts, params)
@@ -199,9 +205,7 @@ def test_training_attention_is_bitwise_the_same_on_any_number_of_threads():
 def test_training_with_the_kernel_matches_sdpa(name, monkeypatch):
     # The model's loss and every parameter's gradient, kernel against SDPA (neo: 16 heads of 4, local layers
     # of window 8).
-    over = {"vocab_size": 97, "windows": (None, 8) * 4} if name == "neo-1m" else {"vocab_size": 97}
-    torch.manual_seed(0)
-    model = GPT(preset(name, **over)).train()
+    model = tiny_model(name).train()
     x = torch.randint(0, 97, (2, 33))
 
     def loss_and_grads():
