@@ -233,3 +233,26 @@ def test_loading_the_kernels_leaves_denormals_alone():
     # Linked with -ffast-math, gcc would add crtfastmath.o, flushing denormals to zero process-wide.
     tiny = torch.tensor([1e-40], dtype=torch.float32)
     assert (tiny * 1.0).item() > 0 and (torch.tensor([1e-38]) / 1000).item() > 0
+
+
+@needs_kernel
+def test_peaked_attention_equals_sdpa():
+    # Scores hundreds apart, as in a trained model's sharp heads: weights below exp(-80) are cut to 0
+    # (denormals would be slow), which must not change the result.
+    torch.manual_seed(3)
+    B, T, H, K, D = 2, 40, 4, 2, 8
+    qkv = (torch.randn(B, T, H + 2 * K, D) * torch.tensor([30.0] * H + [3.0] * (2 * K))[:, None]).requires_grad_()
+    q, k, v = qkv.split([H, K, K], dim=2)
+    got, want = kernels.causal_attention(q, k, v, None, D**-0.5), sdpa_causal(q, k, v, None, D**-0.5)
+    assert (got - want).abs().max() < 1e-4
+    dy = torch.randn_like(got)
+    (g1,) = torch.autograd.grad(got, qkv, dy)
+    (g2,) = torch.autograd.grad(want, qkv, dy)
+    assert (g1 - g2).abs().max() < 5e-5 * g2.abs().max()  # gradients reach ~90 here: float32 rounding of both
+    kv = torch.randn(B, 2 * K, T, D) * 3
+    step = torch.randn(B, (H + 2 * K) * D) * 30
+    pos = torch.tensor([T - 1, 20])
+    ref_kv = kv.clone()
+    want_step, _ = reference(step, ref_kv, pos, None, H, None, D**-0.5)
+    got_step = kernels.decode_attention(step.clone(), kv, pos, None, H, None, D**-0.5)
+    assert (got_step - want_step).abs().max() < 1e-4
