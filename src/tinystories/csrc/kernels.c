@@ -335,10 +335,14 @@ INLINE void backward_head(strided q, const float *keys, const float *vals, const
     for (int i = 0; i < T; i++) {
         int lo = (int)first_key(i, window), n = i + 1 - lo;
         int64_t row = ((int64_t)b * T + i) * H + h;
-        const float *yi = y + row * D, *dyi = dy + row * D, *qraw = at(q, b, i, h);
-        float qi[D], dqi[D], delta = 0.0f, l = lse[((int64_t)b * H + h) * T + i];
+        const float *yi = y + row * D, *qraw = at(q, b, i, h);
+        /* Local copies: the gradient stores below could alias q and dy for all the compiler knows, and
+           it would reload them for every key. */
+        float qr[D], dyi[D], qi[D], dqi[D], delta = 0.0f, l = lse[((int64_t)b * H + h) * T + i];
         for (int d = 0; d < D; d++) {
-            qi[d] = qraw[d] * scale;
+            qr[d] = qraw[d];
+            dyi[d] = dy[row * D + d];
+            qi[d] = qr[d] * scale;
             delta += dyi[d] * yi[d];
         }
         const float *k0 = keys + (int64_t)lo * D, *v0 = vals + (int64_t)lo * D;
@@ -349,11 +353,22 @@ INLINE void backward_head(strided q, const float *keys, const float *vals, const
         weighted_sum_packed(dp, k0, n, D, dqi);
         for (int d = 0; d < D; d++) dq[row * D + d] = dqi[d];
         float *dkt = dk + (int64_t)lo * D, *dvt = dv + (int64_t)lo * D;
-        for (int t = 0; t < n; t++)
-            for (int d = 0; d < D; d++) {
-                dkt[t * D + d] += dp[t] * qraw[d];
-                dvt[t * D + d] += p[t] * dyi[d];
-            }
+        if (D % 8 == 0) {  /* whole vectors: gcc does not vectorise the float loop below as well */
+            const int C = D / 8;
+            v8 *dk8 = (v8 *)dkt, *dv8 = (v8 *)dvt;
+            const v8 *q8 = (const v8 *)qr, *g8 = (const v8 *)dyi;
+            for (int t = 0; t < n; t++)
+                for (int c = 0; c < C; c++) {
+                    dk8[t * C + c] += dp[t] * q8[c];
+                    dv8[t * C + c] += p[t] * g8[c];
+                }
+        } else {
+            for (int t = 0; t < n; t++)
+                for (int d = 0; d < D; d++) {
+                    dkt[t * D + d] += dp[t] * qr[d];
+                    dvt[t * D + d] += p[t] * dyi[d];
+                }
+        }
     }
 }
 
