@@ -107,6 +107,10 @@ COMMANDS: dict[str, Command] = {
         "tinystories.eval.instruct:evaluate_instruct",
         "instruction following of an Instruct model: required words and sentence present, optional LLM judge",
     ),
+    "serve": Command(
+        "tinystories.serve:serve",
+        "serve runs over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions), playground at /",
+    ),
     "eval diversity": Command(
         "tinystories.eval.diversity:evaluate_diversity",
         "memorization and diversity: Rouge of completions of cut training stories vs. the original, each other and the corpus",

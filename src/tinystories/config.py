@@ -165,6 +165,9 @@ def add_options(
                 conv = functools.partial(_none_or, conv)
             kwargs["nargs"] = "+"
             kwargs["type"] = _wrap(conv, f.name)
+            if f.metadata.get("repeat"):  # `--run a --run b` as well as `--run a b`
+                kwargs["action"] = "extend"
+                kwargs["default"] = None
         else:
             kwargs["type"] = _wrap(_converter(tp, f), f.name)
         for alias in f.metadata.get("aliases", ()):

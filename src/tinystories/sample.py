@@ -50,6 +50,8 @@ FINISH_LENGTH = "length"
 """The sequence produced max_new_tokens tokens."""
 FINISH_CONTEXT = "context"
 """The sequence filled the model's context (max_seq_len); nothing more fits."""
+MAX_LOGPROBS = 20
+"""Most alternatives a sequence may ask log-probabilities for."""
 
 
 # --- per-sequence settings ------------------------------------------------------
@@ -71,6 +73,8 @@ class SampleParams:
     """Stop when the model produces end-of-text."""
     seed: int | None = None
     """Seed of this sequence's own random generator; None = a fresh random seed."""
+    logprobs: int | None = None
+    """Also report each token's log-probability and those of the k most likely tokens (k = 0..20); None = off."""
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0 or math.isinf(self.temperature):
@@ -81,6 +85,8 @@ class SampleParams:
             raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
             raise UserError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise UserError(f"logprobs must be in 0..{MAX_LOGPROBS}, got {self.logprobs}")
 
     @property
     def greedy(self) -> bool:
@@ -189,11 +195,21 @@ def _draw_in(probs: torch.Tensor, x: torch.Tensor, cdf: torch.Tensor | None = No
 # --- the engine -----------------------------------------------------------------
 
 
+class TokenLogprobs(NamedTuple):
+    """A token's log-probability under the model (temperature 1, no top-k / top-p) and the best alternatives'."""
+
+    logprob: float
+    top: list[tuple[int, float]]
+    """(token id, log-probability) of the most likely tokens, best first."""
+
+
 class StepEvent(NamedTuple):
     seq_id: int
     token: int
     finish_reason: str | None
     """None while the sequence goes on; else FINISH_STOP, FINISH_LENGTH or FINISH_CONTEXT."""
+    logprobs: TokenLogprobs | None = None
+    """Set when the sequence's SampleParams.logprobs is not None."""
 
     @property
     def finished(self) -> bool:
@@ -229,6 +245,7 @@ class _Live:
     is_greedy: torch.Tensor | None  # (hi,) bool when greedy and sampled rows mix, else None
     filtered: bool  # some row uses top-k or top-p
     tempered: bool  # some sampled row has a temperature other than 1
+    top_logprobs: int  # most alternatives a live row wants log-probabilities for; -1 = none asks
 
 
 PARALLEL_MIN_FLOPS = 64e6
@@ -415,6 +432,7 @@ class Sampler:
                 hi=hi, seqs=seqs, drawn=[s for s in seqs if s.generator is not None], all_greedy=not sampled,
                 is_greedy=is_greedy, filtered=any(p.top_k > 0 or p.top_p < 1.0 for p in sampled),
                 tempered=any(p.temperature != 1.0 for p in sampled),
+                top_logprobs=max((s.params.logprobs for s in seqs if s.params.logprobs is not None), default=-1),
             )
         return self._live_plan
 
@@ -436,11 +454,15 @@ class Sampler:
     def _step(self) -> list[StepEvent]:
         plan = self._plan()
         logits = self._gather_logits(plan.hi)  # (hi, V)
+        logp = None
+        if plan.top_logprobs >= 0:  # before sampling, which overwrites the logits
+            logp = torch.log_softmax(_fp32(logits), dim=-1)  # (hi, V)
         if plan.all_greedy:
             tokens = logits.argmax(dim=-1)  # (hi,)
         else:
             tokens = self._sample(logits, plan)
         token_list = tokens.tolist()  # the one host sync of a step
+        lps = None if logp is None else self._logprobs(logp, tokens, plan.top_logprobs)
 
         events = []
         for seq in plan.seqs:
@@ -454,7 +476,12 @@ class Sampler:
                 reason = FINISH_LENGTH
             elif seq.length >= self.max_len:
                 reason = FINISH_CONTEXT  # the token is emitted, but there is no slot to feed it
-            events.append(StepEvent(seq.seq_id, tok, reason))
+            lp = None
+            if lps is not None and seq.params.logprobs is not None:
+                chosen, top_ids, top_lps = lps
+                k = seq.params.logprobs
+                lp = TokenLogprobs(chosen[seq.row], list(zip(top_ids[seq.row][:k], top_lps[seq.row][:k])))
+            events.append(StepEvent(seq.seq_id, tok, reason, lp))
             if reason is not None:
                 self.remove(seq.seq_id)
 
@@ -467,6 +494,15 @@ class Sampler:
                 view.lengths.mul_(self._live[:hi])  # free rows took a dummy token; keep them empty
             self._logits = out[:, 0]
         return events
+
+    @staticmethod
+    def _logprobs(logp: torch.Tensor, tokens: torch.Tensor, k: int) -> tuple[list, list, list]:
+        """Per row: the chosen token's log-probability, and the top k ids and log-probabilities; as lists."""
+        chosen = logp.gather(1, tokens[:, None])[:, 0].tolist()
+        if k == 0:
+            return chosen, [[] for _ in chosen], [[] for _ in chosen]
+        top_lps, top_ids = logp.topk(min(k, logp.shape[-1]), dim=-1)  # (hi, k)
+        return chosen, top_ids.tolist(), top_lps.tolist()
 
     def _gather_logits(self, hi: int) -> torch.Tensor:
         """Next-token logits of rows [0, hi): last step's forward, with freshly prefilled rows patched in."""

@@ -1,0 +1,76 @@
+"""`tinystories serve`: an OpenAI-compatible HTTP server and a story playground for trained runs.
+
+- `engine.py`: the model worker (continuous batching over `sample.Sampler`).
+- `api.py`: the Starlette app (request checking, OpenAI-shaped answers and errors, streaming).
+- `static/`: the playground page served at `/`.
+
+Starlette and uvicorn come with the `[serve]` extra and are imported only here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from tinystories.errors import UserError
+
+
+@dataclass
+class ServeConfig:
+    """`tinystories serve`: serve runs over an OpenAI-compatible API, with a playground at `/`."""
+
+    run: tuple[str, ...] = field(default=(), metadata={"repeat": True})
+    """Run folder(s) to serve (repeat --run for several); each is named after its folder."""
+    host: str = "127.0.0.1"
+    """Address to listen on (0.0.0.0 opens the server to the network)."""
+    port: int = 8000
+    """TCP port."""
+    api_key_env: str | None = None
+    """Name of an environment variable holding the API key clients must send as `Authorization: Bearer <key>`."""
+    device: str = "cpu"
+    """Torch device of the models (cpu, cuda, cuda:1, mps)."""
+    step: int | None = None
+    """Checkpoint step to load; default = the latest of each run."""
+    max_streams: int = 64
+    """Sequences decoded together per model (the running batch); more wait in the queue."""
+    max_queue: int = 256
+    """Sequences that may wait for a free batch row; a request that does not fit gets 429."""
+    max_prompt_tokens: int = 1024
+    """Most tokens in one prompt (also cut to the model's context); more gets 400."""
+    max_tokens: int = 1024
+    """Most new tokens one choice may ask for (`max_tokens`); more gets 400."""
+    max_n: int = 8
+    """Most choices per request (`n`, times the number of prompts); more gets 400."""
+    max_body_bytes: int = 1_000_000
+    """Largest request body; more gets 413."""
+    log_level: str = "info"
+    """uvicorn's log level (critical, error, warning, info, debug)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_streams", "max_queue", "max_prompt_tokens", "max_tokens", "max_n", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.port < 65536:
+            raise UserError(f"--port must be in 0..65535, got {self.port}")
+
+
+def api_key(cfg: ServeConfig) -> str | None:
+    """The key clients must send, read from the environment variable cfg.api_key_env (None = no key)."""
+    if cfg.api_key_env is None:
+        return None
+    key = os.environ.get(cfg.api_key_env, "")
+    if not key:
+        raise UserError(f"--api-key-env {cfg.api_key_env}: that environment variable is not set or empty")
+    return key
+
+
+def serve(cfg: ServeConfig) -> None:
+    """Run the server until interrupted."""
+    try:
+        import uvicorn
+
+        from tinystories.serve.api import build_app
+    except ImportError as e:
+        raise UserError(f"serving needs the [serve] extra: pip install 'tinystories[serve]' ({e.name} is missing)") from None
+    app = build_app(cfg)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)

@@ -1,0 +1,748 @@
+"""The HTTP side of `tinystories serve`: OpenAI-shaped endpoints over the model worker.
+
+Every request body is checked field by field before any work is queued: a
+wrong type, an unknown field or a value over a limit is answered with a 4xx in
+OpenAI's error shape, `{"error": {"message", "type", "param", "code"}}`. A
+request's choices are queued as jobs for the worker (`engine.py`); their token
+events come back on the event loop, are turned into text (never half a UTF-8
+character, stop strings held back until they are decided) and are sent as
+server-sent events or gathered into one answer. A client that goes away cancels
+its jobs, which frees their rows before the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import math
+import re
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from tinystories.errors import UserError
+from tinystories.sample import (
+    FINISH_STOP,
+    IncrementalDecoder,
+    SampleParams,
+    Sampler,
+    StepEvent,
+    prompt_ids,
+)
+from tinystories.serve import ServeConfig, api_key
+from tinystories.serve.engine import Job, QueueFull, Worker
+
+log = logging.getLogger("tinystories.serve")
+STATIC = Path(__file__).parent / "static"
+MAX_STOP = 4
+"""Stop strings per request at most (as OpenAI's API)."""
+MAX_TOP_LOGPROBS = 5
+"""Alternatives per token at most (`logprobs` of /v1/completions, `top_logprobs` of chat)."""
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape with an HTTP status."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type_: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type_
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def _error_response(e: ApiError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+    return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+
+# --- the served models ---------------------------------------------------------------
+
+
+@dataclass
+class Served:
+    name: str
+    model: Any
+    tokenizer: Any
+    step: int
+    created: int
+
+    @property
+    def context(self) -> int:
+        return self.model.config.max_seq_len
+
+
+@dataclass
+class State:
+    cfg: ServeConfig
+    key: str | None
+    runs: dict[str, Path]
+    models: dict[str, Served] = field(default_factory=dict)
+    worker: Worker | None = None
+    load_error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.worker is not None
+
+
+def _run_names(runs: tuple[str, ...]) -> dict[str, Path]:
+    from tinystories.run import find_checkpoint
+
+    if not runs:
+        raise UserError("--run is required: the run folder(s) to serve")
+    out: dict[str, Path] = {}
+    for r in runs:
+        path = Path(r)
+        if not path.is_dir():
+            raise UserError(f"no run folder at {path}")
+        find_checkpoint(path)  # a clear error now rather than after the server started
+        name = path.resolve().name
+        if name in out:
+            raise UserError(f"two runs are named {name!r} (models are named after their folders)")
+        out[name] = path
+    return out
+
+
+def _load(state: State, loop: asyncio.AbstractEventLoop) -> None:
+    """Load every run and start the worker (on a thread: /health answers 503 meanwhile)."""
+    from tinystories.run import load_run
+
+    try:
+        samplers = {}
+        for name, path in state.runs.items():
+            loaded = load_run(path, step=state.cfg.step, device=state.cfg.device)
+            state.models[name] = Served(name, loaded.model, loaded.tokenizer, loaded.step, int(time.time()))
+            samplers[name] = Sampler(loaded.model, state.cfg.max_streams, eot_id=loaded.tokenizer.eot_id)
+        worker = Worker(samplers, state.cfg.max_queue, loop.call_soon_threadsafe)
+        worker.start()
+        state.worker = worker
+        log.info("serving %s", ", ".join(state.models))
+    except Exception as e:  # reported by /health and every request
+        state.load_error = f"{type(e).__name__}: {e}"
+        log.error("loading failed: %s", state.load_error)
+
+
+# --- checking requests ----------------------------------------------------------------
+
+
+def _type_name(v: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
+            dict: "an object", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def _bad(param: str, message: str, code: str | None = None) -> ApiError:
+    return ApiError(400, f"{param}: {message}", param=param, code=code)
+
+
+def _int(lo: int, hi: int | None = None, limit: str | None = None) -> Callable[[str, Any], int]:
+    def check(name: str, v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise _bad(name, f"expected an integer, got {_type_name(v)}")
+        if v < lo:
+            raise _bad(name, f"must be >= {lo}, got {v}")
+        if hi is not None and v > hi:
+            why = f" (the server's {limit})" if limit else ""
+            raise _bad(name, f"must be <= {hi}{why}, got {v}")
+        return v
+    return check
+
+
+def _num(lo: float, hi: float, lo_open: bool = False) -> Callable[[str, Any], float]:
+    def check(name: str, v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise _bad(name, f"expected a number, got {_type_name(v)}")
+        v = float(v)
+        if not math.isfinite(v) or v > hi or v < lo or (lo_open and v == lo):
+            raise _bad(name, f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {v:g}")
+        return v
+    return check
+
+
+def _bool(name: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _bad(name, f"expected a boolean, got {_type_name(v)}")
+    return v
+
+
+def _str(name: str, v: Any) -> str:
+    if not isinstance(v, str):
+        raise _bad(name, f"expected a string, got {_type_name(v)}")
+    return v
+
+
+def _zero(name: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or v != 0:
+        raise _bad(name, "only 0 is supported", code="unsupported_value")
+    return 0.0
+
+
+def _empty(name: str, v: Any) -> None:
+    if v not in (None, {}, ""):
+        raise _bad(name, "not supported", code="unsupported_value")
+
+
+def _stop(name: str, v: Any) -> list[str]:
+    items = [v] if isinstance(v, str) else v
+    if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+        raise _bad(name, "expected a string or an array of strings")
+    if len(items) > MAX_STOP:
+        raise _bad(name, f"at most {MAX_STOP} stop strings, got {len(items)}")
+    if any(s == "" for s in items):
+        raise _bad(name, "stop strings must not be empty")
+    return items
+
+
+def _stream_options(name: str, v: Any) -> bool:
+    if not isinstance(v, dict) or set(v) - {"include_usage"}:
+        raise _bad(name, 'expected {"include_usage": true|false}')
+    return _bool(name + ".include_usage", v.get("include_usage", False))
+
+
+def _prompt(name: str, v: Any) -> list[str | list[int]]:
+    """A string, an array of strings, an array of token ids, or an array of arrays of token ids."""
+    if isinstance(v, str):
+        return [v]
+    if isinstance(v, list) and v:
+        if all(isinstance(x, str) for x in v):
+            return list(v)
+        if all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+            return [list(v)]
+        if all(isinstance(x, list) and x and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+               for x in v):
+            return [list(x) for x in v]
+    raise _bad(name, "expected a string, an array of strings, or (arrays of) token ids")
+
+
+def _messages(name: str, v: Any) -> list[dict[str, str]]:
+    if not isinstance(v, list) or not v:
+        raise _bad(name, "expected a non-empty array of messages")
+    out = []
+    for i, m in enumerate(v):
+        where = f"{name}[{i}]"
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or "content" not in m:
+            raise _bad(where, 'expected {"role": ..., "content": ...}')
+        if set(m) - {"role", "content", "name"}:
+            raise _bad(where, f"unknown field(s) {', '.join(sorted(set(m) - {'role', 'content', 'name'}))}")
+        if m["role"] not in ("system", "developer", "user", "assistant"):
+            raise _bad(where + ".role", f"unknown role {m['role']!r}")
+        content = m["content"]
+        if isinstance(content, list):  # content parts: only text parts mean something to a story model
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise _bad(where + ".content", "only text content parts are supported")
+            content = "".join(p["text"] for p in content)
+        elif not isinstance(content, str):
+            raise _bad(where + ".content", f"expected a string, got {_type_name(content)}")
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
+def _check(body: dict[str, Any], spec: dict[str, tuple[Callable[[str, Any], Any], Any]]) -> dict[str, Any]:
+    """Each field of `body` through its checker; absent or null fields take their default; unknown ones fail."""
+    unknown = sorted(set(body) - set(spec))
+    if unknown:
+        raise ApiError(400, f"unknown field(s): {', '.join(unknown)}", param=unknown[0], code="unknown_field")
+    out = {}
+    for name, (check, default) in spec.items():
+        v = body.get(name)
+        out[name] = default if v is None else check(name, v)
+    return out
+
+
+def _common_spec(cfg: ServeConfig) -> dict[str, tuple[Callable[[str, Any], Any], Any]]:
+    return {
+        "model": (_str, None),
+        "temperature": (_num(0.0, 2.0), 1.0),
+        "top_p": (_num(0.0, 1.0, lo_open=True), 1.0),
+        "top_k": (_int(0), 0),
+        "n": (_int(1, cfg.max_n, "--max-n"), 1),
+        "stop": (_stop, []),
+        "seed": (_int(-(2**63), 2**63 - 1), None),
+        "stream": (_bool, False),
+        "stream_options": (_stream_options, False),
+        "user": (_str, None),
+        "presence_penalty": (_zero, 0.0),
+        "frequency_penalty": (_zero, 0.0),
+        "logit_bias": (lambda n, v: _empty(n, v), None),
+    }
+
+
+def completion_spec(cfg: ServeConfig) -> dict[str, tuple[Callable[[str, Any], Any], Any]]:
+    return {
+        **_common_spec(cfg),
+        "prompt": (_prompt, [""]),
+        "max_tokens": (_int(1, cfg.max_tokens, "--max-tokens"), 16),
+        "logprobs": (_int(0, MAX_TOP_LOGPROBS), None),
+        "echo": (_bool, False),
+        "best_of": (_int(1), None),
+        "suffix": (lambda n, v: _empty(n, v), None),
+    }
+
+
+def chat_spec(cfg: ServeConfig) -> dict[str, tuple[Callable[[str, Any], Any], Any]]:
+    return {
+        **_common_spec(cfg),
+        "messages": (_messages, None),
+        "max_tokens": (_int(1, cfg.max_tokens, "--max-tokens"), None),
+        "max_completion_tokens": (_int(1, cfg.max_tokens, "--max-tokens"), None),
+        "logprobs": (_bool, False),
+        "top_logprobs": (_int(0, MAX_TOP_LOGPROBS), None),
+    }
+
+
+async def _json_body(request: Request, limit: int) -> dict[str, Any]:
+    size = request.headers.get("content-length")
+    if size is not None and size.isdigit() and int(size) > limit:
+        raise ApiError(413, f"request body of {size} bytes is over the server's limit of {limit}",
+                       code="request_too_large")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"request body is over the server's limit of {limit} bytes", code="request_too_large")
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"malformed JSON in the request body: {e}", code="invalid_json") from None
+    if not isinstance(obj, dict):
+        raise ApiError(400, f"the request body must be a JSON object, got {_type_name(obj)}", code="invalid_json")
+    return obj
+
+
+# --- from token events to text ----------------------------------------------------------
+
+
+_FINISH = {FINISH_STOP: "stop"}  # FINISH_LENGTH and FINISH_CONTEXT both read "length"
+
+
+class Choice:
+    """One choice's text as its tokens arrive: UTF-8 whole, stop strings cut, log-probabilities lined up."""
+
+    def __init__(self, index: int, tokenizer: Any, prompt: list[int], stop: list[str], logprobs: bool):
+        self.index = index
+        self.tok = tokenizer
+        self.decoder = IncrementalDecoder(tokenizer.decode, prompt)
+        self.stop = stop
+        self.want_logprobs = logprobs
+        self.text = ""  # everything decoded so far (cut at a stop string once one is found)
+        self.sent = 0  # characters of `text` handed out
+        self.entries: list[tuple[int, str, float, list[tuple[str, float]]]] = []  # (offset, token, logprob, top)
+        self.entries_sent = 0
+        self.tokens = 0
+        self.finish: str | None = None
+        self.cut = False  # a stop string ended the text
+
+    def _alternative(self, context: list[int], token: int) -> str:
+        return self.tok.decode([*context, token])[len(self.tok.decode(context)):]
+
+    def feed(self, ev: StepEvent) -> None:
+        self.tokens += 1
+        if ev.finish_reason == FINISH_STOP:
+            piece = self.decoder.flush()
+        else:
+            if ev.logprobs is not None and self.want_logprobs:
+                ctx = self.decoder.ids[-IncrementalDecoder.CONTEXT:]
+                top = [(self._alternative(ctx, t), lp) for t, lp in ev.logprobs.top]
+                self.entries.append((len(self.text), self._alternative(ctx, ev.token), ev.logprobs.logprob, top))
+            piece = self.decoder.push(ev.token)
+            if ev.finish_reason is not None:
+                piece += self.decoder.flush()
+        if ev.finish_reason is not None:
+            self.finish = _FINISH.get(ev.finish_reason, "length")
+        start = max(0, len(self.text) - max((len(s) for s in self.stop), default=0))
+        self.text += piece
+        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
+        if hits:
+            self.text = self.text[: min(hits)]
+            self.finish = "stop"
+            self.cut = True
+
+    def take(self) -> tuple[str, list[tuple[int, str, float, list[tuple[str, float]]]]]:
+        """The text (and its tokens' log-probabilities) that can be handed out now."""
+        end = len(self.text)
+        if self.finish is None and self.stop:  # hold back a tail that may be the start of a stop string
+            for s in self.stop:
+                for k in range(min(len(s) - 1, end), 0, -1):
+                    if self.text.endswith(s[:k]):
+                        end = min(end, len(self.text) - k)
+                        break
+        out = self.text[self.sent : end]
+        self.sent = max(self.sent, end)
+        # A token belongs to the text it starts in; at the end, tokens of no text (end-of-text's
+        # neighbours, a held-back byte) count too, unless a stop string cut them off.
+        final = self.finish is not None and end == len(self.text)
+        entries = []
+        while self.entries_sent < len(self.entries):
+            offset = self.entries[self.entries_sent][0]
+            if not (offset < end or (final and offset == end and not self.cut)):
+                break
+            entries.append(self.entries[self.entries_sent])
+            self.entries_sent += 1
+        return out, entries
+
+
+def _completion_logprobs(entries: list, offset: int) -> dict[str, Any]:
+    return {
+        "tokens": [e[1] for e in entries],
+        "token_logprobs": [e[2] for e in entries],
+        "top_logprobs": [dict(e[3]) for e in entries],
+        "text_offset": [offset + e[0] for e in entries],
+    }
+
+
+def _chat_logprobs(entries: list) -> dict[str, Any]:
+    def one(text: str, lp: float) -> dict[str, Any]:
+        return {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8"))}
+
+    return {"content": [{**one(e[1], e[2]), "top_logprobs": [one(t, lp) for t, lp in e[3]]} for e in entries]}
+
+
+# --- the endpoints --------------------------------------------------------------------
+
+
+_INSTRUCT_FIELD = re.compile(r"^(Features|Words|Random sentence|Summary) ?:", re.MULTILINE)
+
+
+def chat_prompt(messages: list[dict[str, str]]) -> str:
+    """The story prompt of a conversation: the last user message.
+
+    A message with TinyStories-Instruct fields (`Words: ...`, `Summary: ...`)
+    becomes an Instruct entry ending in `Story:` (the model writes the story, as
+    it read Instruct records in training); any other message is a story beginning.
+    """
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    if not users:
+        raise _bad("messages", "no user message: the last user message is the story prompt")
+    text = users[-1].strip()
+    if _INSTRUCT_FIELD.search(text) and "Story:" not in text:
+        text += "\nStory:"
+    return text
+
+
+class Api:
+    def __init__(self, state: State):
+        self.state = state
+
+    # helpers
+
+    def _auth(self, request: Request) -> None:
+        key = self.state.key
+        if key is None:
+            return
+        got = request.headers.get("authorization", "")
+        scheme, _, token = got.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key",
+                           type_="authentication_error")
+        if not hmac.compare_digest(token.strip().encode(), key.encode()):
+            raise ApiError(401, "incorrect API key", code="invalid_api_key", type_="authentication_error")
+
+    def _worker(self) -> Worker:
+        s = self.state
+        if s.load_error is not None:
+            raise ApiError(503, f"the models failed to load: {s.load_error}", type_="server_error",
+                           code="model_load_failed")
+        if s.worker is None:
+            raise ApiError(503, "the models are still loading; try again shortly", type_="server_error",
+                           code="loading")
+        return s.worker
+
+    def _model(self, name: str | None) -> Served:
+        if name is None:
+            raise _bad("model", "required: one of " + ", ".join(self.state.runs))
+        served = self.state.models.get(name)
+        if served is None:
+            raise ApiError(404, f"the model {name!r} does not exist; served: {', '.join(self.state.runs)}",
+                           param="model", code="model_not_found")
+        return served
+
+    def _encode(self, served: Served, prompt: str | list[int]) -> list[int]:
+        tok = served.tokenizer
+        ids = prompt_ids(tok, prompt) if isinstance(prompt, str) else prompt
+        if isinstance(prompt, list) and (min(ids) < 0 or max(ids) >= tok.vocab_size):
+            raise _bad("prompt", f"token ids must be in [0, {tok.vocab_size})")
+        limit = min(self.state.cfg.max_prompt_tokens, served.context - 1)
+        if len(ids) > limit:
+            raise ApiError(400, f"the prompt has {len(ids)} tokens; at most {limit} fit (model context "
+                           f"{served.context}, --max-prompt-tokens {self.state.cfg.max_prompt_tokens})",
+                           param="prompt", code="context_length_exceeded")
+        return ids
+
+    async def _start(self, request: Request, kind: str) -> tuple[dict[str, Any], Served, Worker]:
+        self._auth(request)
+        body = await _json_body(request, self.state.cfg.max_body_bytes)
+        args = _check(body, completion_spec(self.state.cfg) if kind == "completion" else chat_spec(self.state.cfg))
+        worker = self._worker()
+        served = self._model(args["model"])
+        return args, served, worker
+
+    # endpoints
+
+    async def models(self, request: Request) -> Response:
+        self._auth(request)
+        self._worker()
+        data = [{"id": m.name, "object": "model", "created": m.created, "owned_by": "tinystories",
+                 "context_length": m.context, "n_layer": m.model.config.n_layer,
+                 "n_head": m.model.config.n_head, "step": m.step} for m in self.state.models.values()]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def health(self, request: Request) -> Response:
+        s = self.state
+        if s.load_error is not None:
+            return JSONResponse({"status": "error", "error": s.load_error}, status_code=503)
+        if s.worker is None:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return JSONResponse({"status": "ok", "models": list(s.models), "running": s.worker.live(),
+                             "waiting": s.worker.waiting()})
+
+    async def completions(self, request: Request) -> Response:
+        args, served, worker = await self._start(request, "completion")
+        if args["best_of"] not in (None, args["n"]):
+            raise _bad("best_of", "only best_of == n is supported", code="unsupported_value")
+        prompts = [self._encode(served, p) for p in args["prompt"]]
+        if len(prompts) * args["n"] > self.state.cfg.max_n:
+            raise _bad("n", f"{len(prompts)} prompts x n={args['n']} choices is over the server's --max-n "
+                       f"{self.state.cfg.max_n}")
+        lp = args["logprobs"]
+        echo = [served.tokenizer.decode(p) if args["echo"] else "" for p in prompts]
+        return await self._run(request, served, worker, args, prompts, args["max_tokens"], lp, "completion", echo)
+
+    async def chat(self, request: Request) -> Response:
+        args, served, worker = await self._start(request, "chat")
+        if args["messages"] is None:
+            raise _bad("messages", "required")
+        text = chat_prompt(args["messages"])
+        prompts = [self._encode(served, text)]
+        max_tokens = args["max_completion_tokens"] or args["max_tokens"] or self.state.cfg.max_tokens
+        lp = (args["top_logprobs"] or 0) if args["logprobs"] else None
+        if args["top_logprobs"] is not None and not args["logprobs"]:
+            raise _bad("top_logprobs", "needs logprobs: true")
+        return await self._run(request, served, worker, args, prompts, max_tokens, lp, "chat", [""])
+
+    async def attention(self, request: Request) -> Response:
+        """Attention of every token over the text, for one layer and head (from the hook site)."""
+        self._auth(request)
+        body = await _json_body(request, self.state.cfg.max_body_bytes)
+        args = _check(body, {"model": (_str, None), "text": (_str, ""), "layer": (_int(0), 0),
+                             "head": (_int(0), 0)})
+        worker = self._worker()
+        served = self._model(args["model"])
+        cfg = served.model.config
+        if args["layer"] >= cfg.n_layer:
+            raise _bad("layer", f"the model has {cfg.n_layer} layers (0..{cfg.n_layer - 1})")
+        if args["head"] >= cfg.n_head:
+            raise _bad("head", f"the model has {cfg.n_head} heads (0..{cfg.n_head - 1})")
+        ids = prompt_ids(served.tokenizer, args["text"])[: served.context]
+
+        def run() -> list[list[float]]:
+            from tinystories.interp.hooks import capture
+
+            site = f"blocks.{args['layer']}.attn.hook_pattern"
+            pattern = capture(served.model, [ids], [site])[site][0][args["head"]]  # (T, T)
+            return [[round(x, 4) for x in row[: i + 1]] for i, row in enumerate(pattern.tolist())]
+
+        rows = await asyncio.wrap_future(worker.call(run))
+        decoder = IncrementalDecoder(served.tokenizer.decode, ids[:1])
+        pieces = ["\u2039start\u203a"] + [decoder.push(t) for t in ids[1:]]
+        return JSONResponse({"model": served.name, "layer": args["layer"], "head": args["head"],
+                             "tokens": pieces, "attention": rows})
+
+    # generation
+
+    async def _run(self, request: Request, served: Served, worker: Worker, args: dict[str, Any],
+                   prompts: list[list[int]], max_tokens: int, logprobs: int | None, kind: str,
+                   echo: list[str]) -> Response:
+        queue: asyncio.Queue[tuple[int, StepEvent | BaseException]] = asyncio.Queue()
+        choices: list[Choice] = []
+        jobs: list[Job] = []
+        n = args["n"]
+        for p_index, ids in enumerate(prompts):
+            for k in range(n):
+                i = p_index * n + k
+                seed = None if args["seed"] is None else args["seed"] + i  # as `tinystories sample`: seed + i
+                try:
+                    params = SampleParams(args["temperature"], args["top_k"], args["top_p"], max_tokens,
+                                          seed=seed, logprobs=logprobs)
+                except UserError as e:
+                    raise ApiError(400, str(e)) from None
+                choices.append(Choice(i, served.tokenizer, ids, args["stop"], logprobs is not None))
+                jobs.append(Job(ids, params, lambda ev, i=i: queue.put_nowait((i, ev))))
+        try:
+            worker.submit(served.name, jobs)
+        except QueueFull as e:
+            raise ApiError(429, str(e), code="queue_full", type_="rate_limit_error") from None
+        meta = {"id": ("cmpl-" if kind == "completion" else "chatcmpl-") + uuid.uuid4().hex[:24],
+                "created": int(time.time()), "model": served.name}
+        usage_prompt = sum(len(p) for p in prompts)
+        if args["stream"]:
+            gen = self._stream(worker, jobs, choices, queue, meta, kind, echo, n, args["stream_options"], usage_prompt)
+            return StreamingResponse(gen, media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return await self._gather(request, worker, jobs, choices, queue, meta, kind, echo, n, usage_prompt)
+
+    @staticmethod
+    def _usage(choices: list[Choice], prompt_tokens: int) -> dict[str, int]:
+        done = sum(c.tokens for c in choices)
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": done, "total_tokens": prompt_tokens + done}
+
+    async def _gather(self, request: Request, worker: Worker, jobs: list[Job], choices: list[Choice],
+                      queue: asyncio.Queue, meta: dict[str, Any], kind: str, echo: list[str], n: int,
+                      prompt_tokens: int) -> Response:
+        async def until_disconnect() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        watch = asyncio.ensure_future(until_disconnect())
+        try:
+            while any(c.finish is None for c in choices):
+                get = asyncio.ensure_future(queue.get())
+                await asyncio.wait([get, watch], return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    get.cancel()
+                    return Response(status_code=499)  # nobody is listening; the jobs are cancelled below
+                i, ev = get.result()
+                self._feed(worker, jobs, choices, i, ev)
+        finally:
+            watch.cancel()
+            worker.cancel([j for j, c in zip(jobs, choices) if c.finish is None or j.seq_id is not None])
+        out = []
+        for c in choices:
+            text, entries = c.take()
+            offset = len(echo[c.index // n])
+            if kind == "completion":
+                lp = _completion_logprobs(entries, offset) if c.want_logprobs else None
+                out.append({"index": c.index, "text": echo[c.index // n] + text, "logprobs": lp,
+                            "finish_reason": c.finish})
+            else:
+                lp = _chat_logprobs(entries) if c.want_logprobs else None
+                out.append({"index": c.index, "message": {"role": "assistant", "content": text}, "logprobs": lp,
+                            "finish_reason": c.finish})
+        obj = "text_completion" if kind == "completion" else "chat.completion"
+        return JSONResponse({**meta, "object": obj, "choices": out, "usage": self._usage(choices, prompt_tokens)})
+
+    @staticmethod
+    def _feed(worker: Worker, jobs: list[Job], choices: list[Choice], i: int, ev: StepEvent | BaseException) -> None:
+        if isinstance(ev, BaseException):
+            raise ApiError(500, f"generation failed: {ev}", type_="server_error", code="server_error")
+        c = choices[i]
+        if c.finish is not None:
+            return  # tokens already in flight after a stop string ended the choice
+        c.feed(ev)
+        if c.finish is not None and ev.finish_reason is None:
+            worker.cancel([jobs[i]])  # a stop string ended it: free its row now
+
+    async def _stream(self, worker: Worker, jobs: list[Job], choices: list[Choice], queue: asyncio.Queue,
+                      meta: dict[str, Any], kind: str, echo: list[str], n: int, include_usage: bool,
+                      prompt_tokens: int) -> AsyncIterator[str]:
+        obj = "text_completion" if kind == "completion" else "chat.completion.chunk"
+
+        def chunk(choice: dict[str, Any]) -> str:
+            return "data: " + json.dumps({**meta, "object": obj, "choices": [choice]}, separators=(",", ":")) + "\n\n"
+
+        try:
+            first = []
+            for c in choices:
+                if kind == "chat":
+                    first.append(chunk({"index": c.index, "delta": {"role": "assistant", "content": ""},
+                                        "logprobs": None, "finish_reason": None}))
+                elif echo[c.index // n]:
+                    first.append(chunk({"index": c.index, "text": echo[c.index // n], "logprobs": None,
+                                        "finish_reason": None}))
+            if first:
+                yield "".join(first)
+            while any(c.finish is None for c in choices):
+                items = [await queue.get()]
+                while not queue.empty():  # a slow reader gets what piled up in one write
+                    items.append(queue.get_nowait())
+                touched: dict[int, Choice] = {}
+                try:
+                    for i, ev in items:
+                        self._feed(worker, jobs, choices, i, ev)
+                        touched[i] = choices[i]
+                except ApiError as e:
+                    yield "data: " + json.dumps(e.body()) + "\n\n"
+                    break
+                out = []
+                for c in touched.values():
+                    text, entries = c.take()
+                    if not text and not entries and c.finish is None:
+                        continue
+                    if kind == "completion":
+                        lp = _completion_logprobs(entries, len(echo[c.index // n]) + c.sent - len(text)) \
+                            if c.want_logprobs else None
+                        out.append(chunk({"index": c.index, "text": text, "logprobs": lp,
+                                          "finish_reason": c.finish}))
+                    else:
+                        lp = _chat_logprobs(entries) if c.want_logprobs else None
+                        delta = {"content": text} if text or c.finish is None else {}
+                        out.append(chunk({"index": c.index, "delta": delta, "logprobs": lp,
+                                          "finish_reason": c.finish}))
+                if out:
+                    yield "".join(out)
+            if include_usage:
+                yield "data: " + json.dumps({**meta, "object": obj, "choices": [],
+                                             "usage": self._usage(choices, prompt_tokens)}) + "\n\n"
+            yield "data: [DONE]\n\n"
+        finally:  # also when the client went away: its rows are freed before the next step
+            worker.cancel([j for j, c in zip(jobs, choices) if c.finish is None or j.seq_id is not None])
+
+    async def index(self, request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+def build_app(cfg: ServeConfig) -> Starlette:
+    """The Starlette app; the runs load on a thread once it starts (GET /health answers 503 until then)."""
+    state = State(cfg, api_key(cfg), _run_names(cfg.run))
+    api = Api(state)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=_load, args=(state, loop), name="tinystories-load", daemon=True).start()
+        yield
+        if state.worker is not None:
+            state.worker.stop()
+
+    async def api_error(request: Request, e: Exception) -> Response:
+        assert isinstance(e, ApiError)
+        return _error_response(e)
+
+    async def http_error(request: Request, e: Exception) -> Response:
+        assert isinstance(e, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+        return _error_response(ApiError(e.status_code, f"{request.method} {request.url.path}: {e.detail}",
+                                        code=code))
+
+    async def server_error(request: Request, e: Exception) -> Response:
+        log.exception("unexpected error")
+        return _error_response(ApiError(500, "internal server error", type_="server_error", code="server_error"))
+
+    routes = [
+        Route("/", api.index),
+        Route("/health", api.health),
+        Route("/v1/models", api.models),
+        Route("/v1/completions", api.completions, methods=["POST"]),
+        Route("/v1/chat/completions", api.chat, methods=["POST"]),
+        Route("/v1/attention", api.attention, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: server_error})
+    app.state.serve = state
+    return app
