@@ -358,3 +358,28 @@ def test_long_sampled_sequences_past_one_uniform_block():
             got.setdefault(ev.seq_id, []).append(ev.token)
     assert got[a] == _run_alone(model, [1, 2], pa) and len(got[a]) == 140
     assert got[b] == _run_alone(model, [3], pb) and len(got[b]) == 80
+
+
+def test_logprobs_are_the_models_and_only_for_rows_that_ask():
+    model = tiny("llama")
+    sampler = Sampler(model, 3, eot_id=0)
+    prompts = [[0, 5, 9], [0, 7], [0, 3, 4, 8]]
+    params = [SampleParams(1.0, top_k=5, max_new_tokens=6, seed=1, logprobs=4), SampleParams(0.0, max_new_tokens=6),
+              SampleParams(0.7, max_new_tokens=6, seed=2, logprobs=0)]
+    ids = sampler.add_many(prompts, params)
+    got: dict[int, list] = {i: [] for i in ids}
+    while len(sampler):
+        for ev in sampler.step():
+            got[ev.seq_id].append(ev)
+    assert all(ev.logprobs is None for ev in got[ids[1]])
+    for sid, prompt, k in ((ids[0], prompts[0], 4), (ids[2], prompts[2], 0)):
+        new = [ev.token for ev in got[sid]]
+        with torch.no_grad():
+            ref = torch.log_softmax(model(torch.tensor([prompt + new]), logits="all").logits[0].double(), dim=-1)
+        for i, ev in enumerate(got[sid]):
+            row = ref[len(prompt) - 1 + i]  # (V,) the model's distribution before token i
+            assert ev.logprobs.logprob == pytest.approx(row[ev.token].item(), abs=1e-4)
+            assert [t for t, _ in ev.logprobs.top] == row.topk(k).indices.tolist()
+            assert [lp for _, lp in ev.logprobs.top] == pytest.approx(row.topk(k).values.tolist(), abs=1e-4)
+    with pytest.raises(UserError, match="logprobs"):
+        SampleParams(logprobs=21)

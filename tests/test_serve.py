@@ -1,0 +1,400 @@
+"""`tinystories serve`: a real uvicorn server on 127.0.0.1 serving stories260K, driven over HTTP and the openai SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import os
+import socket
+import threading
+import time
+
+import pytest
+import torch
+
+from conftest import testdata_path as data_file
+
+pytest.importorskip("starlette", reason="the [serve] extra (starlette, uvicorn) is not installed")
+uvicorn = pytest.importorskip("uvicorn", reason="the [serve] extra (starlette, uvicorn) is not installed")
+
+from tinystories.serve import ServeConfig  # noqa: E402
+from tinystories.serve.api import build_app  # noqa: E402
+
+KEY = "test-key-7f3a"
+KEY_ENV = "TINYSTORIES_TEST_SERVE_KEY"
+PROMPT = "Once upon a time"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """llama2.c's stories260K imported as a run folder, as `tinystories convert` does."""
+    from tinystories.cli import run
+
+    out = tmp_path_factory.mktemp("serve") / "s260k"
+    with contextlib.redirect_stdout(None):
+        run(["convert", "--from", str(data_file("llama2c/stories260K.bin")),
+             "--tokenizer", str(data_file("llama2c/tok512.model")), "--out", str(out)])
+    return out
+
+
+@contextlib.contextmanager
+def server(cfg: ServeConfig, wait: bool = True):
+    """A uvicorn server on a free port of 127.0.0.1, in a thread; yields the port."""
+    app = build_app(cfg)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 20
+        while not srv.started and time.time() < deadline:
+            time.sleep(0.02)
+        while wait and request(port, "GET", "/health")[0] != 200 and time.time() < deadline:
+            time.sleep(0.05)
+        yield port
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def request(port: int, method: str, path: str, body: object = None, key: str | None = KEY,
+            raw: bytes | None = None) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    conn.request(method, path, body=data, headers=headers)
+    resp = conn.getresponse()
+    text = resp.read()
+    conn.close()
+    return resp.status, json.loads(text) if text else {}
+
+
+@pytest.fixture(scope="module")
+def port(run_dir):
+    os.environ[KEY_ENV] = KEY
+    cfg = ServeConfig(run=(str(run_dir),), api_key_env=KEY_ENV, max_streams=4, max_queue=16, max_n=4,
+                      max_tokens=600, max_body_bytes=100_000)
+    try:
+        with server(cfg) as p:
+            yield p
+    finally:
+        del os.environ[KEY_ENV]
+
+
+def greedy(port: int, prompt: str = PROMPT, max_tokens: int = 120, **extra) -> dict:
+    status, body = request(port, "POST", "/v1/completions", {"model": "s260k", "prompt": prompt,
+                                                             "max_tokens": max_tokens, "temperature": 0, **extra})
+    assert status == 200, body
+    return body
+
+
+def sse(port: int, body: dict, key: str = KEY) -> list:
+    """The events of a streamed request, [DONE] included, as parsed objects (or the string)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    conn.request("POST", "/v1/completions" if "prompt" in body else "/v1/chat/completions",
+                 body=json.dumps(body), headers={"Authorization": f"Bearer {key}"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.getheader("content-type").startswith("text/event-stream")
+    events = []
+    for line in resp.read().decode().split("\n\n"):
+        if line.startswith("data: "):
+            data = line[len("data: "):]
+            events.append(data if data == "[DONE]" else json.loads(data))
+    conn.close()
+    return events
+
+
+# --- the same greedy text everywhere ----------------------------------------------------------
+
+
+def test_greedy_api_equals_sample_command_and_library(run_dir, port, tmp_path):
+    from tinystories.cli import run
+    from tinystories.run import load_run
+    from tinystories.sample import SampleParams, complete, prompt_ids
+
+    api = greedy(port, max_tokens=200)["choices"][0]
+    events = sse(port, {"model": "s260k", "prompt": PROMPT, "max_tokens": 200, "temperature": 0, "stream": True})
+    assert events[-1] == "[DONE]"
+    streamed = "".join(e["choices"][0]["text"] for e in events[:-1])
+    assert len(events) > 3  # tokens arrived as several events, not one answer
+
+    out = tmp_path / "sample.json"
+    with contextlib.redirect_stdout(None):
+        run(["sample", "--run", str(run_dir), "--prompt", PROMPT, "--temperature", "0", "--max-new-tokens", "200",
+             "--no-stream", "--out", str(out)])
+    cli = json.loads(out.read_text())["samples"][0]
+
+    loaded = load_run(run_dir)
+    ids = prompt_ids(loaded.tokenizer, PROMPT)
+    done = complete(loaded.model, [ids], SampleParams(temperature=0.0, max_new_tokens=200),
+                    eot_id=loaded.tokenizer.eot_id)[0]
+    library = loaded.tokenizer.decode(ids + done.tokens)[len(loaded.tokenizer.decode(ids)):]
+
+    assert api["text"] == streamed == cli["completion"] == library
+    assert len(api["text"]) > 100
+    assert api["finish_reason"] == {"length": "length", "stop": "stop"}[cli["finish_reason"]]
+
+
+def test_greedy_from_scratch_is_llama2c_golden_text(port):
+    expected = data_file("llama2c/stories260K.expected.greedy-n200.txt").read_text(encoding="utf-8").rstrip("\n")
+    assert greedy(port, prompt="", max_tokens=200)["choices"][0]["text"] == expected
+
+
+def test_seeded_sampling_repeats_and_n_choices_differ(port):
+    body = {"model": "s260k", "prompt": PROMPT, "max_tokens": 40, "temperature": 1.0, "top_p": 0.9,
+            "seed": 7, "n": 3}
+    a = request(port, "POST", "/v1/completions", body)[1]
+    b = request(port, "POST", "/v1/completions", body)[1]
+    texts = [c["text"] for c in a["choices"]]
+    assert texts == [c["text"] for c in b["choices"]]
+    assert len(set(texts)) == 3
+    assert [c["index"] for c in a["choices"]] == [0, 1, 2]
+    assert a["usage"]["completion_tokens"] >= 3
+
+
+def test_logprobs_match_the_model(run_dir, port):
+    from tinystories.run import load_run
+    from tinystories.sample import prompt_ids
+
+    c = greedy(port, max_tokens=8, logprobs=3)["choices"][0]
+    lp = c["logprobs"]
+    assert "".join(lp["tokens"]) == c["text"]
+    assert lp["text_offset"] == [sum(len(t) for t in lp["tokens"][:i]) for i in range(len(lp["tokens"]))]
+    loaded = load_run(run_dir)
+    ids = prompt_ids(loaded.tokenizer, PROMPT)
+    new = loaded.tokenizer.encode(PROMPT + c["text"])[len(ids) - 1:]
+    with torch.no_grad():
+        logits = loaded.model(torch.tensor([ids + new]), logits="all").logits[0].double()  # (T, V)
+    ref = torch.log_softmax(logits, dim=-1)
+    for i, (tok_lp, top) in enumerate(zip(lp["token_logprobs"], lp["top_logprobs"])):
+        row = ref[len(ids) - 1 + i]
+        assert tok_lp == pytest.approx(row.max().item(), abs=1e-4)  # greedy: the chosen token is the best
+        assert len(top) == 3
+        assert sorted(top.values(), reverse=True) == pytest.approx(row.topk(3).values.tolist(), abs=1e-4)
+
+
+def test_stop_strings_and_echo(port):
+    full = greedy(port, max_tokens=60)["choices"][0]["text"]
+    stop = full[20:24]
+    cut = greedy(port, max_tokens=60, stop=[stop])["choices"][0]
+    assert cut["text"] == full[: full.index(stop)]
+    assert cut["finish_reason"] == "stop"
+    events = sse(port, {"model": "s260k", "prompt": PROMPT, "max_tokens": 60, "temperature": 0, "stream": True,
+                        "stop": stop})
+    assert "".join(e["choices"][0]["text"] for e in events[:-1]) == cut["text"]
+    assert greedy(port, max_tokens=10, echo=True)["choices"][0]["text"].startswith(PROMPT)
+
+
+def test_usage_chunk_when_asked(port):
+    events = sse(port, {"model": "s260k", "prompt": PROMPT, "max_tokens": 12, "temperature": 0, "stream": True,
+                        "stream_options": {"include_usage": True}})
+    assert events[-1] == "[DONE]"
+    usage = events[-2]
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 12
+    assert usage["usage"]["prompt_tokens"] == greedy(port, max_tokens=1)["usage"]["prompt_tokens"]
+    assert events[-3]["choices"][0]["finish_reason"] == "length"
+
+
+# --- the openai SDK, unchanged ----------------------------------------------------------------
+
+
+def test_openai_sdk_streaming_and_not(port):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
+    assert [m.id for m in client.models.list().data] == ["s260k"]
+    expected = greedy(port, max_tokens=50)["choices"][0]["text"]
+    r = client.completions.create(model="s260k", prompt=PROMPT, max_tokens=50, temperature=0)
+    assert r.choices[0].text == expected and r.usage.completion_tokens == 50
+    stream = client.completions.create(model="s260k", prompt=PROMPT, max_tokens=50, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in stream) == expected
+
+    chat = client.chat.completions.create(model="s260k", messages=[{"role": "user", "content": PROMPT}],
+                                          max_tokens=50, temperature=0)
+    assert chat.choices[0].message.content == expected
+    pieces = client.chat.completions.create(model="s260k", messages=[{"role": "user", "content": PROMPT}],
+                                            max_tokens=50, temperature=0, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in pieces if c.choices) == expected
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt=PROMPT, max_tokens=5)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def test_chat_instruct_fields_become_an_instruct_prompt():
+    from tinystories.serve.api import chat_prompt
+
+    assert chat_prompt([{"role": "user", "content": "Lily went"}]) == "Lily went"
+    msgs = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "Words: dog, ball\nSummary: x."}]
+    assert chat_prompt(msgs) == "Words: dog, ball\nSummary: x.\nStory:"
+
+
+# --- bad requests ------------------------------------------------------------------------------
+
+
+BAD = [
+    ("malformed JSON", b'{"model": "s260k", "prompt": ', 400, "invalid_json"),
+    ("not an object", b"[1, 2]", 400, "invalid_json"),
+    ("wrong type max_tokens", {"prompt": PROMPT, "max_tokens": "10"}, 400, None),
+    ("wrong type temperature", {"prompt": PROMPT, "temperature": "hot"}, 400, None),
+    ("wrong type prompt", {"prompt": 5}, 400, None),
+    ("boolean as integer", {"prompt": PROMPT, "max_tokens": True}, 400, None),
+    ("wrong type stream", {"prompt": PROMPT, "stream": "yes"}, 400, None),
+    ("unknown field", {"prompt": PROMPT, "max_tokenz": 10}, 400, "unknown_field"),
+    ("huge max_tokens", {"prompt": PROMPT, "max_tokens": 10**9}, 400, None),
+    ("negative temperature", {"prompt": PROMPT, "temperature": -0.5}, 400, None),
+    ("top_p zero", {"prompt": PROMPT, "top_p": 0}, 400, None),
+    ("n over the limit", {"prompt": PROMPT, "n": 5}, 400, None),
+    ("prompts x n over the limit", {"prompt": [PROMPT] * 3, "n": 2}, 400, None),
+    ("logprobs over 5", {"prompt": PROMPT, "logprobs": 6}, 400, None),
+    ("too many stop strings", {"prompt": PROMPT, "stop": ["a", "b", "c", "d", "e"]}, 400, None),
+    ("unsupported penalty", {"prompt": PROMPT, "presence_penalty": 1.0}, 400, "unsupported_value"),
+    ("token id out of range", {"prompt": [1, 99999]}, 400, None),
+    ("unknown model", {"model": "nope", "prompt": PROMPT}, 404, "model_not_found"),
+    ("prompt over the context", {"prompt": "the dog ran " * 400}, 400, "context_length_exceeded"),
+    ("body over the limit", {"prompt": "x" * 200_000}, 413, "request_too_large"),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
+def test_bad_request_gets_openai_error(port, case):
+    _, body, status, code = case
+    if isinstance(body, dict):
+        got, answer = request(port, "POST", "/v1/completions", {"model": "s260k", **body})
+    else:
+        got, answer = request(port, "POST", "/v1/completions", raw=body)
+    assert got == status, answer
+    err = answer["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if code is not None:
+        assert err["code"] == code
+
+
+def test_bad_chat_requests(port):
+    url = "/v1/chat/completions"
+    assert request(port, "POST", url, {"model": "s260k"})[0] == 400  # no messages
+    assert request(port, "POST", url, {"model": "s260k", "messages": [{"role": "x", "content": "a"}]})[0] == 400
+    assert request(port, "POST", url, {"model": "s260k", "messages": [{"role": "user", "content": 3}]})[0] == 400
+    assert request(port, "POST", url, {"model": "s260k", "messages": [{"role": "system", "content": "a"}]})[0] == 400
+
+
+def test_missing_or_wrong_key(port):
+    for key in (None, "wrong"):
+        status, body = request(port, "POST", "/v1/completions", {"model": "s260k", "prompt": PROMPT}, key=key)
+        assert status == 401 and body["error"]["type"] == "authentication_error"
+        assert request(port, "GET", "/v1/models", key=key)[0] == 401
+    assert request(port, "GET", "/health", key=None)[0] == 200  # health and the page need no key
+    assert request(port, "GET", "/nope")[0] == 404
+    assert request(port, "GET", "/v1/completions")[0] == 405
+
+
+def test_client_disconnecting_mid_stream_frees_its_row(port, monkeypatch):
+    from tinystories.sample import Sampler
+
+    step = Sampler.step
+
+    def slow_step(self):  # 500 tokens now take >= 5 s, so a freed row is told apart from a finished one
+        time.sleep(0.01)
+        return step(self)
+
+    monkeypatch.setattr(Sampler, "step", slow_step)
+    before = greedy(port, max_tokens=30)
+    sock = socket.create_connection(("127.0.0.1", port))
+    body = json.dumps({"model": "s260k", "prompt": PROMPT, "max_tokens": 500, "temperature": 0, "stream": True,
+                       "stop": "no such stop"}).encode()
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: " + str(len(body)).encode()
+                 + b"\r\n\r\n" + body)
+    got = b""
+    while b"data: " not in got:  # the headers, then the first tokens
+        got += sock.recv(4096)
+    assert request(port, "GET", "/health")[1]["running"] == 1
+    t0 = time.time()
+    sock.close()
+    while request(port, "GET", "/health")[1]["running"] and time.time() - t0 < 3:
+        time.sleep(0.02)
+    assert request(port, "GET", "/health")[1]["running"] == 0
+    assert time.time() - t0 < 2
+    assert greedy(port, max_tokens=30)["choices"] == before["choices"]
+
+
+async def _post(port: int, body: dict) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    data = json.dumps(body).encode()
+    writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer "
+                 + KEY.encode() + b"\r\nContent-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    return int(answer.split(b" ", 2)[1])
+
+
+def test_200_requests_against_a_queue_of_16(port):
+    before = greedy(port)
+
+    async def flood() -> list[int]:
+        bodies = [{"model": "s260k", "prompt": f"Tom had {i} apples", "max_tokens": 40, "seed": i,
+                   "stream": i % 2 == 0} for i in range(200)]
+        return await asyncio.gather(*(_post(port, b) for b in bodies))
+
+    codes = asyncio.run(flood())
+    assert set(codes) <= {200, 429}
+    assert codes.count(429) > 0 and codes.count(200) >= 16
+    assert request(port, "GET", "/health")[1]["waiting"] == 0
+    assert greedy(port)["choices"] == before["choices"]
+
+
+def test_health_503_while_loading(run_dir, monkeypatch):
+    import tinystories.run
+
+    gate = threading.Event()
+    load = tinystories.run.load_run
+
+    def slow_load(*a, **k):
+        gate.wait(10)
+        return load(*a, **k)
+
+    monkeypatch.setattr(tinystories.run, "load_run", slow_load)
+    with server(ServeConfig(run=(str(run_dir),)), wait=False) as p:
+        status, body = request(p, "GET", "/health")
+        assert status == 503 and body["status"] == "loading"
+        status, body = request(p, "POST", "/v1/completions", {"model": "s260k", "prompt": PROMPT})
+        assert status == 503 and body["error"]["code"] == "loading"
+        gate.set()
+        deadline = time.time() + 10
+        while request(p, "GET", "/health")[0] != 200 and time.time() < deadline:
+            time.sleep(0.05)
+        assert request(p, "POST", "/v1/completions", {"model": "s260k", "prompt": PROMPT, "max_tokens": 3})[0] == 200
+
+
+def test_attention_endpoint_rows_are_distributions(port):
+    status, body = request(port, "POST", "/v1/attention", {"model": "s260k", "text": PROMPT, "layer": 2, "head": 3})
+    assert status == 200
+    rows = body["attention"]
+    assert len(rows) == len(body["tokens"]) and [len(r) for r in rows] == list(range(1, len(rows) + 1))
+    assert all(abs(sum(r) - 1) < 1e-2 for r in rows)
+    assert "".join(body["tokens"][1:]) == PROMPT
+    assert request(port, "POST", "/v1/attention", {"model": "s260k", "text": "a", "layer": 9})[0] == 400
+
+
+def test_config_errors(run_dir, tmp_path):
+    from tinystories.cli import run
+    from tinystories.errors import UserError
+
+    with pytest.raises(UserError, match="--run is required"):
+        build_app(ServeConfig())
+    with pytest.raises(UserError, match="no run folder"):
+        build_app(ServeConfig(run=(str(tmp_path / "none"),)))
+    with pytest.raises(UserError, match="NO_SUCH_VAR"):
+        build_app(ServeConfig(run=(str(run_dir),), api_key_env="NO_SUCH_VAR"))
+    with pytest.raises(UserError, match="two runs"):
+        build_app(ServeConfig(run=(str(run_dir), str(run_dir))))
+    with pytest.raises(UserError, match="two runs"):  # --run repeated collects both
+        run(["serve", "--run", str(run_dir), "--run", str(run_dir)])
