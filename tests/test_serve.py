@@ -398,3 +398,110 @@ def test_config_errors(run_dir, tmp_path):
         build_app(ServeConfig(run=(str(run_dir), str(run_dir))))
     with pytest.raises(UserError, match="two runs"):  # --run repeated collects both
         run(["serve", "--run", str(run_dir), "--run", str(run_dir)])
+
+
+# --- the playground in headless Chromium --------------------------------------------------------
+
+
+def test_playground_in_headless_chromium(run_dir, tmp_path, monkeypatch):
+    import base64
+    import tempfile
+    from pathlib import Path
+
+    from browser import Chromium, chromium_or_skip, console_errors
+    from tinystories.sample import Sampler
+
+    exe = chromium_or_skip()
+    step = Sampler.step
+
+    def slow_step(self):  # ~5 ms a token, so the page visibly receives the story piece by piece
+        time.sleep(0.005)
+        return step(self)
+
+    monkeypatch.setattr(Sampler, "step", slow_step)
+    shots = Path(os.environ.get("TINYSTORIES_SCREENSHOT_DIR", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    with server(ServeConfig(run=(str(run_dir),))) as port:
+        browser = Chromium(exe, tempfile.mkdtemp(dir=tmp_path))
+        try:
+            target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+            session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+
+            def js(expr: str):
+                got = browser.send("Runtime.evaluate", {"expression": expr, "returnByValue": True,
+                                                        "awaitPromise": True}, session=session)
+                assert "exceptionDetails" not in got, got
+                return got["result"].get("value")
+
+            def until(expr: str, timeout: float = 15):
+                deadline = time.time() + timeout
+                while not js(expr):
+                    assert time.time() < deadline, f"timed out waiting for {expr}"
+                    time.sleep(0.05)
+
+            def shot(name: str) -> Path:
+                data = browser.send("Page.captureScreenshot", {"format": "png"}, session=session, timeout=30)
+                path = shots / f"serve-{name}.png"
+                path.write_bytes(base64.b64decode(data["data"]))
+                print(f"screenshot: {path}")
+                return path
+
+            for domain in ("Runtime", "Log", "Page"):
+                browser.send(f"{domain}.enable", session=session)
+            browser.send("Emulation.setDeviceMetricsOverride",
+                         {"width": 1100, "height": 1000, "deviceScaleFactor": 1, "mobile": False}, session=session)
+            browser.send("Page.navigate", {"url": f"http://127.0.0.1:{port}/"}, session=session)
+            browser.wait_event("Page.loadEventFired", timeout=30)
+            until("document.getElementById('model').options.length === 1")
+            assert js("document.getElementById('head').options.length") == 8
+
+            # Type a beginning and write; count the token spans at every change of the story.
+            js("document.getElementById('prompt').value = ''; document.getElementById('prompt').focus()")
+            browser.send("Input.insertText", {"text": "Lily found a red ball in the garden."}, session=session)
+            js("document.getElementById('seed').value = '5'; document.getElementById('max_tokens').value = '150'")
+            js("window.seen = []; new MutationObserver(() => window.seen.push("
+               "document.querySelectorAll('#story .tok').length)).observe(document.getElementById('story'),"
+               " {childList: true}); document.getElementById('go').click()")
+            until("!document.getElementById('go').disabled && document.querySelectorAll('#story .tok').length > 0")
+            seen = js("window.seen")
+            n_tokens = js("document.querySelectorAll('#story .tok').length")
+            assert len(set(seen)) >= 5, seen  # the text arrived in many pieces, not at once
+            assert n_tokens > 20
+            assert js("document.getElementById('story').textContent").startswith("Lily found a red ball")
+            assert "tokens in" in js("document.getElementById('status').textContent")
+
+            # Hover a token: its alternatives appear.
+            box = js("(() => { const r = document.querySelectorAll('#story .tok')[6].getBoundingClientRect();"
+                     " return [r.left + r.width / 2, r.top + r.height / 2]; })()")
+            browser.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": box[0], "y": box[1]},
+                         session=session)
+            until("!document.getElementById('tip').hidden")
+            assert js("document.querySelectorAll('#tip .alt').length") >= 2
+            assert "p = " in js("document.getElementById('tip').textContent")
+            shot("hover")
+
+            # The attention view, for layer 2 head 1, of a chosen token.
+            browser.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": 5, "y": 5}, session=session)
+            js("const l = document.getElementById('layer'); l.value = '2';"
+               " const h = document.getElementById('head'); h.value = '1'; document.getElementById('attn').click()")
+            until("document.querySelectorAll('#attn-view .a').length > 20")
+            js("document.querySelectorAll('#attn-view .a')[12].click()")
+            assert js("document.querySelector('#attn-view .a.sel').dataset.i") == "12"
+            weights = js("[...document.querySelectorAll('#attn-view .a')].slice(0, 12)"
+                         ".map(s => Number(s.style.getPropertyValue('--w')))")
+            assert max(weights) == 1.0 and all(0 <= w <= 1 for w in weights)
+            assert "looks most at" in js("document.getElementById('attn-hint').textContent")
+            js("document.querySelector('.attention').scrollIntoView()")
+            shot("attention")
+
+            # Phone width: nothing wider than the screen.
+            browser.send("Emulation.setDeviceMetricsOverride",
+                         {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}, session=session)
+            js("window.scrollTo(0, 0)")
+            time.sleep(0.3)
+            assert js("document.documentElement.scrollWidth") <= 390
+            shot("phone")
+            errors = console_errors(browser.events)
+        finally:
+            browser.close()
+    assert errors == []
