@@ -43,6 +43,8 @@ class ServeConfig:
     """Most choices per request (`n`, times the number of prompts); more gets 400."""
     max_body_bytes: int = 1_000_000
     """Largest request body; more gets 413."""
+    step_slice_ms: float = 20.0
+    """Decode steps run for up to this long before the server sends what they made (longer: more tokens per event)."""
     log_level: str = "info"
     """uvicorn's log level (critical, error, warning, info, debug)."""
 

@@ -120,7 +120,7 @@ def _run_names(runs: tuple[str, ...]) -> dict[str, Path]:
 
 
 def _load(state: State, loop: asyncio.AbstractEventLoop) -> None:
-    """Load every run and start the worker (on a thread: /health answers 503 meanwhile)."""
+    """Load every run on a thread (/health answers 503 meanwhile), then start the worker on the loop."""
     from tinystories.run import load_run
 
     try:
@@ -129,13 +129,18 @@ def _load(state: State, loop: asyncio.AbstractEventLoop) -> None:
             loaded = load_run(path, step=state.cfg.step, device=state.cfg.device)
             state.models[name] = Served(name, loaded.model, loaded.tokenizer, loaded.step, int(time.time()))
             samplers[name] = Sampler(loaded.model, state.cfg.max_streams, eot_id=loaded.tokenizer.eot_id)
-        worker = Worker(samplers, state.cfg.max_queue, loop.call_soon_threadsafe)
-        worker.start()
-        state.worker = worker
-        log.info("serving %s", ", ".join(state.models))
     except Exception as e:  # reported by /health and every request
         state.load_error = f"{type(e).__name__}: {e}"
         log.error("loading failed: %s", state.load_error)
+        return
+
+    def start() -> None:  # on the event loop, which the worker runs on
+        worker = Worker(samplers, state.cfg.max_queue, state.cfg.step_slice_ms / 1000)
+        worker.start()
+        state.worker = worker
+        log.info("serving %s", ", ".join(state.models))
+
+    loop.call_soon_threadsafe(start)
 
 
 # --- checking requests ----------------------------------------------------------------
@@ -397,6 +402,11 @@ class Choice:
         return out, entries
 
 
+def _sse(obj: dict[str, Any]) -> str:
+    """One server-sent event carrying a JSON object."""
+    return "data: " + json.dumps(obj, separators=(",", ":")) + "\n\n"
+
+
 def _completion_logprobs(entries: list, offset: int) -> dict[str, Any]:
     return {
         "tokens": [e[1] for e in entries],
@@ -541,7 +551,7 @@ class Api:
         body = await _json_body(request, self.state.cfg.max_body_bytes)
         args = _check(body, {"model": (_str, None), "text": (_str, ""), "layer": (_int(0), 0),
                              "head": (_int(0), 0)})
-        worker = self._worker()
+        self._worker()
         served = self._model(args["model"])
         cfg = served.model.config
         if args["layer"] >= cfg.n_layer:
@@ -557,7 +567,7 @@ class Api:
             pattern = capture(served.model, [ids], [site])[site][0][args["head"]]  # (T, T)
             return [[round(x, 4) for x in row[: i + 1]] for i, row in enumerate(pattern.tolist())]
 
-        rows = await asyncio.wrap_future(worker.call(run))
+        rows = run()  # on the loop's thread, between two slices of decode steps
         decoder = IncrementalDecoder(served.tokenizer.decode, ids[:1])
         pieces = ["\u2039start\u203a"] + [decoder.push(t) for t in ids[1:]]
         return JSONResponse({"model": served.name, "layer": args["layer"], "head": args["head"],
@@ -653,7 +663,7 @@ class Api:
         obj = "text_completion" if kind == "completion" else "chat.completion.chunk"
 
         def chunk(choice: dict[str, Any]) -> str:
-            return "data: " + json.dumps({**meta, "object": obj, "choices": [choice]}, separators=(",", ":")) + "\n\n"
+            return _sse({**meta, "object": obj, "choices": [choice]})
 
         try:
             first = []
@@ -676,7 +686,7 @@ class Api:
                         self._feed(worker, jobs, choices, i, ev)
                         touched[i] = choices[i]
                 except ApiError as e:
-                    yield "data: " + json.dumps(e.body()) + "\n\n"
+                    yield _sse(e.body())
                     break
                 out = []
                 for c in touched.values():
@@ -696,8 +706,7 @@ class Api:
                 if out:
                     yield "".join(out)
             if include_usage:
-                yield "data: " + json.dumps({**meta, "object": obj, "choices": [],
-                                             "usage": self._usage(choices, prompt_tokens)}) + "\n\n"
+                yield _sse({**meta, "object": obj, "choices": [], "usage": self._usage(choices, prompt_tokens)})
             yield "data: [DONE]\n\n"
         finally:  # also when the client went away: its rows are freed before the next step
             worker.cancel([j for j, c in zip(jobs, choices) if c.finish is None or j.seq_id is not None])

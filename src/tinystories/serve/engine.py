@@ -1,24 +1,22 @@
-"""The model worker: one thread that drives every served model's `Sampler` for all clients.
+"""The model worker: one task that drives every served model's `Sampler` for all clients.
 
 Requests never run a forward themselves. Each choice of a request becomes a
 `Job` that waits in its model's queue; between two decode steps the worker
 moves waiting jobs into free cache rows (continuous batching: they join the
 running batch), runs one `Sampler.step` per model with live sequences, and
-hands each step's tokens to the event loop in one call. A finished or
-cancelled job leaves the batch at once, so its row is free for the next step.
-Other work on a model (the attention view) runs on the same thread between
-steps, so a model is only ever used by one thread.
+hands each token to its job as it comes. A finished or cancelled job leaves
+the batch at once, so its row is free for the next step. Everything runs on the
+event loop's thread, so a model is only ever used by one thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
-import concurrent.futures
 import logging
-import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from tinystories.sample import SampleParams, Sampler, StepEvent
 
@@ -36,7 +34,7 @@ class Job:
     prompt: list[int]
     params: SampleParams
     deliver: Callable[[StepEvent | BaseException], None]
-    """Called on the event loop with each token event (or the error that ended the job)."""
+    """Called with each token event (or the error that ended the job)."""
     cancelled: bool = False
     seq_id: int | None = None
 
@@ -49,29 +47,32 @@ class _Model:
 
 
 class Worker:
-    """Continuous batching over one `Sampler` per model, on one background thread."""
+    """Continuous batching over one `Sampler` per model, as a task on the server's event loop.
 
-    def __init__(self, samplers: dict[str, Sampler], max_queue: int, call_soon: Callable[..., Any]):
-        """`call_soon(fn, arg)` runs fn(arg) on the event loop (loop.call_soon_threadsafe)."""
+    The model runs on the event loop's own thread: a worker thread would fight
+    the HTTP side for the interpreter lock at every one of a step's many short
+    calls (a small model's step is mostly such calls) and lose most of the
+    time. Instead the worker runs steps for up to `slice_s` seconds, then lets
+    the HTTP side run: each stream then sends the tokens of those steps in one
+    event, so the per-event cost is shared by several tokens when the batch is
+    large, and a lone stream gets each token at once (its steps are short).
+    """
+
+    def __init__(self, samplers: dict[str, Sampler], max_queue: int, slice_s: float = 0.02):
         self.models = {name: _Model(s) for name, s in samplers.items()}
         self.max_queue = max_queue
-        self._call_soon = call_soon
-        self._cond = threading.Condition()
+        self.slice_s = slice_s
         self._cancelled: list[Job] = []
-        self._tasks: list[tuple[Callable[[], Any], concurrent.futures.Future]] = []
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name="tinystories-model-worker", daemon=True)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
 
     def start(self) -> None:
-        self._thread.start()
+        """Start stepping (call on the event loop)."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
 
     def stop(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify()
-        self._thread.join(timeout=10)
-
-    # -- called from the event loop --
+        if self._task is not None:
+            self._task.cancel()
 
     def waiting(self) -> int:
         return sum(len(m.waiting) for m in self.models.values())
@@ -81,73 +82,58 @@ class Worker:
 
     def submit(self, model: str, jobs: list[Job]) -> None:
         """Queue a request's jobs together, or raise QueueFull when they do not fit in the queue."""
-        with self._cond:
-            if self.waiting() + len(jobs) > self.max_queue:
-                raise QueueFull(f"the queue is full ({self.max_queue} waiting sequences); try again later")
-            self.models[model].waiting.extend(jobs)
-            self._cond.notify()
+        if self.waiting() + len(jobs) > self.max_queue:
+            raise QueueFull(f"the queue is full ({self.max_queue} waiting sequences); try again later")
+        self.models[model].waiting.extend(jobs)
+        self._wake.set()
 
     def cancel(self, jobs: list[Job]) -> None:
         """Free the jobs' rows before the next step (the client went away or a stop string matched)."""
-        with self._cond:
-            for job in jobs:
-                if not job.cancelled:
-                    job.cancelled = True
-                    self._cancelled.append(job)
-            self._cond.notify()
-
-    def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
-        """Run fn() on the worker thread between two steps; wrap the result with asyncio.wrap_future."""
-        fut: concurrent.futures.Future = concurrent.futures.Future()
-        with self._cond:
-            self._tasks.append((fn, fut))
-            self._cond.notify()
-        return fut
-
-    # -- the worker thread --
+        for job in jobs:
+            if not job.cancelled:
+                job.cancelled = True
+                self._cancelled.append(job)
+        self._wake.set()
 
     def _busy(self) -> bool:
-        return bool(self._tasks or self._cancelled or any(m.waiting or m.live for m in self.models.values()))
+        return bool(self._cancelled or any(m.waiting or m.live for m in self.models.values()))
 
-    def _run(self) -> None:
+    async def _run(self) -> None:
         while True:
-            with self._cond:
-                while not self._stop and not self._busy():
-                    self._cond.wait()
-                if self._stop:
-                    return
-                tasks, self._tasks = self._tasks, []
-                cancelled, self._cancelled = self._cancelled, []
-                admitted = {name: self._admit(m) for name, m in self.models.items()}
-            for fn, fut in tasks:
-                if fut.set_running_or_notify_cancel():
+            if not self._busy():
+                self._wake.clear()
+                await self._wake.wait()
+            deadline = time.perf_counter() + self.slice_s
+            while self._busy():
+                self._free_cancelled()
+                for name, m in self.models.items():
                     try:
-                        fut.set_result(fn())
-                    except BaseException as e:  # handed to the request that asked
-                        fut.set_exception(e)
-            for job in cancelled:
-                if job.seq_id is not None:
-                    for m in self.models.values():
-                        if m.live.pop(job.seq_id, None) is job:
-                            m.sampler.remove(job.seq_id)
-            for name, m in self.models.items():
-                try:
-                    self._step(m, admitted[name])
-                except Exception as e:  # a failed step must not take the server down: its jobs end with the error
-                    log.exception("model %s: step failed", name)
-                    self._fail(m, e)
+                        self._step(m)
+                    except Exception as e:  # a failed step must not take the server down: its jobs get the error
+                        log.exception("model %s: step failed", name)
+                        self._fail(m, e)
+                if time.perf_counter() >= deadline:
+                    break
+            # The HTTP side runs now: new requests, cancellations, sending tokens. A real (if short)
+            # sleep: with sleep(0) the loop never waited, and a client that went away was only noticed
+            # when its stream ended.
+            await asyncio.sleep(0.0005)
 
-    def _admit(self, m: _Model) -> list[Job]:
-        """Waiting jobs that get a free row now (still to be prefilled, outside the lock)."""
-        out: list[Job] = []
-        while m.waiting and len(out) < m.sampler.free_rows:
+    def _free_cancelled(self) -> None:
+        cancelled, self._cancelled = self._cancelled, []
+        for job in cancelled:
+            if job.seq_id is None:
+                continue  # still waiting: skipped when its turn comes
+            for m in self.models.values():
+                if m.live.pop(job.seq_id, None) is job:
+                    m.sampler.remove(job.seq_id)
+
+    def _step(self, m: _Model) -> None:
+        admitted: list[Job] = []
+        while m.waiting and len(admitted) < m.sampler.free_rows:
             job = m.waiting.popleft()
             if not job.cancelled:
-                out.append(job)
-        return out
-
-    def _step(self, m: _Model, admitted: list[Job]) -> None:
-        admitted = [j for j in admitted if not j.cancelled]
+                admitted.append(job)
         if admitted:
             ids = m.sampler.add_many([j.prompt for j in admitted], [j.params for j in admitted])
             for job, sid in zip(admitted, ids):
@@ -155,26 +141,18 @@ class Worker:
                 m.live[sid] = job
         if not m.live:
             return
-        events = m.sampler.step()
-        out = []
-        for ev in events:
+        for ev in m.sampler.step():
             job = m.live[ev.seq_id]
             if ev.finish_reason is not None:
                 del m.live[ev.seq_id]
             if not job.cancelled:
-                out.append((job, ev))
-        if out:
-            self._call_soon(_deliver_all, out)
+                job.deliver(ev)
 
     def _fail(self, m: _Model, error: Exception) -> None:
-        jobs = list(m.live.values())
-        for sid in list(m.live):
+        for sid, job in list(m.live.items()):
             m.sampler.remove(sid)
+            if not job.cancelled:
+                job.deliver(error)
         m.live.clear()
-        self._call_soon(_deliver_all, [(j, error) for j in jobs])
 
 
-def _deliver_all(items: list[tuple[Job, StepEvent | BaseException]]) -> None:
-    for job, ev in items:
-        if not job.cancelled:
-            job.deliver(ev)
