@@ -13,9 +13,10 @@ fell behind, the several that arrived meanwhile), p50 and p99, and the CPU
 seconds of the server and of the load generator.
 
 The same run measures, with the same model and the same workload, the library
-sampler that `tinystories sample` uses: `complete` over 3 x 64 prompts at 64
+sampler that `tinystories sample` uses: `complete` over 2 x 64 prompts at 64
 rows, refilling rows as stories end (once before and once after the server
-runs; the median of the two), and a single client against the server.
+runs; the mean of the two), the same sampler with one stream, and a single
+client against the server.
 
 Writes benchmarks/results/serve.json and prints a markdown table.
 
@@ -179,7 +180,7 @@ def make_runs(tmp: Path, names: list[str]) -> dict[str, Path]:
 
 
 def sample_rate(run: Path, streams: int, max_tokens: int, threads: int) -> float:
-    """Tokens/s of the library sampler (`tinystories sample`'s) over 3 x streams stories, refilling rows."""
+    """Tokens/s of the library sampler (`tinystories sample`'s) over 2 x streams stories, refilling rows."""
     import torch
 
     from tinystories.run import load_run
@@ -194,9 +195,8 @@ def sample_rate(run: Path, streams: int, max_tokens: int, threads: int) -> float
         nonlocal n
         n += 1  # end-of-text included, as the server's usage counts it
 
-    prompts = [[eot]] * (3 * streams)
-    # Warm up with a whole untimed round: the first seconds of a process decode several times slower.
-    complete(loaded.model, prompts, SampleParams(max_new_tokens=max_tokens, seed=1), eot_id=eot, max_batch=streams)
+    prompts = [[eot]] * (2 * streams)
+    complete(loaded.model, prompts[:streams], SampleParams(max_new_tokens=32, seed=1), eot_id=eot, max_batch=streams)
     t0 = time.perf_counter()
     complete(loaded.model, prompts, SampleParams(max_new_tokens=max_tokens, seed=0), eot_id=eot, max_batch=streams,
              on_token=count)
@@ -284,6 +284,7 @@ def main() -> None:
         for name, run in make_runs(Path(tmp), args.models.split(",")).items():
             uptime = [os.getloadavg()[0]]
             before = sample_rate(run, args.clients, args.max_tokens, args.threads)
+            sample_one = sample_rate(run, 1, args.max_tokens, args.threads)
             with server(run, args.clients) as (proc, port):
                 many = load(proc, port, name, args.clients, args.seconds, args.max_tokens)
                 one = load(proc, port, name, 1, args.one_seconds, args.max_tokens)
@@ -298,6 +299,8 @@ def main() -> None:
                 "server": many,
                 "one_client": one,
                 "sample_64_streams_tokens_per_s": [round(before, 1), round(after, 1)],
+                "sample_1_stream_tokens_per_s": round(sample_one, 1),
+                "sample_64_vs_1": round(sample_tps / sample_one, 2),
                 "batched_vs_one_client": round(many["tokens_per_s"] / max(one["tokens_per_s"], 1e-9), 2),
                 "server_vs_sample": round(many["tokens_per_s"] / sample_tps, 3),
                 "load_average": [round(x, 2) for x in uptime],
@@ -318,15 +321,16 @@ def main() -> None:
     }
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print("| model | clients | server tok/s | errors | TTFT p50 / p99 ms | event gap p50 / p99 ms | tokens/event "
-          "| one client tok/s | batched / one | sample x64 tok/s | server / sample | CPU server / loadgen |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| one client tok/s | batched / one | sample x64 tok/s | server / sample | sample x64 / x1 "
+          "| CPU server / loadgen |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c in cases:
         s, o = c["server"], c["one_client"]
         print(f"| {c['model']} | {c['clients']} | {s['tokens_per_s']:,.0f} | {s['errors']} | "
               f"{s['ttft_ms']['p50']} / {s['ttft_ms']['p99']} | {s['event_gap_ms']['p50']} / "
               f"{s['event_gap_ms']['p99']} | {s['tokens_per_event']} | {o['tokens_per_s']:,.0f} | "
               f"{c['batched_vs_one_client']}x | {statistics.mean(c['sample_64_streams_tokens_per_s']):,.0f} | "
-              f"{c['server_vs_sample']:.0%} | {s['cpu_cores']['server']} / {s['cpu_cores']['load_generator']} |")
+              f"{c['server_vs_sample']:.0%} | {c['sample_64_vs_1']}x | {s['cpu_cores']['server']} / {s['cpu_cores']['load_generator']} |")
 
 
 if __name__ == "__main__":
