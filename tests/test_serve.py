@@ -324,6 +324,22 @@ def test_client_disconnecting_mid_stream_frees_its_row(port, monkeypatch):
     assert time.time() - t0 < 2
     assert greedy(port, max_tokens=30)["choices"] == before["choices"]
 
+    # The same for a client that waits for a whole (non-streamed) answer and gives up.
+    sock = socket.create_connection(("127.0.0.1", port))
+    body = json.dumps({"model": "s260k", "prompt": PROMPT, "max_tokens": 500, "temperature": 0, "n": 2,
+                       "stop": "no such stop"}).encode()
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+                 + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    while request(port, "GET", "/health")[1]["running"] < 2:
+        assert time.time() - t0 < 10
+        time.sleep(0.02)
+    t0 = time.time()
+    sock.close()
+    while request(port, "GET", "/health")[1]["running"] and time.time() - t0 < 3:
+        time.sleep(0.02)
+    assert request(port, "GET", "/health")[1]["running"] == 0
+    assert time.time() - t0 < 2
+
 
 async def _post(port: int, body: dict) -> int:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -382,6 +398,17 @@ def test_attention_endpoint_rows_are_distributions(port):
     assert all(abs(sum(r) - 1) < 1e-2 for r in rows)
     assert "".join(body["tokens"][1:]) == PROMPT
     assert request(port, "POST", "/v1/attention", {"model": "s260k", "text": "a", "layer": 9})[0] == 400
+
+
+def test_missing_extra_is_a_one_line_error(run_dir, monkeypatch):
+    import sys
+
+    from tinystories.errors import UserError
+    from tinystories.serve import serve
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if the [serve] extra were not installed
+    with pytest.raises(UserError, match=r"\[serve\] extra"):
+        serve(ServeConfig(run=(str(run_dir),)))
 
 
 def test_config_errors(run_dir, tmp_path):

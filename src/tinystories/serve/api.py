@@ -623,7 +623,7 @@ class Api:
             while any(c.finish is None for c in choices):
                 get = asyncio.ensure_future(queue.get())
                 await asyncio.wait([get, watch], return_when=asyncio.FIRST_COMPLETED)
-                if not get.done():
+                if watch.done():  # checked first: while tokens keep coming, `get` is done at every turn too
                     get.cancel()
                     return Response(status_code=499)  # nobody is listening; the jobs are cancelled below
                 i, ev = get.result()
