@@ -13,10 +13,9 @@ fell behind, the several that arrived meanwhile), p50 and p99, and the CPU
 seconds of the server and of the load generator.
 
 The same run measures, with the same model and the same workload, the library
-sampler that `tinystories sample` uses: `complete` over 2 x 64 prompts at 64
-rows, refilling rows as stories end (once before and once after the server
-runs; the mean of the two), the same sampler with one stream, and a single
-client against the server.
+sampler that `tinystories sample` uses: `complete` of 64 stories at 64 rows
+(once before and once after the server runs; the mean of the two), the same
+sampler with one stream, and a single client against the server.
 
 Writes benchmarks/results/serve.json and prints a markdown table.
 
@@ -180,7 +179,7 @@ def make_runs(tmp: Path, names: list[str]) -> dict[str, Path]:
 
 
 def sample_rate(run: Path, streams: int, max_tokens: int, threads: int) -> float:
-    """Tokens/s of the library sampler (`tinystories sample`'s) over 2 x streams stories, refilling rows."""
+    """Tokens/s of the library sampler (`tinystories sample`'s) over `streams` stories at `streams` rows."""
     import torch
 
     from tinystories.run import load_run
@@ -195,8 +194,8 @@ def sample_rate(run: Path, streams: int, max_tokens: int, threads: int) -> float
         nonlocal n
         n += 1  # end-of-text included, as the server's usage counts it
 
-    prompts = [[eot]] * (2 * streams)
-    complete(loaded.model, prompts[:streams], SampleParams(max_new_tokens=32, seed=1), eot_id=eot, max_batch=streams)
+    prompts = [[eot]] * streams
+    complete(loaded.model, prompts, SampleParams(max_new_tokens=32, seed=1), eot_id=eot, max_batch=streams)
     t0 = time.perf_counter()
     complete(loaded.model, prompts, SampleParams(max_new_tokens=max_tokens, seed=0), eot_id=eot, max_batch=streams,
              on_token=count)
