@@ -168,6 +168,11 @@ def test_logprobs_match_the_model(run_dir, port):
     lp = c["logprobs"]
     assert "".join(lp["tokens"]) == c["text"]
     assert lp["text_offset"] == [sum(len(t) for t in lp["tokens"][:i]) for i in range(len(lp["tokens"]))]
+    events = sse(port, {"model": "s260k", "prompt": PROMPT, "max_tokens": 8, "temperature": 0, "stream": True,
+                        "logprobs": 3})
+    streamed = [e["choices"][0]["logprobs"] for e in events[:-1]]
+    for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+        assert [x for s in streamed for x in s[key]] == lp[key]
     loaded = load_run(run_dir)
     ids = prompt_ids(loaded.tokenizer, PROMPT)
     new = loaded.tokenizer.encode(PROMPT + c["text"])[len(ids) - 1:]

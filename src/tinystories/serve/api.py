@@ -694,8 +694,7 @@ class Api:
                     if not text and not entries and c.finish is None:
                         continue
                     if kind == "completion":
-                        lp = _completion_logprobs(entries, len(echo[c.index // n]) + c.sent - len(text)) \
-                            if c.want_logprobs else None
+                        lp = _completion_logprobs(entries, len(echo[c.index // n])) if c.want_logprobs else None
                         out.append(chunk({"index": c.index, "text": text, "logprobs": lp,
                                           "finish_reason": c.finish}))
                     else:
