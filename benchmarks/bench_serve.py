@@ -214,11 +214,12 @@ def _cpu_s(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def server(run: Path, streams: int):
+def server(run: Path, streams: int, threads: int):
     port = _free_port()
+    env = _env() | {"OMP_NUM_THREADS": str(threads)}  # torch's threads, as the library side sets them
     proc = subprocess.Popen(_tinystories("serve", "--run", str(run), "--port", str(port), "--max-streams",
                                          str(streams), "--max-queue", "1024", "--log-level", "warning"),
-                            env=_env())
+                            env=env)
     try:
         deadline = time.time() + 60
         while True:
@@ -262,7 +263,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=200, help="new tokens per request at most (llama-15m: 256 ctx)")
     ap.add_argument("--max-requests", type=int, default=100_000, help="requests per load at most")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads of the library sampler")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the server and the library sampler")
     ap.add_argument("--models", default="stories260K,llama-15m")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
@@ -284,7 +285,7 @@ def main() -> None:
             uptime = [os.getloadavg()[0]]
             before = sample_rate(run, args.clients, args.max_tokens, args.threads)
             sample_one = sample_rate(run, 1, args.max_tokens, args.threads)
-            with server(run, args.clients) as (proc, port):
+            with server(run, args.clients, args.threads) as (proc, port):
                 many = load(proc, port, name, args.clients, args.seconds, args.max_tokens)
                 one = load(proc, port, name, 1, args.one_seconds, args.max_tokens)
             after = sample_rate(run, args.clients, args.max_tokens, args.threads)
@@ -313,6 +314,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
         "torch": torch.__version__,
+        "threads": args.threads,
         "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
         "targets": {"batched_vs_one_client": ">= 8 (stories260K)", "server_vs_sample": ">= 0.8"},
         "cases": cases,
