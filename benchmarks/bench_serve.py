@@ -214,11 +214,12 @@ def _cpu_s(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def server(run: Path, streams: int, threads: int):
+def server(run: Path, streams: int, threads: int, slice_ms: float | None = None):
     port = _free_port()
     env = _env() | {"OMP_NUM_THREADS": str(threads)}  # torch's threads, as the library side sets them
     proc = subprocess.Popen(_tinystories("serve", "--run", str(run), "--port", str(port), "--max-streams",
-                                         str(streams), "--max-queue", "1024", "--log-level", "warning"),
+                                         str(streams), "--max-queue", "1024", "--log-level", "warning",
+                                         *(["--step-slice-ms", str(slice_ms)] if slice_ms else [])),
                             env=env)
     try:
         deadline = time.time() + 60
@@ -265,6 +266,7 @@ def main() -> None:
     ap.add_argument("--max-requests", type=int, default=100_000, help="requests per load at most")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the server and the library sampler")
     ap.add_argument("--models", default="stories260K,llama-15m")
+    ap.add_argument("--slice-ms", type=float, help="the server's --step-slice-ms (default: its own)")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -285,7 +287,7 @@ def main() -> None:
             uptime = [os.getloadavg()[0]]
             before = sample_rate(run, args.clients, args.max_tokens, args.threads)
             sample_one = sample_rate(run, 1, args.max_tokens, args.threads)
-            with server(run, args.clients, args.threads) as (proc, port):
+            with server(run, args.clients, args.threads, args.slice_ms) as (proc, port):
                 many = load(proc, port, name, args.clients, args.seconds, args.max_tokens)
                 one = load(proc, port, name, 1, args.one_seconds, args.max_tokens)
             after = sample_rate(run, args.clients, args.max_tokens, args.threads)
@@ -315,6 +317,7 @@ def main() -> None:
         "machine": platform.machine(),
         "torch": torch.__version__,
         "threads": args.threads,
+        "step_slice_ms": args.slice_ms,
         "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
         "targets": {"batched_vs_one_client": ">= 8 (stories260K)", "server_vs_sample": ">= 0.8"},
         "cases": cases,
