@@ -31,9 +31,11 @@ class ConvertConfig:
     source: str = field(default="", metadata={"aliases": ("--from",)})
     """What to convert: a llama2.c .bin checkpoint, a Hugging Face model folder (config.json), or a run folder."""
     out: str = ""
-    """Where to write: a run folder (--format run), an HF model folder (hf), or a .bin file (llama2c; tokenizer.bin beside it)."""
-    format: Literal["run", "hf", "llama2c"] = "run"
-    """Output format: run (a run folder that sample/eval use), hf (AutoModelForCausalLM folder), llama2c (v0 .bin for run.c)."""
+    """Where to write: a run folder (--format run), an HF model folder (hf), a .bin file (llama2c; tokenizer.bin beside it) or a .gguf file (gguf)."""
+    format: Literal["run", "hf", "llama2c", "gguf"] = "run"
+    """Output format: run (a run folder that sample/eval use), hf (AutoModelForCausalLM folder), llama2c (v0 .bin for run.c), gguf (one file for llama.cpp / Ollama, Llama family only)."""
+    gguf_type: Literal["f32", "f16", "q8_0"] = "f32"
+    """Weight type of a GGUF export: f32 (exact), f16, or q8_0 (8-bit; matrices whose rows are not a multiple of 32 fall back to f16)."""
     tokenizer: str = ""
     """Tokenizer when the source has none (llama2.c tokenizer.bin / tok512.bin, SentencePiece .model, tokenizer.json, a folder, gpt2); default: the one in the source folder, or tokenizer.bin / tokenizer.model beside a .bin."""
     step: int | None = None
@@ -190,6 +192,10 @@ def convert(cfg: ConvertConfig) -> dict[str, Any]:
     notes: list[str] = []
     if cfg.format == "run":
         write_run(out, src, origin)
+    elif cfg.format == "gguf":
+        from tinystories.convert.gguf import write_gguf
+
+        notes += write_gguf(out, src.config, src.state, src.tokenizer, cfg.gguf_type, name=out.stem)
     elif cfg.format == "hf":
         _write_folder(out, lambda tmp: write_hf_folder(tmp, src.config, src.state, src.tokenizer))
     else:
