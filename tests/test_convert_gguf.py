@@ -211,6 +211,7 @@ def llama_summed_nll(llm, windows) -> tuple[float, int]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("which", ["s260k", "trained"])
 def test_quantized_loss_on_201_stories_within_margin_of_ours(which, request, tmp_path, stories):
     """eval loss's per-story windows scored by llama.cpp from f32, f16 and q8_0 files vs `eval loss`."""

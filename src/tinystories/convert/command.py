@@ -29,7 +29,7 @@ class ConvertConfig:
     """`tinystories convert`: import llama2.c / Hugging Face checkpoints, export runs to either."""
 
     source: str = field(default="", metadata={"aliases": ("--from",)})
-    """What to convert: a llama2.c .bin checkpoint, a Hugging Face model folder (config.json), or a run folder."""
+    """What to convert: a llama2.c .bin checkpoint, a Hugging Face model folder (config.json), a run folder, or a Hugging Face Hub model owner/name[@revision] (downloaded into the HF cache)."""
     out: str = ""
     """Where to write: a run folder (--format run), an HF model folder (hf), a .bin file (llama2c; tokenizer.bin beside it) or a .gguf file (gguf)."""
     format: Literal["run", "hf", "llama2c", "gguf"] = "run"
@@ -42,6 +42,10 @@ class ConvertConfig:
     """Checkpoint step of a run-folder source; default = the latest."""
     overwrite: bool = False
     """Replace an existing output."""
+    offline: bool = False
+    """Hub models: use the Hugging Face cache only, never the network (as HF_HUB_OFFLINE=1 does)."""
+    push_to_hub: str = ""
+    """After an hf or gguf export, upload it to this Hugging Face model repository (owner/name; created when missing; token from HF_TOKEN)."""
 
 
 @dataclass
@@ -76,13 +80,17 @@ def _default_tokenizer(source: Path, kind: str) -> Any:
     return None
 
 
-def read_source(path: str | os.PathLike, tokenizer: str = "", step: int | None = None) -> Source:
-    """Model config, weights (ours) and tokenizer of a run folder, an HF folder or a llama2.c .bin."""
+def read_source(path: str | os.PathLike, tokenizer: str = "", step: int | None = None,
+                offline: bool = False) -> Source:
+    """Model config, weights (ours) and tokenizer of a run folder, an HF folder, a llama2.c .bin or a Hub model."""
     from tinystories.convert.hf import read_hf_folder
+    from tinystories.convert.hub import download, is_hub_id
     from tinystories.convert.llama2c import read_llama2c
     from tinystories.data.tokenizer import load_tokenizer
     from tinystories.run import is_run, load_run
 
+    if is_hub_id(os.fspath(path)):
+        path = download(os.fspath(path), offline)
     path = Path(path)
     if not path.exists():
         raise UserError(f"nothing to convert at {path}")
@@ -180,7 +188,13 @@ def convert(cfg: ConvertConfig) -> dict[str, Any]:
         raise UserError("give both --from (what to convert) and --out (where to write)")
     out = Path(cfg.out)
     _check_free(out, cfg.overwrite)
-    src = read_source(cfg.source, cfg.tokenizer, cfg.step)
+    if cfg.push_to_hub:
+        from tinystories.convert.hub import hub_token
+
+        if cfg.format not in ("hf", "gguf"):
+            raise UserError("--push-to-hub uploads an export: use it with --format hf or --format gguf")
+        token = hub_token()  # before any work: a missing token should not cost a conversion
+    src = read_source(cfg.source, cfg.tokenizer, cfg.step, cfg.offline)
     source = Path(cfg.source)
     origin = {
         "from": os.fspath(source),
@@ -197,7 +211,17 @@ def convert(cfg: ConvertConfig) -> dict[str, Any]:
 
         notes += write_gguf(out, src.config, src.state, src.tokenizer, cfg.gguf_type, name=out.stem)
     elif cfg.format == "hf":
-        _write_folder(out, lambda tmp: write_hf_folder(tmp, src.config, src.state, src.tokenizer))
+        run_dir = source if src.kind == "run" else None
+
+        def fill(tmp: Path) -> None:
+            from tinystories.convert.card import model_card
+            from tinystories.io import atomic_write_text
+
+            arch = write_hf_folder(tmp, src.config, src.state, src.tokenizer)
+            card = model_card(src.config, arch, run_dir, repo=cfg.push_to_hub, step=cfg.step, origin=cfg.source)
+            atomic_write_text(tmp / "README.md", card)
+
+        _write_folder(out, fill)
     else:
         tok_path = out.parent / "tokenizer.bin"
         _check_free(tok_path, cfg.overwrite)
@@ -209,6 +233,11 @@ def convert(cfg: ConvertConfig) -> dict[str, Any]:
         if src.tokenizer.eot_id != BOS_ID:
             notes.append(f"run.c starts from and stops at token {BOS_ID}; this model's end-of-text is "
                          f"{src.tokenizer.eot_id}, so run.c will not sample it as `tinystories sample` does")
+    pushed = {}
+    if cfg.push_to_hub:
+        from tinystories.convert.hub import push
+
+        pushed = {"pushed_to": push(out, cfg.push_to_hub, token, f"tinystories convert --from {cfg.source}")}
     return {
         "from": os.fspath(source),
         "source_kind": src.kind,
@@ -220,4 +249,5 @@ def convert(cfg: ConvertConfig) -> dict[str, Any]:
         "eot_id": src.tokenizer.eot_id,
         "model": dataclasses.asdict(src.config),
         **({"notes": notes} if notes else {}),
+        **pushed,
     }
