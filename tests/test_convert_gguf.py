@@ -210,11 +210,15 @@ def llama_summed_nll(llm, windows) -> tuple[float, int]:
     return total, count
 
 
+KINDS = ("q8_0",)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("which", ["s260k", "trained"])
 def test_quantized_loss_on_201_stories_within_margin_of_ours(which, request, tmp_path, stories):
-    """eval loss's per-story windows scored by llama.cpp from f32, f16 and q8_0 files vs `eval loss`."""
+    """eval loss's per-story windows scored by llama.cpp from a q8_0 file vs `eval loss` (f32 and f16 files are
+    checked token by token above; docs/interop.md has all three measured on the 201 stories)."""
     from tinystories.eval.loss import LossConfig, evaluate_loss
 
     run = request.getfixturevalue(which)
@@ -226,12 +230,12 @@ def test_quantized_loss_on_201_stories_within_margin_of_ours(which, request, tmp
     docs = [[eot, *loaded.tokenizer.encode(s)] for s in stories]
     windows = [w for d in docs for w in story_windows(d, eot, context, stride)]
     losses = {"ours": ours["loss"]}
-    for kind in ("f32", "f16", "q8_0"):
+    for kind in KINDS:
         export(run, tmp_path / f"{kind}.gguf", kind)
         nll, n = llama_summed_nll(llama(tmp_path / f"{kind}.gguf", context), windows)
         assert n == ours["tokens"]
         losses[kind] = nll / n
     print(json.dumps({which: losses}))
-    assert abs(losses["f32"] - losses["ours"]) < 1e-4
-    assert abs(losses["f16"] - losses["ours"]) < 2e-3
-    assert abs(losses["q8_0"] - losses["ours"]) < 0.01  # the stated margin: 0.01 nats/token
+    margins = {"f32": 1e-4, "f16": 2e-3, "q8_0": 0.01}  # nats/token; q8_0's is the stated margin
+    for kind in KINDS:
+        assert abs(losses[kind] - losses["ours"]) < margins[kind], losses

@@ -89,10 +89,10 @@ def test_missing_models_and_no_network_are_one_line(tmp_path, capsys, monkeypatc
     from huggingface_hub import errors
 
     err = fail_line(capsys, "--from", "nobody/not-cached", "--out", str(tmp_path / "run"))
-    assert "nobody/not-cached is not in" in err and "offline" in err
+    assert "nobody/not-cached is no path and not in" in err and "offline" in err
     monkeypatch.delenv("HF_HUB_OFFLINE")
     err = fail_line(capsys, "--from", "nobody/not-cached", "--offline", "--out", str(tmp_path / "run"))
-    assert "is not in" in err and "offline" in err
+    assert "not in" in err and "offline" in err
 
     def not_found(*args, **kwargs):
         response = SimpleNamespace(status_code=404, headers={}, url="https://huggingface.co/api/models/x", request=None)
@@ -104,7 +104,7 @@ def test_missing_models_and_no_network_are_one_line(tmp_path, capsys, monkeypatc
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", not_found)
     err = fail_line(capsys, "--from", "nobody/does-not-exist", "--out", str(tmp_path / "run"))
-    assert "no model nobody/does-not-exist on the Hugging Face Hub" in err
+    assert "no such path, and no model nobody/does-not-exist on the Hugging Face Hub" in err
     monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
     err = fail_line(capsys, "--from", "nobody/anything@v1", "--out", str(tmp_path / "run"))
     assert "cannot reach the Hugging Face Hub" in err

@@ -74,12 +74,13 @@ def download(spec: str, offline: bool = False) -> Path:
         folder = hub.snapshot_download(repo, revision=revision, cache_dir=hub_cache_dir(), local_files_only=offline,
                                        allow_patterns=_PATTERNS, token=os.environ.get("HF_TOKEN") or None)
     except (errors.RepositoryNotFoundError, errors.GatedRepoError):
-        raise UserError(f"no model {repo} on the Hugging Face Hub (or it is private or gated: set HF_TOKEN)") from None
+        raise UserError(f"no such path, and no model {repo} on the Hugging Face Hub (or it is private or gated: "
+                        "set HF_TOKEN)") from None
     except errors.RevisionNotFoundError:
         raise UserError(f"model {repo} on the Hugging Face Hub has no revision {revision!r}") from None
     except errors.LocalEntryNotFoundError:
         if offline:
-            raise UserError(f"{spec} is not in {where}, and offline mode (--offline or HF_HUB_OFFLINE) forbids "
+            raise UserError(f"{spec} is no path and not in {where}, and offline mode (--offline or HF_HUB_OFFLINE) forbids "
                             "downloading it") from None
         raise UserError(f"cannot reach the Hugging Face Hub to download {spec} (no network?), and it is not in "
                         f"{where}") from None
