@@ -1,7 +1,9 @@
-"""`tinystories convert`: checkpoints between llama2.c, Hugging Face and run folders, every direction.
+"""`tinystories convert`: checkpoints between llama2.c, Hugging Face and run folders, every direction,
+and out to GGUF for llama.cpp.
 
 The source is recognised by what it is: a run folder (`config.toml`), a
-Hugging Face model folder (`config.json`), or a llama2.c `.bin` file (v0 or v1).
+Hugging Face model folder (`config.json`), a llama2.c `.bin` file (v0 or v1),
+or a Hugging Face Hub id (`owner/name[@revision]`, fetched into the HF cache).
 It is read completely (model, tokenizer, vocabulary size checked) before
 anything is written, and the output appears all at once: folders are built
 under a temporary name and renamed into place, files are written atomically.
