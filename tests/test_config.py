@@ -152,3 +152,14 @@ def test_a_failed_atomic_write_leaves_the_old_file_and_no_temp(tmp_path: Path) -
         raise RuntimeError("killed")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["model.bin"]
+
+
+def test_help_metavars_are_the_field_names(capsys: pytest.CaptureFixture[str]) -> None:
+    """Override options (`--model-<field>`) read `--model-vocab-size VOCAB_SIZE`, not a dest mixing - and _."""
+    with pytest.raises(SystemExit):
+        run(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "--model-vocab-size VOCAB_SIZE" in text
+    assert "--model-windows WINDOWS [WINDOWS ...]" in text
+    assert "--data DATA" in text and "--model-norm {layer,rms}" in text
+    assert "MODEL-" not in text

@@ -246,3 +246,46 @@ def test_bad_hf_folders_are_one_line_errors(tmp_path, capsys, gpt2_dir):
     with pytest.raises(SystemExit):
         main(["convert", "--from", str(tmp_path / "empty"), "--out", str(tmp_path / "run")])
     assert "neither a run folder" in capsys.readouterr().err
+
+
+def test_pruned_gpt_neo_vocabulary_exports_with_its_own_tokenizer(tmp_path, gpt2_dir, stories):
+    """The paper's GPT-Neo vocabulary cut to its most frequent tokens: the HF folder's tokenizer.json numbers
+    the kept tokens 0..K-1, so transformers' logits and AutoTokenizer's ids are ours; the folder imports back."""
+    from collections import Counter
+
+    from tinystories.convert.command import read_source
+    from tinystories.convert.hf import write_hf_folder
+    from tinystories.data.tokenizer import from_gpt2_files
+
+    base = from_gpt2_files(gpt2_dir / "encoder.json", gpt2_dir / "vocab.bpe")
+    counts = Counter(i for s in stories for i in base.encode(s))
+    tok = base.prune(i for i, _ in counts.most_common(1000))
+    cfg = preset("neo-1m", d_model=32, n_layer=2, n_head=4, vocab_size=tok.vocab_size, max_seq_len=256,
+                 windows=(None, 16))
+    ours = GPT(cfg).eval()
+    randomize(ours, seed=5)
+    (tmp_path / "hf").mkdir()
+    write_hf_folder(tmp_path / "hf", cfg, ours.state_dict(), tok)  # what `convert --format hf` writes
+
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    theirs = hf_load(tmp_path / "hf")
+    assert theirs.config.vocab_size == tok.vocab_size == 1001
+    assert hf_tok.convert_tokens_to_ids("<|endoftext|>") == tok.eot_id < tok.vocab_size
+    complete_texts, erasing = 0, 0
+    for text in (sentence for story in stories[150:170] for sentence in story.split(". ")):
+        mine, hf_ids = tok.encode(text), hf_tok(text).input_ids
+        # Text the pruned vocabulary erases a token of gets that token as an id >= K; the rest is ours.
+        assert [i for i in hf_ids if i < tok.vocab_size] == mine
+        complete_texts += hf_ids == mine
+        erasing += hf_ids != mine
+        assert hf_tok.decode(mine) == tok.decode(mine)
+    assert complete_texts > 0 and erasing > 0  # both cases occur in these stories
+    ids = torch.tensor([[tok.eot_id, *tok.encode(stories[160])][:256]])
+    assert max_diff(ours, theirs, ids) < 1e-4
+
+    # back: the same weights and the same pruned vocabulary (vocab_map.json beside tokenizer.json)
+    back = read_source(tmp_path / "hf")
+    assert back.tokenizer.pruned and back.tokenizer.vocab_size == tok.vocab_size
+    assert all(back.tokenizer.encode(s) == tok.encode(s) for s in stories[150:170])
+    a = ours.state_dict()
+    assert back.state.keys() == a.keys() and all(torch.equal(back.state[k], a[k]) for k in a)

@@ -157,3 +157,34 @@ def test_bad_input_is_one_clear_line(setup, tmp_path):
                              capture_output=True, text=True)
         assert res.returncode == 2, res.stderr
         assert res.stderr.count("\n") == 1 and res.stderr.startswith("tinystories: error:")
+
+
+def test_unseparated_txt_is_refused_and_separator_splits_it(setup, tmp_path, capsys):
+    """A big .txt without <|endoftext|> is not silently one story; --separator says how to cut it."""
+    from tinystories.cli import main
+
+    run, stories, _, _ = setup
+    reference = evaluate_loss(LossConfig(run=str(run), data=(str(stories),), write=False))
+    copies = 40  # 5 stories x 40 > 16 KB
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n\n".join(STORIES * copies) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"no <\|endoftext\|> separators.*200 blocks between empty lines.*--separator"):
+        evaluate_loss(LossConfig(run=str(run), data=(str(blank),), write=False))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "loss", "--run", str(run), "--data", str(blank), "--no-write"])
+    assert exit_info.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+
+    lines = tmp_path / "lines.txt"
+    lines.write_text("\r\n".join(STORIES * copies), encoding="utf-8")
+    custom = tmp_path / "custom.txt"
+    custom.write_text("\n===\n".join(STORIES * copies), encoding="utf-8")
+    for path, sep in ((blank, "blank"), (lines, "line"), (custom, "\\n===\\n")):
+        got = evaluate_loss(LossConfig(run=str(run), data=(str(path),), separator=sep, max_stories=5, write=False))
+        assert got["stories"] == 5 and got["tokens"] == reference["tokens"] and got["bytes"] == reference["bytes"]
+        assert got["per_story"]["loss"] == pytest.approx(reference["per_story"]["loss"], rel=1e-6)
+    whole = evaluate_loss(LossConfig(run=str(run), data=(str(blank),), separator="none", write=False))
+    assert whole["stories"] == 1
+    # Small files and separated files are read as before.
+    small = tmp_path / "small.txt"
+    small.write_text(STORIES[0], encoding="utf-8")
+    assert evaluate_loss(LossConfig(run=str(run), data=(str(small),), write=False))["stories"] == 1

@@ -69,7 +69,8 @@ COMMANDS: dict[str, Command] = {
     ),
     "convert": Command(
         "tinystories.convert.command:convert",
-        "import llama2.c .bin / Hugging Face checkpoints as run folders; export runs to HF or llama2.c",
+        "import llama2.c .bin / Hugging Face checkpoints (folders or Hub ids) as run folders; export runs to HF, "
+        "llama2.c or GGUF",
     ),
     "eval loss": Command(
         "tinystories.eval.loss:evaluate_loss",

@@ -170,6 +170,9 @@ def add_options(
                 kwargs["default"] = None
         else:
             kwargs["type"] = _wrap(_converter(tp, f), f.name)
+        if "type" in kwargs:
+            # argparse would derive it from dest, which mixes the prefix's dash with the field's underscores.
+            kwargs["metavar"] = f.name.upper()
         for alias in f.metadata.get("aliases", ()):
             group.add_argument(alias, flag, **kwargs)
             break

@@ -1,7 +1,9 @@
-"""`tinystories convert`: checkpoints between llama2.c, Hugging Face and run folders, every direction.
+"""`tinystories convert`: checkpoints between llama2.c, Hugging Face and run folders, every direction,
+and out to GGUF for llama.cpp.
 
 The source is recognised by what it is: a run folder (`config.toml`), a
-Hugging Face model folder (`config.json`), or a llama2.c `.bin` file (v0 or v1).
+Hugging Face model folder (`config.json`), a llama2.c `.bin` file (v0 or v1),
+or a Hugging Face Hub id (`owner/name[@revision]`, fetched into the HF cache).
 It is read completely (model, tokenizer, vocabulary size checked) before
 anything is written, and the output appears all at once: folders are built
 under a temporary name and renamed into place, files are written atomically.
@@ -29,17 +31,23 @@ class ConvertConfig:
     """`tinystories convert`: import llama2.c / Hugging Face checkpoints, export runs to either."""
 
     source: str = field(default="", metadata={"aliases": ("--from",)})
-    """What to convert: a llama2.c .bin checkpoint, a Hugging Face model folder (config.json), or a run folder."""
+    """What to convert: a llama2.c .bin checkpoint, a Hugging Face model folder (config.json), a run folder, or a Hugging Face Hub model owner/name[@revision] (downloaded into the HF cache)."""
     out: str = ""
-    """Where to write: a run folder (--format run), an HF model folder (hf), or a .bin file (llama2c; tokenizer.bin beside it)."""
-    format: Literal["run", "hf", "llama2c"] = "run"
-    """Output format: run (a run folder that sample/eval use), hf (AutoModelForCausalLM folder), llama2c (v0 .bin for run.c)."""
+    """Where to write: a run folder (--format run), an HF model folder (hf), a .bin file (llama2c; tokenizer.bin beside it) or a .gguf file (gguf)."""
+    format: Literal["run", "hf", "llama2c", "gguf"] = "run"
+    """Output format: run (a run folder that sample/eval use), hf (AutoModelForCausalLM folder), llama2c (v0 .bin for run.c), gguf (one file for llama.cpp / Ollama, Llama family only)."""
+    gguf_type: Literal["f32", "f16", "q8_0"] = "f32"
+    """Weight type of a GGUF export: f32 (exact), f16, or q8_0 (8-bit; matrices whose rows are not a multiple of 32 fall back to f16)."""
     tokenizer: str = ""
     """Tokenizer when the source has none (llama2.c tokenizer.bin / tok512.bin, SentencePiece .model, tokenizer.json, a folder, gpt2); default: the one in the source folder, or tokenizer.bin / tokenizer.model beside a .bin."""
     step: int | None = None
     """Checkpoint step of a run-folder source; default = the latest."""
     overwrite: bool = False
     """Replace an existing output."""
+    offline: bool = False
+    """Hub models: use the Hugging Face cache only, never the network (as HF_HUB_OFFLINE=1 does)."""
+    push_to_hub: str = ""
+    """After an hf or gguf export, upload it to this Hugging Face model repository (owner/name; created when missing; token from HF_TOKEN)."""
 
 
 @dataclass
@@ -74,13 +82,17 @@ def _default_tokenizer(source: Path, kind: str) -> Any:
     return None
 
 
-def read_source(path: str | os.PathLike, tokenizer: str = "", step: int | None = None) -> Source:
-    """Model config, weights (ours) and tokenizer of a run folder, an HF folder or a llama2.c .bin."""
+def read_source(path: str | os.PathLike, tokenizer: str = "", step: int | None = None,
+                offline: bool = False) -> Source:
+    """Model config, weights (ours) and tokenizer of a run folder, an HF folder, a llama2.c .bin or a Hub model."""
     from tinystories.convert.hf import read_hf_folder
+    from tinystories.convert.hub import download, is_hub_id
     from tinystories.convert.llama2c import read_llama2c
     from tinystories.data.tokenizer import load_tokenizer
     from tinystories.run import is_run, load_run
 
+    if is_hub_id(os.fspath(path)):
+        path = download(os.fspath(path), offline)
     path = Path(path)
     if not path.exists():
         raise UserError(f"nothing to convert at {path}")
@@ -178,7 +190,13 @@ def convert(cfg: ConvertConfig) -> dict[str, Any]:
         raise UserError("give both --from (what to convert) and --out (where to write)")
     out = Path(cfg.out)
     _check_free(out, cfg.overwrite)
-    src = read_source(cfg.source, cfg.tokenizer, cfg.step)
+    if cfg.push_to_hub:
+        from tinystories.convert.hub import hub_token
+
+        if cfg.format not in ("hf", "gguf"):
+            raise UserError("--push-to-hub uploads an export: use it with --format hf or --format gguf")
+        token = hub_token()  # before any work: a missing token should not cost a conversion
+    src = read_source(cfg.source, cfg.tokenizer, cfg.step, cfg.offline)
     source = Path(cfg.source)
     origin = {
         "from": os.fspath(source),
@@ -190,8 +208,22 @@ def convert(cfg: ConvertConfig) -> dict[str, Any]:
     notes: list[str] = []
     if cfg.format == "run":
         write_run(out, src, origin)
+    elif cfg.format == "gguf":
+        from tinystories.convert.gguf import write_gguf
+
+        notes += write_gguf(out, src.config, src.state, src.tokenizer, cfg.gguf_type, name=out.stem)
     elif cfg.format == "hf":
-        _write_folder(out, lambda tmp: write_hf_folder(tmp, src.config, src.state, src.tokenizer))
+        run_dir = source if src.kind == "run" else None
+
+        def fill(tmp: Path) -> None:
+            from tinystories.convert.card import model_card
+            from tinystories.io import atomic_write_text
+
+            arch = write_hf_folder(tmp, src.config, src.state, src.tokenizer)
+            card = model_card(src.config, arch, run_dir, repo=cfg.push_to_hub, step=cfg.step, origin=cfg.source)
+            atomic_write_text(tmp / "README.md", card)
+
+        _write_folder(out, fill)
     else:
         tok_path = out.parent / "tokenizer.bin"
         _check_free(tok_path, cfg.overwrite)
@@ -203,6 +235,11 @@ def convert(cfg: ConvertConfig) -> dict[str, Any]:
         if src.tokenizer.eot_id != BOS_ID:
             notes.append(f"run.c starts from and stops at token {BOS_ID}; this model's end-of-text is "
                          f"{src.tokenizer.eot_id}, so run.c will not sample it as `tinystories sample` does")
+    pushed = {}
+    if cfg.push_to_hub:
+        from tinystories.convert.hub import push
+
+        pushed = {"pushed_to": push(out, cfg.push_to_hub, token, f"tinystories convert --from {cfg.source}")}
     return {
         "from": os.fspath(source),
         "source_kind": src.kind,
@@ -214,4 +251,5 @@ def convert(cfg: ConvertConfig) -> dict[str, Any]:
         "eot_id": src.tokenizer.eot_id,
         "model": dataclasses.asdict(src.config),
         **({"notes": notes} if notes else {}),
+        **pushed,
     }

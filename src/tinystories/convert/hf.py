@@ -455,6 +455,34 @@ def _special_tokens(tokenizer: Any) -> dict[str, tuple[str, int]]:
     return {"bos_token": eot, "eos_token": eot, "unk_token": eot, "pad_token": eot}
 
 
+def renumbered_for_pruning(tokenizer: Any) -> Any:
+    """The base tokenizer of a pruned one, renumbered so that the kept tokens are ids 0..K-1 (in their order)
+    and the erased ones follow (K..): a plain tokenizer.json whose ids are the pruned model's.
+
+    The erased tokens stay in the vocabulary because the BPE merges that build kept tokens may pass
+    through them. A tokenizer.json cannot erase tokens from its output, so text that the base
+    vocabulary encodes with an erased token gets an id >= K, which the model does not have.
+    """
+    from tinystories.data.tokenizer import Tokenizer
+
+    base = tokenizer.base
+    kept = tokenizer.base_ids
+    kept_set = set(kept)
+    order = kept + [i for i in range(base.vocab_size) if i not in kept_set]
+    new_id = {old: new for new, old in enumerate(order)}
+    spec = json.loads(base.to_str())
+    vocab = spec["model"].get("vocab")
+    if spec["model"].get("type") != "BPE" or not isinstance(vocab, dict):
+        raise UserError("only a pruned BPE vocabulary can be exported to Hugging Face")
+    spec["model"]["vocab"] = dict(sorted(((t, new_id[i]) for t, i in vocab.items()), key=lambda kv: kv[1]))
+    for added in spec.get("added_tokens", []):
+        added["id"] = new_id[added["id"]]
+    post = spec.get("post_processor") or {}
+    for special in (post.get("special_tokens") or {}).values():
+        special["ids"] = [new_id[i] for i in special.get("ids", [])]
+    return Tokenizer(json.dumps(spec, ensure_ascii=False), name=f"{tokenizer.name} (pruned, renumbered)")
+
+
 def write_hf_folder(folder: str | os.PathLike, cfg: ModelConfig, sd: StateDict, tokenizer: Any) -> str:
     """Write an HF model folder (model.safetensors, config.json, generation_config.json,
     tokenizer files) that `AutoModelForCausalLM` / `AutoTokenizer.from_pretrained` load offline.
@@ -466,9 +494,10 @@ def write_hf_folder(folder: str | os.PathLike, cfg: ModelConfig, sd: StateDict, 
 
     from tinystories.io import atomic_save, atomic_write_text
 
-    if tokenizer.pruned:
-        raise UserError("a pruned tokenizer (vocab_map.json) has no tokenizer.json equivalent; export needs an unpruned one")
     folder = Path(folder)
+    pruned = tokenizer.pruned
+    if pruned:
+        tokenizer = renumbered_for_pruning(tokenizer)
     special = _special_tokens(tokenizer)
     names = {k: text for k, (text, _) in special.items()}
     ids = {k: i for k, (_, i) in special.items()}
@@ -501,6 +530,8 @@ def write_hf_folder(folder: str | os.PathLike, cfg: ModelConfig, sd: StateDict, 
     atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
     atomic_write_text(folder / "generation_config.json", json.dumps(generation, indent=2) + "\n")
     atomic_write_text(folder / "tokenizer.json", tokenizer.to_str())
+    if pruned:  # our tokenizer reads it back as the same pruned vocabulary (transformers ignores it)
+        atomic_write_text(folder / "vocab_map.json", json.dumps({"base_ids": list(range(cfg.vocab_size))}) + "\n")
     atomic_write_text(folder / "tokenizer_config.json", json.dumps(tokenizer_config, indent=2) + "\n")
     atomic_write_text(folder / "special_tokens_map.json",
                       json.dumps(names, indent=2) + "\n")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,8 @@ class LossConfig:
     """Sliding-window stride for stories longer than the context; 0 = half the context."""
     batch: int = 16
     """Windows per forward."""
+    separator: str = ""
+    """How .txt files separate stories: default <|endoftext|> (as the released files); blank (empty lines between stories), line (one story per line), none (each file is one story), or any other text (\\n for a newline)."""
     step: int | None = None
     """Checkpoint step to evaluate; default = the latest."""
     device: str = "cpu"
@@ -158,12 +161,70 @@ def _dataset_docs(path: str, split: str, tokenizer: Any, limit: int) -> tuple[li
     return docs, n_bytes
 
 
-def _story_docs(paths: list[str], tokenizer: Any, limit: int) -> tuple[list[np.ndarray], int]:
-    """Stories from files, encoded as `[eot] + tokens`, and their text bytes."""
-    from tinystories.data.stories import iter_stories
+# A .txt file this large without one end-of-text separator is not one story: TinyStories stories are
+# about 1 KB (the longest of the 201 validation stories is 3.5 KB).
+UNSEPARATED_BYTES = 16 << 10
 
+
+def _check_separated(path: str) -> None:
+    """UserError when a big .txt file has no `<|endoftext|>`: it would be scored as one story."""
+    from tinystories.data.stories import SEPARATOR
+
+    size = os.path.getsize(path)
+    if size <= UNSEPARATED_BYTES:
+        return
+    data = Path(path).read_bytes()
+    if SEPARATOR.encode() in data:
+        return
+    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
+    blocks = len([b for b in re.split(r"\n[ \t]*\n", text) if b.strip()])
+    lines = len([line for line in text.split("\n") if line.strip()])
+    raise UserError(
+        f"{path} has no {SEPARATOR} separators, so its {size:,} bytes would be scored as one story; it has "
+        f"{blocks:,} blocks between empty lines and {lines:,} non-empty lines: pass --separator blank (stories "
+        "between empty lines), --separator line (one story per line), --separator TEXT, or --separator none "
+        "(score the file as one story)"
+    )
+
+
+def _split_txt(path: str, separator: str) -> list[str]:
+    """The stories of a .txt file cut at `separator` (blank, line, none or literal text)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8").replace("\r\n", "\n")
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text") from None
+    if separator == "blank":
+        parts = re.split(r"\n[ \t]*\n", text)
+    elif separator == "line":
+        parts = text.split("\n")
+    elif separator == "none":
+        parts = [text]
+    else:
+        parts = text.split(separator.replace("\\n", "\n").replace("\\t", "\t"))
+    stories = [p.strip() for p in parts if p.strip()]
+    if not stories:
+        raise UserError(f"no stories in {path}")
+    return stories
+
+
+def _read_stories(paths: list[str], separator: str) -> Iterator[str]:
+    """Story texts from files; .txt files cut at `separator` (default `<|endoftext|>`)."""
+    from tinystories.data.stories import read_source, resolve
+
+    for source in resolve(paths):
+        if source.format == "txt" and separator:
+            yield from _split_txt(source.path, separator)
+            continue
+        if source.format == "txt":
+            _check_separated(source.path)
+        for record in read_source(source):
+            yield record["story"]
+
+
+def _story_docs(paths: list[str], tokenizer: Any, limit: int, separator: str = "") -> tuple[list[np.ndarray], int]:
+    """Stories from files, encoded as `[eot] + tokens`, and their text bytes."""
     stories = []
-    for story in iter_stories(paths):
+    for story in _read_stories(paths, separator):
         stories.append(story)
         if limit > 0 and len(stories) >= limit:
             break
@@ -203,7 +264,7 @@ def evaluate_loss(cfg: LossConfig) -> dict[str, Any]:
     else:
         if any(_is_dataset(d) for d in data):
             raise UserError("give either one dataset folder or story files, not both")
-        docs, n_bytes = _story_docs(data, tok, cfg.max_stories)
+        docs, n_bytes = _story_docs(data, tok, cfg.max_stories, cfg.separator)
         source = {"files": data}
     too_big = max(int(d.max()) for d in docs)
     if too_big >= model.config.vocab_size:
