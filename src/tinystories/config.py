@@ -167,6 +167,8 @@ def add_options(
             kwargs["type"] = _wrap(conv, f.name)
         else:
             kwargs["type"] = _wrap(_converter(tp, f), f.name)
+        if f.metadata.get("repeat"):  # `--run a --run b` collects both; unset stays None (the field's default)
+            kwargs.update(action="extend", default=None)
         for alias in f.metadata.get("aliases", ()):
             group.add_argument(alias, flag, **kwargs)
             break
