@@ -89,8 +89,14 @@ def full_run(bare_run, tmp_path_factory):
                                 text="One day, Lucy asks Tom for a banana."))
     interpret_neurons(NeuronsConfig(run=str(run), stories=2, random_directions=100, protagonist_stories=2,
                                     examples=3))
-    report(ReportConfig(run=(str(run),)))
     return run
+
+
+@pytest.fixture(scope="module")
+def full_page(full_run):
+    """The full run with its report.html written (a fixture of its own: the two costs land on two tests)."""
+    report(ReportConfig(run=(str(full_run),)))
+    return full_run
 
 
 def images(page: str) -> list[str]:
@@ -114,8 +120,24 @@ def test_bare_run_says_not_run_for_each_missing_stage(bare_run):
     assert "non-embedding parameters" in page
 
 
-def test_every_stage_shows_its_summary_before_its_details(full_run):
-    page = (full_run / "report.html").read_text()
+def test_report_renders_without_matplotlib(full_run, tmp_path, monkeypatch):
+    from tinystories.errors import UserError
+    from tinystories.report import pyplot
+
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    out = report(ReportConfig(run=(str(full_run),), out=str(tmp_path / "r.html")))
+    page = Path(out["written"]).read_text()
+    assert out["plots"] is False and images(page) == []
+    assert "plots omitted: matplotlib is not installed (pip install &#x27;tinystories[report]&#x27;)" in page
+    assert "Probe accuracy" not in page and "all items (n=" in page  # the figures stay, as tables
+    with pytest.raises(UserError, match=r"tinystories\[report\]"):
+        pyplot()
+
+
+def test_every_stage_shows_its_summary_before_its_details(full_page):
+    page = (full_page / "report.html").read_text()
     found = dict(stages(page))
     for sid in ("config-stage", "training-stage", "eval-loss", "eval-probes", "eval-diversity", "eval-consistency",
                 "eval-custom", "heads-stage", "neurons-layer3"):
@@ -133,21 +155,21 @@ def test_every_stage_shows_its_summary_before_its_details(full_run):
     assert page.count("not run:") == 1  # eval judge: the one stage this run has not had
 
 
-def test_loss_sits_in_one_table_and_the_figures_are_the_stage_files(full_run):
-    page = (full_run / "report.html").read_text()
+def test_loss_sits_in_one_table_and_the_figures_are_the_stage_files(full_page):
+    page = (full_page / "report.html").read_text()
     block = dict(stages(page))["eval-loss"].split("<details")[0]
     assert block.count("<table") == 1 and "<th>procedural</th><th>real</th>" in block
     for name in ("procedural", "real"):
-        data = json.loads((full_run / "eval" / f"loss_{name}.json").read_text())
+        data = json.loads((full_page / "eval" / f"loss_{name}.json").read_text())
         assert f"{data['per_story']['bits_per_byte']:,.4g}" in block
-    probes = json.loads((full_run / "eval" / "probes.json").read_text())
+    probes = json.loads((full_page / "eval" / "probes.json").read_text())
     lo, hi = probes["ci95"]
     head = page[page.index('id="headline"'):page.index('id="config"')]
     assert f"{100 * probes['accuracy']:.1f}% ({100 * lo:.1f}-{100 * hi:.1f})" in head
 
 
-def test_plots_are_made_for_their_data(full_run):
-    page = (full_run / "report.html").read_text()
+def test_plots_are_made_for_their_data(full_page):
+    page = (full_page / "report.html").read_text()
     titles = images(page)
     assert "Probe accuracy by set and category (95% Wilson intervals)" in titles
     memo = [t for t in titles if "(Fig. 1" in t]
@@ -160,8 +182,8 @@ def test_plots_are_made_for_their_data(full_run):
         assert bad not in page
 
 
-def test_names_and_character_consistency(full_run):
-    page = (full_run / "report.html").read_text()
+def test_names_and_character_consistency(full_page):
+    page = (full_page / "report.html").read_text()
     assert "&lt;dog&gt; &amp; a cat" in page  # samples are escaped
     assert page.count('<mark class="name">Lily</mark>') == 2 and page.count('<mark class="name">Tom</mark>') == 2
     assert "Tommy" in page and '<mark class="name">Tommy' not in page  # whole words only
@@ -169,25 +191,8 @@ def test_names_and_character_consistency(full_run):
     assert "Character consistency" in block and "75.0%" in block and "2.5" in block and "real TinyStories" in block
 
 
-def test_report_renders_without_matplotlib(full_run, tmp_path, monkeypatch):
-    from tinystories.errors import UserError
-    from tinystories.report import pyplot
 
-    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
-    out = report(ReportConfig(run=(str(full_run),), out=str(tmp_path / "r.html")))
-    page = Path(out["written"]).read_text()
-    assert out["plots"] is False and images(page) == []
-    assert "plots omitted: matplotlib is not installed (pip install &#x27;tinystories[report]&#x27;)" in page
-    assert "Probe accuracy" not in page and "all items (n=" in page  # the figures stay, as tables
-    with pytest.raises(UserError, match=r"tinystories\[report\]"):
-        pyplot()
-
-
-def test_cli_writes_the_report_and_compares_runs(full_run, bare_run, tmp_path):
-    from tinystories.eval.probes import ProbesConfig, evaluate_probes
-
+def test_cli_writes_the_report(bare_run, tmp_path):
     exe = str(Path(sys.executable).parent / "tinystories")
     out = tmp_path / "r.html"
     proc = subprocess.run([exe, "report", "--run", str(bare_run), "--out", str(out)], capture_output=True,
@@ -197,6 +202,11 @@ def test_cli_writes_the_report_and_compares_runs(full_run, bare_run, tmp_path):
     bad = subprocess.run([exe, "report", "--run", str(tmp_path / "nope")], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no run folder" in bad.stderr
 
+
+def test_cli_compares_runs_side_by_side(full_run, bare_run, tmp_path):
+    from tinystories.eval.probes import ProbesConfig, evaluate_probes
+
+    exe = str(Path(sys.executable).parent / "tinystories")
     other = tmp_path / "other"
     shutil.copytree(bare_run, other)
     evaluate_probes(ProbesConfig(run=str(other), sets="fact", max_new_tokens=0))
@@ -207,7 +217,8 @@ def test_cli_writes_the_report_and_compares_runs(full_run, bare_run, tmp_path):
     page = cmp.read_text()
     assert "<th>figure</th><th>run</th><th>other</th>" in page
     row = page[page.index("<td>probes: all items</td>"):].split("</tr>")[0]
-    cells = re.findall(r"<td>([^<]*)</td>", row)[1:]
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", row)[1:]
+    assert len(cells) == 2
     for run, cell in zip((full_run, other), cells):
         acc = json.loads((run / "eval" / "probes.json").read_text())["accuracy"]
         assert cell.startswith(f"{100 * acc:.1f}%")
@@ -233,15 +244,15 @@ def _eval(browser: Chromium, session: str, expr: str):
                                                         "returnByValue": True}, session=session)["result"]["value"])
 
 
-def test_report_opens_in_headless_chromium_and_fits_1280_and_390(full_run, bare_run, tmp_path):
+def test_report_opens_in_headless_chromium_and_fits_1280_and_390(full_page, bare_run, tmp_path):
     from tinystories.report.headline import compare_page
 
     cmp = tmp_path / "compare.html"
-    cmp.write_text(compare_page([full_run, bare_run]))
+    cmp.write_text(compare_page([full_page, bare_run]))
     browser = Chromium(chromium_or_skip(), tempfile.mkdtemp(dir=tmp_path))
     widths, errors = {}, []
     try:
-        session = _open(browser, full_run / "report.html", 1280)
+        session = _open(browser, full_page / "report.html", 1280)
         state = _eval(browser, session, "{ids: " + json.dumps(list(SECTIONS)) + ".filter(i => document.getElementById(i)),"
                       " ready: window.attnReady === true,"
                       " heads: document.getElementById('attn-head').options.length,"
@@ -251,7 +262,7 @@ def test_report_opens_in_headless_chromium_and_fits_1280_and_390(full_run, bare_
         png = Path(os.environ.get("TINYSTORIES_SCREENSHOT_DIR", tmp_path)) / "report.png"
         png.parent.mkdir(parents=True, exist_ok=True)
         png.write_bytes(base64.b64decode(shot["data"]))
-        for page, width in ((full_run / "report.html", 1280), (full_run / "report.html", 390), (cmp, 1280),
+        for page, width in ((full_page / "report.html", 1280), (full_page / "report.html", 390), (cmp, 1280),
                             (cmp, 390)):
             session = _open(browser, page, width)
             widths[(page.name, width)] = _eval(browser, session, "[document.documentElement.scrollWidth, innerWidth]")

@@ -91,8 +91,9 @@ def headline_table(run: Path) -> str:
 def run_names(runs: Sequence[Path]) -> list[str]:
     """Short column names: the shortest tails of the paths that tell the runs apart."""
     parts = [Path(os.path.abspath(r)).parts for r in runs]
+    # A pipeline's run is its folder's model/: name it after the pipeline folder too.
     for n in range(1, max(len(p) for p in parts) + 1):
-        names = ["/".join(p[-n:]) for p in parts]
+        names = ["/".join(p[-max(n, 2 if p[-1] == "model" else 1):]) for p in parts]
         if len(set(names)) == len(names):
             return names
     return [os.fspath(r) for r in runs]

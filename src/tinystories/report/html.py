@@ -58,7 +58,7 @@ def table(rows: list[list[Any]], header: list[str] | None = None, cls: str = "")
             + f"<tbody>{body}</tbody></table></div>")
 
 
-NUMERIC = re.compile(r"^[-+]?[\d.,]+(%| |$)")
+NUMERIC = re.compile(r"^([-+]?[\d.,]+(%| |$)|-$)")
 
 
 def _cell(v: Any) -> str:
@@ -120,6 +120,8 @@ details > summary { cursor: pointer; color: #555; font-size: 14px; }
 .sample .src { float: right; color: #888; font-size: 11px; margin-left: .5em; }
 mark { background: #ff6b6b; color: #000; }
 mark.name { background: #ffe08a; border-radius: 2px; }
+.cards { display: flex; flex-wrap: wrap; gap: 0 2em; } .cards > .neuron { flex: 1 1 420px; min-width: 0; }
+.neuron h4 { margin-bottom: .2em; } .neuron p { margin: .2em 0; font-size: 14px; }
 .neuron ol { font-size: 14px; } .act { color: #888; font-size: 11px; }
 .k-distance { color: #1f77b4; } .k-semantic { color: #d62728; font-weight: bold; } .k-other { color: #777; }
 table.headmap td { text-align: center; min-width: 3.2em; font-size: 12px; }
@@ -129,6 +131,11 @@ table.headmap td.k-other { background: #f3f3f3; }
 #attn-canvas { image-rendering: pixelated; border: 1px solid #ccc; max-width: 100%; }
 nav { display: flex; flex-wrap: wrap; gap: .2em 1em; }
 code { overflow-wrap: anywhere; }
+table.headmap th { white-space: nowrap; }
+@media (max-width: 600px) {
+  body { padding: 0 .6em; margin-top: 1em; }
+  table.fig td:first-child { min-width: 8em; }
+}
 """
 
 

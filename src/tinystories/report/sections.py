@@ -268,6 +268,10 @@ def head_scatter(heads: list[dict[str, Any]], th: dict[str, Any]) -> str:
     return plots.png(fig, "Heads by positional and semantic score")
 
 
+def _or_dash(v: Any) -> Any:
+    return "-" if v is None else v
+
+
 def section_heads(run: Path) -> tuple[str, dict[str, Any] | None]:
     path = run / "interp" / "heads.json"
     if not path.is_file():
@@ -292,7 +296,7 @@ def section_heads(run: Path) -> tuple[str, dict[str, Any] | None]:
             ["random-init copy: semantic heads", ri.get("counts", {}).get("semantic")],
             ["random-init copy: largest semantic score", ri.get("max_semantic")],
             ["shuffled tokens: correlation of positional scores (all heads)", sh.get("correlation_all")],
-            ["shuffled tokens: correlation over distance heads", sh.get("correlation_distance")],
+            ["shuffled tokens: correlation over distance heads", _or_dash(sh.get("correlation_distance"))],
             ["shuffled tokens: semantic heads left", sh.get("counts", {}).get("semantic")],
         ], ["control", "value"], "fig"))
     rows = [[f"{h['layer']}.{h['head']}", Raw(f'<span class="k-{esc(h["kind"])}">{esc(h["kind"])}</span>'),
@@ -323,7 +327,8 @@ def section_heads(run: Path) -> tuple[str, dict[str, Any] | None]:
 
 def highlighted(ex: dict[str, Any]) -> str:
     s, (a, b) = ex["sentence"], ex["span"]
-    return f"{esc(s[:a])}<mark>{esc(s[a:b])}</mark>{esc(s[b:])}"
+    hit = s[a:b].replace("\n", "↵") if s[a:b].strip() == "" and s[a:b] else s[a:b]  # a newline stays visible
+    return f"{esc(s[:a])}<mark>{esc(hit)}</mark>{esc(s[b:])}"
 
 
 def render_neuron(n: dict[str, Any], title: str) -> str:
@@ -362,10 +367,12 @@ def neurons_layer(data: dict[str, Any]) -> str:
                                   "random directions", "neurons")]
     labels = table([[k, v] for k, v in s["labels"].items()], ["label", "neurons"], "fig")
     summary.append(f'<div class="plots">{"".join(figs)}<div>{labels}</div></div>')
+    cards = []
     for idx in data.get("shown", []):
         n = ns[idx]
         tag = " (largest activation)" if n.get("strongest") else ""
-        summary.append(render_neuron(n, f"Layer {layer}, neuron {idx}{tag}"))
+        cards.append(render_neuron(n, f"Layer {layer}, neuron {idx}{tag}"))
+    summary.append(f'<div class="cards">{"".join(cards)}</div>')
     p = data.get("protagonist")
     if p:
         rows = [[b["neuron"], b["average_precision"], b["percentile"], b["precision"], b["recall"], b["fires"]]
