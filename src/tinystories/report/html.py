@@ -135,6 +135,7 @@ table.headmap th { white-space: nowrap; }
 @media (max-width: 600px) {
   body { padding: 0 .6em; margin-top: 1em; }
   table.fig td:first-child { min-width: 8em; }
+  table.fig td.n { white-space: normal; }
 }
 """
 

@@ -327,7 +327,10 @@ def section_heads(run: Path) -> tuple[str, dict[str, Any] | None]:
 
 def highlighted(ex: dict[str, Any]) -> str:
     s, (a, b) = ex["sentence"], ex["span"]
-    hit = s[a:b].replace("\n", "↵") if s[a:b].strip() == "" and s[a:b] else s[a:b]  # a newline stays visible
+    if a == b:  # a token outside any sentence (a line break): show the token itself
+        return f"<mark>{esc(str(ex.get('token', '')).replace(chr(10), '↵'))}</mark> <span class='act'>(between " \
+            "sentences)</span>"
+    hit = s[a:b].replace("\n", "↵") if s[a:b].strip() == "" else s[a:b]  # a newline stays visible
     return f"{esc(s[:a])}<mark>{esc(hit)}</mark>{esc(s[b:])}"
 
 
