@@ -49,10 +49,21 @@ def png(fig: Any, title: str, caption: str = "") -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    data = base64.b64encode(palette_png(buf.getvalue())).decode("ascii")
     cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
     return (f'<figure><img alt="{esc(title)}" title="{esc(title)}" src="data:image/png;base64,{data}">'
             f"{cap}</figure>")
+
+
+def palette_png(raw: bytes) -> bytes:
+    """The PNG with a 256-colour palette: a plot has few colours, and the page carries every plot (~half the bytes)."""
+    try:
+        from PIL import Image  # Pillow comes with matplotlib
+    except ImportError:
+        return raw
+    out = io.BytesIO()
+    Image.open(io.BytesIO(raw)).convert("RGB").quantize(256).save(out, format="PNG", optimize=True)
+    return out.getvalue() if out.tell() < len(raw) else raw
 
 
 def line_plot(series: dict[str, list[tuple[float, float]]], title: str, xlabel: str, ylabel: str,
