@@ -192,6 +192,24 @@ def test_names_and_character_consistency(full_page):
 
 
 
+def test_partial_and_odd_stage_files_still_render(bare_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(bare_run, run)
+    (run / "eval").mkdir()
+    (run / "eval" / "consistency.json").write_text(json.dumps({"median_distinct_names": 3.0}))
+    (run / "eval" / "probes.json").write_text(json.dumps({"accuracy": "n/a", "by_category": [1, 2]}))
+    (run / "eval" / "judge.json").write_text(json.dumps({"scores": {"grammar": {"mean": 6.5, "ci95": [6.1, 6.9]}}}))
+    (run / "eval" / "broken.json").write_text("{not json")
+    (run / "samples").mkdir()
+    (run / "samples" / "s.json").write_text(json.dumps({"samples": [{"completion": "Tom ran.", "names": None}]}))
+    page = Path(report(ReportConfig(run=(str(run),)))["written"]).read_text()
+    block = dict(stages(page))["eval-consistency"]
+    assert "3.0" in block and "<td class=\"n\">-</td>" in block  # the missing figures show as "-"
+    assert "6.50 (6.10-6.90)" in dict(stages(page))["eval-judge"]
+    assert "eval-probes" in dict(stages(page)) and "broken.json could not be read" in page
+    assert "Tom ran." in page and '<mark class="name">' not in page
+
+
 def test_cli_writes_the_report(bare_run, tmp_path):
     exe = str(Path(sys.executable).parent / "tinystories")
     out = tmp_path / "r.html"

@@ -113,7 +113,8 @@ def probe_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
     """The bars of the probe chart: all items, then by set, by category, by procedural kind."""
     rows = [{"label": f"all items (n={data.get('n', '?')})", "group": "all", **_acc(data)}]
     for key, word in (("by_source", "set"), ("by_category", "category"), ("by_kind", "kind")):
-        for name, s in (data.get(key) or {}).items():
+        group = data.get(key)
+        for name, s in group.items() if isinstance(group, dict) else ():
             if isinstance(s, dict):
                 rows.append({"label": f"{word}: {name} (n={s.get('n', '?')})", "group": word, **_acc(s)})
     return rows
@@ -246,7 +247,7 @@ def judge_stage(data: dict[str, Any]) -> str:
 
 
 def consistency_stage(data: dict[str, Any]) -> str:
-    ref = data.get("reference") if isinstance(data.get("reference"), dict) else {}
+    ref: dict[str, Any] = data["reference"] if isinstance(data.get("reference"), dict) else {}
     rows = [
         ["distinct character names per story (median)", num(data.get("median_distinct_names"), digits=1),
          num(ref.get("median_distinct_names"), digits=1)],

@@ -27,9 +27,18 @@ def _vs(a: str, b: str) -> str:
 
 def headline(run: Path) -> list[tuple[str, str]]:
     """(figure, value) pairs, in reading order, of whatever stages the run has had."""
+    out: list[tuple[str, str]] = []
+    try:
+        _collect(run, out)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        # A stage file of another layout: keep the figures read so far and say where it stopped.
+        out.append(("(a stage file of an unexpected layout)", f"{type(e).__name__}: {e}"))
+    return out
+
+
+def _collect(run: Path, out: list[tuple[str, str]]) -> None:
     from tinystories.report.sections import model_sizes, read_metrics
 
-    out: list[tuple[str, str]] = []
     sizes = model_sizes(run)
     if sizes:
         out.append(("parameters (non-embedding)", f"{sizes[0][1]:,} ({sizes[1][1]:,})"))
@@ -60,9 +69,9 @@ def headline(run: Path) -> list[tuple[str, str]]:
             out.append(("Rouge-2 precision vs. true continuation (mean)", num(cvo["mean"])))
         for key, block in (div.get("closest_training_story") or {}).items():
             if isinstance(block, dict) and "mean" in block:
-                ref = (block.get("reference") or {}).get("mean")
+                true_mean = (block.get("reference") or {}).get("mean")
                 out.append((f"max {key.replace('rouge', 'Rouge-')} vs. training stories (mean)",
-                            _vs(num(block["mean"]), num(ref))))
+                            _vs(num(block["mean"]), num(true_mean))))
         k4 = (div.get("kgrams_in_corpus") or {}).get("4")
         if isinstance(k4, dict):
             out.append(("4-grams never seen in the corpus", _vs(pct(k4.get("never_share")),
@@ -72,11 +81,10 @@ def headline(run: Path) -> list[tuple[str, str]]:
             out.append((f"judge: {field} (of 10)", num(s.get("mean"), s.get("ci95"), 2)))
     cons = _eval(run, "consistency")
     if cons:
-        ref = cons.get("reference") if isinstance(cons.get("reference"), dict) else {}
+        cref: dict[str, Any] = cons["reference"] if isinstance(cons.get("reference"), dict) else {}
         out.append(("distinct names per story (median)", f"{num(cons.get('median_distinct_names'), digits=1)} "
-                    f"(reference {num(ref.get('median_distinct_names'), digits=1)})"))
+                    f"(reference {num(cref.get('median_distinct_names'), digits=1)})"))
         out.append(("stories that keep their protagonist", pct(cons.get("protagonist_kept_share"))))
-    return out
 
 
 def headline_table(run: Path) -> str:

@@ -123,8 +123,8 @@ def accuracy_bars(rows: Sequence[dict[str, Any]], title: str, xlabel: str = "acc
     return png(fig, title)
 
 
-def histogram_pair(hist: dict[str, Any], title: str, xlabel: str, ylabel: str,
-                   reference: dict[str, Any] | None = None, ref_label: str = "reference",
+def histogram_pair(hist: Any, title: str, xlabel: str, ylabel: str,
+                   reference: Any = None, ref_label: str = "reference",
                    label: str = "model") -> str:
     """A histogram a stage already binned ({"edges", "counts"}): bars over the bins, the reference beside them.
 
@@ -181,7 +181,7 @@ def value_histogram(values: list[float], title: str, xlabel: str, reference: lis
     return png(fig, title)
 
 
-def score_bars(rows: Sequence[tuple[str, float, Any]], title: str, lo: float, hi: float, xlabel: str) -> str:
+def score_bars(rows: Sequence[tuple[str, Any, Any]], title: str, lo: float, hi: float, xlabel: str) -> str:
     """Horizontal bars of means with their intervals on a fixed scale (the judge's scores)."""
     plt = optional_pyplot()
     rows = [r for r in rows if isinstance(r[1], int | float)]

@@ -115,7 +115,7 @@ def section_training(run: Path) -> str:
 # --- samples -------------------------------------------------------------------------------------
 
 
-def mark_names(text: str, names: list[str]) -> str:
+def mark_names(text: str, names: list[Any]) -> str:
     """`text` escaped, with each whole-word occurrence of `names` in <mark class="name">."""
     names = sorted({n for n in names if isinstance(n, str) and n.strip()}, key=len, reverse=True)
     if not names:
@@ -152,7 +152,7 @@ def section_samples(run: Path, limit: int) -> str:
     if named:
         out.append(how_to_read("Character names are highlighted: a consistent story keeps the same few names."))
     for name, s in items[:limit]:
-        names = s.get("names") if isinstance(s.get("names"), list) else []
+        names: list[Any] = s["names"] if isinstance(s.get("names"), list) else []
         out.append(f'<div class="sample"><span class="src">{esc(name)}</span>'
                    f'<b>{mark_names(str(s.get("prompt", "")), names)}</b>'
                    f'{mark_names(str(s.get("completion", "")), names)}</div>')
