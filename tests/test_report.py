@@ -44,15 +44,13 @@ def bare_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def full_run(bare_run, tmp_path_factory):
-    """The same model after every stage: real loss on procedural and real text, probes, diversity against real
-    stories, both interpretability stages; training metrics, samples with names, a consistency file and an
-    eval file of a kind the report does not know are written by hand."""
+def evaluated(bare_run, tmp_path_factory):
+    """The same model after the eval stages: real loss on procedural and real text, probes, diversity against
+    real stories; training metrics, samples with names, a consistency file and an eval file of a kind the
+    report does not know are written by hand."""
     from tinystories.eval.diversity import DiversityConfig, evaluate_diversity
     from tinystories.eval.loss import LossConfig, evaluate_loss
     from tinystories.eval.probes import ProbesConfig, evaluate_probes
-    from tinystories.interp.heads import HeadsConfig, interpret_heads
-    from tinystories.interp.neurons import NeuronsConfig, interpret_neurons
     from tinystories.synth.procedural import story_record
 
     run = tmp_path_factory.mktemp("full") / "run"
@@ -85,6 +83,17 @@ def full_run(bare_run, tmp_path_factory):
         "spread": {"histogram": {"edges": [0, 0.25, 0.5, 0.75, 1.0], "counts": [1, 4, 2, 1]}},
         "margins": [0.1, -0.2, 0.5, 0.3, 0.9, -0.1],
         "by_step": [{"step": s, "accuracy": 0.5 + s / 1000} for s in (0, 100, 200)]}))
+    return run
+
+
+@pytest.fixture(scope="module")
+def full_run(evaluated):
+    """The evaluated run after both interpretability stages too (fixtures of their own: on a busy machine
+    the costs land on different tests)."""
+    from tinystories.interp.heads import HeadsConfig, interpret_heads
+    from tinystories.interp.neurons import NeuronsConfig, interpret_neurons
+
+    run = evaluated
     interpret_heads(HeadsConfig(run=str(run), stories=2, controls=False, png=False,
                                 text="One day, Lucy asks Tom for a banana."))
     interpret_neurons(NeuronsConfig(run=str(run), stories=2, random_directions=100, protagonist_stories=2,
@@ -94,7 +103,7 @@ def full_run(bare_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def full_page(full_run):
-    """The full run with its report.html written (a fixture of its own: the two costs land on two tests)."""
+    """The full run with its report.html written."""
     report(ReportConfig(run=(str(full_run),)))
     return full_run
 
@@ -120,14 +129,14 @@ def test_bare_run_says_not_run_for_each_missing_stage(bare_run):
     assert "non-embedding parameters" in page
 
 
-def test_report_renders_without_matplotlib(full_run, tmp_path, monkeypatch):
+def test_report_renders_without_matplotlib(evaluated, tmp_path, monkeypatch):
     from tinystories.errors import UserError
     from tinystories.report import pyplot
 
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
-    out = report(ReportConfig(run=(str(full_run),), out=str(tmp_path / "r.html")))
+    out = report(ReportConfig(run=(str(evaluated),), out=str(tmp_path / "r.html")))
     page = Path(out["written"]).read_text()
     assert out["plots"] is False and images(page) == []
     assert "plots omitted: matplotlib is not installed (pip install &#x27;tinystories[report]&#x27;)" in page
@@ -221,7 +230,7 @@ def test_cli_writes_the_report(bare_run, tmp_path):
     assert bad.returncode == 2 and "no run folder" in bad.stderr
 
 
-def test_cli_compares_runs_side_by_side(full_run, bare_run, tmp_path):
+def test_cli_compares_runs_side_by_side(evaluated, bare_run, tmp_path):
     from tinystories.eval.probes import ProbesConfig, evaluate_probes
 
     exe = str(Path(sys.executable).parent / "tinystories")
@@ -229,7 +238,7 @@ def test_cli_compares_runs_side_by_side(full_run, bare_run, tmp_path):
     shutil.copytree(bare_run, other)
     evaluate_probes(ProbesConfig(run=str(other), sets="fact", max_new_tokens=0))
     cmp = tmp_path / "compare.html"
-    proc = subprocess.run([exe, "report", "--run", str(full_run), "--run", str(other), "--out", str(cmp)],
+    proc = subprocess.run([exe, "report", "--run", str(evaluated), "--run", str(other), "--out", str(cmp)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     page = cmp.read_text()
@@ -237,7 +246,7 @@ def test_cli_compares_runs_side_by_side(full_run, bare_run, tmp_path):
     row = page[page.index("<td>probes: all items</td>"):].split("</tr>")[0]
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", row)[1:]
     assert len(cells) == 2
-    for run, cell in zip((full_run, other), cells):
+    for run, cell in zip((evaluated, other), cells):
         acc = json.loads((run / "eval" / "probes.json").read_text())["accuracy"]
         assert cell.startswith(f"{100 * acc:.1f}%")
     assert cells[0] != cells[1]
