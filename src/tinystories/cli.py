@@ -86,7 +86,8 @@ COMMANDS: dict[str, Command] = {
     ),
     "report": Command(
         "tinystories.report:report",
-        "write <run>/report.html: config, training curves, samples, evals, heads and neurons in one file",
+        "write <run>/report.html: config, training curves, samples, evals, heads and neurons in one file "
+        "(several --run: their headline figures side by side)",
     ),
     "run": Command(
         "tinystories.pipeline:run_command",
