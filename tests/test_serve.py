@@ -124,7 +124,7 @@ def test_greedy_api_equals_sample_command_and_library(run_dir, port, tmp_path):
     events = sse(port, {"model": "s260k", "prompt": PROMPT, "max_tokens": 200, "temperature": 0, "stream": True})
     assert events[-1] == "[DONE]"
     streamed = "".join(e["choices"][0]["text"] for e in events[:-1])
-    assert len(events) > 3  # tokens arrived as several events, not one answer
+    assert len(events) >= 3  # tokens arrived in several events (one per 20 ms slice), not as one answer
 
     out = tmp_path / "sample.json"
     with contextlib.redirect_stdout(None):
