@@ -115,6 +115,8 @@ def ours_train(name: str, data: Path, work: Path, batch: int, seq: int, seconds:
         warmup=0, time=seconds, log_interval=5, eval_interval=0, ckpt_interval=0, keep_ckpts=1, progress=False,
         device=str(device), dtype="bfloat16", compile=compile_,
     )
+    if compile_:
+        torch._dynamo.reset()  # each model compiles afresh, not counted against the last one's recompile limit
     summary = train(cfg, overrides or {})
     assert summary is not None
     rows = [json.loads(line) for line in (run / runlib.METRICS_FILE).read_text().splitlines()]
@@ -123,7 +125,10 @@ def ours_train(name: str, data: Path, work: Path, batch: int, seq: int, seconds:
         "tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in steady)),
         "mfu": round(statistics.median(r["mfu"] for r in steady), 4) if all("mfu" in r for r in steady) else None,
         "steps": summary["step"], "loss": summary["loss"], "intervals": len(steady), "params": summary["params"],
+        "first_interval_s": rows[0]["elapsed_s"],  # compilation and warm-up
     }
+    if len(rows) <= 2:
+        out["note"] = "too few logged intervals after the first (compilation took most of the time budget)"
     if not math.isfinite(summary["loss"]):
         raise RuntimeError(f"{name}: training loss is {summary['loss']}")
     return out
