@@ -876,19 +876,23 @@ def _metrics_row(
     if dist.active:
         torch.distributed.all_reduce(loss)
         loss /= dist.world_size
+    # Reading the values back waits for the device to finish the interval's steps, so the clock is read
+    # after it: on a GPU the host runs ahead, and timing before the read-back counts only the launches.
+    loss_value = float(loss)
+    norm_value = float(grad_norm) if grad_norm is not None else None
     tokens = step * tokens_per_step
     seconds = max(time.perf_counter() - t_mark, 1e-9)
     tps = (tokens - tokens_mark) / seconds  # tokens count all processes
     row: dict[str, Any] = {
         "step": step,
         "tokens": tokens,
-        "loss": float(loss),
+        "loss": loss_value,
         "lr": lr,
         "tokens_per_s": round(tps, 1),
         "elapsed_s": round(elapsed, 3),
     }
-    if grad_norm is not None:
-        row["grad_norm"] = float(grad_norm)
+    if norm_value is not None:
+        row["grad_norm"] = norm_value
     if peak:
         row["mfu"] = round(tps * flops_per_token / (peak * dist.world_size), 5)
     return row
