@@ -330,7 +330,7 @@ def main() -> None:
         row: dict[str, Any] = {"case": "sample", "model": "llama-15m", "streams": streams,
                                "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
         try:
-            row.update(sample_rates(model, streams, 16 if args.tiny else 256, seconds, device))
+            row.update(sample_rates(model, streams, 16 if args.tiny else 128, seconds, device))
         except Exception as e:
             traceback.print_exc()
             row["error"] = f"{type(e).__name__}: {e}"
