@@ -308,6 +308,62 @@ def test_ddp_two_ranks_equal_one_process(dataset: Path, tmp_path: Path) -> None:
     assert json.loads(r.stdout)["step"] == 10  # only rank 0 prints the summary
 
 
+def ddp_args(dataset: Path, run: Path, steps: int = 10) -> list[str]:
+    """torchrun arguments of the two-rank case above (gloo, 2 micro-steps of 2 windows each)."""
+    return ["--standalone", "--nproc_per_node", "2", "-m", "tinystories", "train", "--run-dir", str(run),
+            "--data", str(dataset), "--seq-len", "64", "--batch-size", "8", "--grad-accum", "2", "--lr", "3e-3",
+            "--max-steps", str(steps), "--log-interval", "1", "--eval-interval", "0", "--eval-tokens", "1024",
+            "--seed", "7", "--device", "cpu", *MICRO_FLAGS]
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    r = cli(*args, module="torch.distributed.run")
+    if r.returncode != 0 and any(s in r.stderr for s in ("ddress already in use", "DistNetworkError", "Rendezvous")):
+        run = Path(args[args.index("--run-dir") + 1])  # a port taken between torchrun's pick and its bind
+        shutil.rmtree(run, ignore_errors=True)
+        r = cli(*args, module="torch.distributed.run")
+    return r
+
+
+PROBE = """
+import json, os, sys
+from tinystories.cli import run
+run(sys.argv[1:])
+threads = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+print(json.dumps({"rank": int(os.environ["RANK"]), "threads": threads}), flush=True)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc to list threads")
+def test_ddp_leaves_no_communication_thread_behind(dataset: Path, tmp_path: Path) -> None:
+    """After train() no gloo thread is left to run into interpreter shutdown (where it can abort the rank)."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    args = ddp_args(dataset, tmp_path / "ddp", steps=2)
+    i = args.index("-m")
+    r = torchrun(*args[:i], str(probe), *args[i + 2 :])  # the probe in place of `-m tinystories`
+    assert r.returncode == 0, r.stderr[-3000:]
+    reports = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{"rank"')]
+    assert sorted(rep["rank"] for rep in reports) == [0, 1]
+    for rep in reports:
+        assert not [t for t in rep["threads"] if "gloo" in t], rep
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_ddp_stress_fifty_runs(dataset: Path, tmp_path: Path) -> None:
+    """The two-rank case 50 times: every run exits cleanly and follows the same trajectory."""
+    first = None
+    for i in range(50):
+        run = tmp_path / f"ddp{i}"
+        r = torchrun(*ddp_args(dataset, run))
+        assert r.returncode == 0, f"run {i}: {r.stderr[-3000:]}"
+        got = losses(run)
+        first = first or got
+        assert got == first, (i, got, first)
+        shutil.rmtree(run)
+
+
 # --- bad input --------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -653,6 +654,11 @@ def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str,
     assert cfg.seq_len is not None and cfg.data is not None
     device = _pick_device(cfg.device, dist)
     if dist.active and not torch.distributed.is_initialized():
+        # DDP imports torch._dynamo. Imported while a process group exists, it keeps references to
+        # the group that outlive destroy_process_group, and the group's communication threads then run
+        # on into interpreter shutdown, where one that touches a Python object aborts the process
+        # ("terminate called without an active exception"). Imported before, it holds none.
+        importlib.import_module("torch._dynamo")
         torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     dataset = open_dataset(cfg.data)
     chash = config_hash(model_cfg, cfg, data["content_hash"])
