@@ -323,6 +323,8 @@ def option_logprobs(
     Sequences longer than the model's context keep their last max_seq_len
     tokens (the continuation always fits: it is scored in full or refused).
     """
+    if device == "auto":  # wherever the model is
+        device = next(model.parameters()).device
     context = model.config.max_seq_len
     vocab = model.config.vocab_size
     seqs = []
