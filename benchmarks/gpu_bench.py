@@ -128,7 +128,7 @@ def ours_train(name: str, data: Path, work: Path, batch: int, seq: int, seconds:
         "first_interval_s": rows[0]["elapsed_s"],  # compilation and warm-up
     }
     if len(rows) <= 2:
-        out["note"] = "too few logged intervals after the first (compilation took most of the time budget)"
+        out["note"] = "too few logged intervals after the first (compilation or warm-up took most of the time budget)"
     if not math.isfinite(summary["loss"]):
         raise RuntimeError(f"{name}: training loss is {summary['loss']}")
     return out
