@@ -103,7 +103,7 @@ class TrainConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Autocast dtype for forward/backward; weights stay fp32 (auto: bfloat16 on CUDA where supported, else float16 with a gradient scaler; float32 on CPU)."""
     compile: bool = False
-    """Compile the model's blocks with torch.compile (slower start, faster steps on a GPU)."""
+    """Compile the model with torch.compile (slower start, faster steps on a GPU)."""
     progress: bool = True
     """Show a progress bar (only on a terminal, only on rank 0)."""
     tensorboard: bool = False
@@ -705,11 +705,6 @@ def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str,
             _truncate_metrics(run_dir, int(state["step"]))
     _barrier(dist)
 
-    if cfg.compile:
-        # Block by block: the blocks are alike, so one compiled graph serves them all and compiling
-        # takes as long at 12 layers as at 2; the chunked loss stays eager (a few large kernels).
-        for block in raw.blocks:
-            block.compile()
     model: torch.nn.Module = raw
     ddp = None
     if dist.active:
@@ -717,6 +712,8 @@ def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str,
 
         ddp = DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
         model = ddp
+    if cfg.compile:
+        model = torch.compile(model)  # type: ignore[assignment]
 
     dtype = compute_dtype(cfg.dtype, device)
 
