@@ -308,6 +308,62 @@ def test_ddp_two_ranks_equal_one_process(dataset: Path, tmp_path: Path) -> None:
     assert json.loads(r.stdout)["step"] == 10  # only rank 0 prints the summary
 
 
+def ddp_args(dataset: Path, run: Path, steps: int = 10) -> list[str]:
+    """torchrun arguments of the two-rank case above (gloo, 2 micro-steps of 2 windows each)."""
+    return ["--standalone", "--nproc_per_node", "2", "-m", "tinystories", "train", "--run-dir", str(run),
+            "--data", str(dataset), "--seq-len", "64", "--batch-size", "8", "--grad-accum", "2", "--lr", "3e-3",
+            "--max-steps", str(steps), "--log-interval", "1", "--eval-interval", "0", "--eval-tokens", "1024",
+            "--seed", "7", "--device", "cpu", *MICRO_FLAGS]
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    r = cli(*args, module="torch.distributed.run")
+    if r.returncode != 0 and any(s in r.stderr for s in ("ddress already in use", "DistNetworkError", "Rendezvous")):
+        run = Path(args[args.index("--run-dir") + 1])  # a port taken between torchrun's pick and its bind
+        shutil.rmtree(run, ignore_errors=True)
+        r = cli(*args, module="torch.distributed.run")
+    return r
+
+
+PROBE = """
+import json, os, sys
+from tinystories.cli import run
+run(sys.argv[1:])
+threads = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+print(json.dumps({"rank": int(os.environ["RANK"]), "threads": threads}), flush=True)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc to list threads")
+def test_ddp_leaves_no_communication_thread_behind(dataset: Path, tmp_path: Path) -> None:
+    """After train() no gloo thread is left to run into interpreter shutdown (where it can abort the rank)."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    args = ddp_args(dataset, tmp_path / "ddp", steps=2)
+    i = args.index("-m")
+    r = torchrun(*args[:i], str(probe), *args[i + 2 :])  # the probe in place of `-m tinystories`
+    assert r.returncode == 0, r.stderr[-3000:]
+    reports = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{"rank"')]
+    assert sorted(rep["rank"] for rep in reports) == [0, 1]
+    for rep in reports:
+        assert not [t for t in rep["threads"] if "gloo" in t], rep
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_ddp_stress_fifty_runs(dataset: Path, tmp_path: Path) -> None:
+    """The two-rank case 50 times: every run exits cleanly and follows the same trajectory."""
+    first = None
+    for i in range(50):
+        run = tmp_path / f"ddp{i}"
+        r = torchrun(*ddp_args(dataset, run))
+        assert r.returncode == 0, f"run {i}: {r.stderr[-3000:]}"
+        got = losses(run)
+        first = first or got
+        assert got == first, (i, got, first)
+        shutil.rmtree(run)
+
+
 # --- bad input --------------------------------------------------------------------
 
 
@@ -395,3 +451,61 @@ def test_train_help_lists_the_options(capsys: pytest.CaptureFixture) -> None:
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "--max-tokens" in out and "--resume" in out and "--model-d-model" in out and "--run-dir" in out
+
+
+# --- the README's lines -----------------------------------------------------------
+
+
+def readme_torchrun_line() -> list[str]:
+    """The README's torchrun example, split into words (the program first)."""
+    lines = [ln.strip() for ln in (ROOT / "README.md").read_text(encoding="utf-8").splitlines()]
+    found = [ln.split() for ln in lines if ln.startswith("torchrun ") and " train " in ln]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def readme_folder(tmp_path: Path, dataset: Path, words: list[str]) -> Path:
+    """A working folder where the line's relative --data path names the test dataset."""
+    data = Path(words[words.index("--data") + 1])
+    assert not data.is_absolute()
+    (tmp_path / "cwd" / data).parent.mkdir(parents=True)
+    shutil.copytree(dataset, tmp_path / "cwd" / data)
+    return tmp_path / "cwd"
+
+
+def test_readme_torchrun_line_passes_every_check(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The line's own arguments, as two processes would see them, get through every check before training."""
+    import tinystories.train as trainlib
+    from tinystories.cli import run
+
+    words = readme_torchrun_line()
+    args = words[words.index("tinystories") + 1 :]
+    monkeypatch.chdir(readme_folder(tmp_path, dataset, words))
+    monkeypatch.setenv("WORLD_SIZE", words[words.index("--nproc_per_node") + 1])
+    monkeypatch.setenv("RANK", "0")
+    checked = {}
+
+    def prepare_only(cfg: TrainConfig, overrides: dict, dist: trainlib.Dist) -> None:
+        checked["run"] = trainlib._prepare_run(cfg, overrides, dist)
+
+    monkeypatch.setattr(trainlib, "_train", prepare_only)
+    run(args)
+    run_dir, cfg, *_ = checked["run"]
+    assert str(run_dir) == words[words.index("--run-dir") + 1]
+    assert cfg.max_steps or cfg.max_tokens or cfg.time  # a budget, so no "no budget" error
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_readme_torchrun_line_trains(dataset: Path, tmp_path: Path) -> None:
+    """The line itself under torchrun, capped at a few seconds of training (its own budget is 20M tokens)."""
+    words = readme_torchrun_line()
+    cwd = readme_folder(tmp_path, dataset, words)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", *words[1:], "--time", "3s", "--device", "cpu"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = cwd / words[words.index("--run-dir") + 1]
+    assert json.loads((run / "env.json").read_text())["world_size"] == 2
+    assert runlib.read_config(run).train.max_tokens == 20_000_000
+    assert runlib.latest_checkpoint(run) is not None

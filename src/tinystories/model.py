@@ -169,6 +169,9 @@ def _hook(hooks: Hooks | None, prefix: str, name: str, x: torch.Tensor) -> torch
 LOSS_CHUNK_ELEMENTS = 2**23
 """Logit elements materialised at once by the chunked loss (32 MiB in fp32, in each of two buffers)."""
 
+GPU_LOSS_CHUNK_ELEMENTS = 2**28
+"""The same on a GPU (1 GiB in fp32): there a chunk costs a dozen kernel launches, not cache misses, so few large ones win."""
+
 
 def _chunked_ce(h, weight, targets, rows, with_grads):
     """Summed cross-entropy of h @ weight.T, `rows` rows at a time; optionally its gradients.
@@ -244,7 +247,8 @@ def chunked_cross_entropy(
     targets, ignore_index=-1), but at most `chunk_rows` x V logits exist at a
     time, in the forward and in the backward.
     """
-    rows = chunk_rows or max(1, LOSS_CHUNK_ELEMENTS // weight.shape[0])
+    budget = GPU_LOSS_CHUNK_ELEMENTS if h.device.type == "cuda" else LOSS_CHUNK_ELEMENTS
+    rows = chunk_rows or max(1, budget // weight.shape[0])
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
         return _LinearCrossEntropy.apply(h, weight, targets, rows)
     total, count, _, _ = _chunked_ce(h, weight, targets, rows, with_grads=False)

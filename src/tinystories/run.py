@@ -168,6 +168,29 @@ def _git_sha() -> dict[str, Any] | None:
     return {"sha": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
 
 
+def resolve_device(name: str | torch.device, local_rank: int | None = None) -> torch.device:
+    """`auto` -> cuda when available, else cpu; a bare `cuda` -> this process's GPU (`local_rank` under torchrun)."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name!r} asked for, but CUDA is not available")
+        if device.index is None:
+            device = torch.device("cuda", local_rank if local_rank is not None else torch.cuda.current_device())
+    return device
+
+
+def with_device(cfg: Any) -> Any:
+    """A command's config with its `device` resolved (`auto` -> cuda or cpu), so outputs name the real device."""
+    return dataclasses.replace(cfg, device=str(resolve_device(cfg.device)))
+
+
 def environment(device: str | torch.device = "cpu", world_size: int = 1) -> dict[str, Any]:
     """What produced a run: versions, git sha, threads, device, hostname, and on the CPU whether the C kernels ran."""
     device = torch.device(device)
@@ -432,7 +455,7 @@ def load_tokenizer_checked(run_dir: str | os.PathLike, vocab_size: int) -> Any:
 
 
 def load_run(run_dir: str | os.PathLike, step: int | None = None, device: str | torch.device = "cpu") -> LoadedRun:
-    """Load a run's model (eval mode) at `step` (default: newest), its tokenizer and config."""
+    """Load a run's model (eval mode) at `step` (default: newest), its tokenizer and config; device may be `auto`."""
     from tinystories.model import GPT
 
     run_dir = Path(run_dir)
@@ -444,7 +467,7 @@ def load_run(run_dir: str | os.PathLike, step: int | None = None, device: str | 
     load_weights(model, ckpt / MODEL_FILE)
     tokenizer = load_tokenizer_checked(run_dir, config.model.vocab_size)
     state = read_state(ckpt)
-    model.to(device).eval()
+    model.to(resolve_device(device)).eval()
     return LoadedRun(model=model, tokenizer=tokenizer, config=config, step=int(state["step"]), path=ckpt)
 
 

@@ -791,8 +791,8 @@ class SampleConfig:
     """Seed; completion i of the command uses seed + i."""
     step: int | None = None
     """Checkpoint step to load; default = the latest."""
-    device: str = "cpu"
-    """Torch device (cpu, cuda, cuda:1, mps)."""
+    device: str = "auto"
+    """Torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps."""
     batch: int = 64
     """Sequences decoded together at most."""
     compile: bool = False
@@ -806,8 +806,9 @@ class SampleConfig:
 def sample(cfg: SampleConfig) -> None:
     """Print completions of cfg.prompt(s) by the run's model."""
     from tinystories.io import atomic_write_json
-    from tinystories.run import load_run
+    from tinystories.run import load_run, with_device
 
+    cfg = with_device(cfg)
     if not cfg.run:
         raise UserError("--run is required: the run folder to sample from")
     if cfg.n < 1:

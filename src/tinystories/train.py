@@ -23,10 +23,13 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
+import importlib
 import json
 import math
 import os
+import queue
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,10 +100,10 @@ class TrainConfig:
     """Write a metrics line every this many steps."""
     device: str = "auto"
     """cpu, cuda, cuda:N, or auto (cuda when available)."""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Compute dtype for forward/backward (auto: bfloat16 autocast on CUDA, float32 on CPU)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Autocast dtype for forward/backward; weights stay fp32 (auto: bfloat16 on CUDA where supported, else float16 with a gradient scaler; float32 on CPU)."""
     compile: bool = False
-    """Compile the model with torch.compile."""
+    """Compile the model with torch.compile (slower start, faster steps on a GPU)."""
     progress: bool = True
     """Show a progress bar (only on a terminal, only on rank 0)."""
     tensorboard: bool = False
@@ -130,30 +133,6 @@ RESUMABLE_CHANGES = frozenset(
         "grad_accum",
     }
 )
-
-# Peak dense bf16 tensor throughput (FLOP/s) by GPU name, from vendor data
-# sheets; the first name contained in torch.cuda.get_device_name() wins.
-GPU_PEAK_BF16 = (
-    ("H200", 989e12),
-    ("GH200", 989e12),
-    ("H100 PCIe", 756e12),
-    ("H100 NVL", 835e12),
-    ("H100", 989e12),
-    ("B200", 2250e12),
-    ("A100", 312e12),
-    ("A800", 312e12),
-    ("L40S", 362e12),
-    ("L40", 181e12),
-    ("L4", 121e12),
-    ("A10G", 70e12),
-    ("A10", 125e12),
-    ("RTX 4090", 165e12),
-    ("RTX 3090", 71e12),
-    ("A6000", 155e12),
-    ("V100", 125e12),
-    ("T4", 65e12),
-)
-
 
 # --- setup ------------------------------------------------------------------------
 
@@ -185,16 +164,21 @@ def _dist_from_env() -> Dist:
 
 
 def _pick_device(name: str, dist: Dist) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    device = runlib.resolve_device(name, dist.local_rank if dist.active else None)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device {name!r} asked for, but CUDA is not available")
-        if device.index is None:
-            device = torch.device("cuda", dist.local_rank if dist.active else torch.cuda.current_device())
         torch.cuda.set_device(device)
+        # TF32 tensor cores for the fp32 matmuls left outside autocast (and all of them at --dtype float32).
+        torch.set_float32_matmul_precision("high")
     return device
+
+
+def compute_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype that `--dtype name` means on `device` (float32: no autocast)."""
+    if name == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
@@ -352,21 +336,144 @@ def cpu_matmul_flops(seconds: float = 0.3, n: int = 1024) -> float:
     return _CPU_PEAK[threads]
 
 
-def peak_flops(device: torch.device) -> float | None:
-    """Peak FLOP/s for MFU: bf16 dense from the data sheet on CUDA, a measured fp32 matmul on CPU."""
+_GPU_PEAK: dict[tuple[str, torch.dtype], float] = {}
+
+
+def gpu_matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.3, n: int = 8192) -> float:
+    """Achievable dense matmul FLOP/s of a GPU in `dtype` (fp32 runs on TF32 tensor cores), timed.
+
+    The fastest of a few timed batches of products counts, as on the CPU, so
+    the reference is what this device really reaches (clocks, power limit), not a data sheet.
+    """
+    key = (str(device), dtype)
+    if key in _GPU_PEAK:
+        return _GPU_PEAK[key]
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    reps = 5
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(device)
+    fastest, t0 = float("inf"), time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            a @ b
+        stop.record()
+        stop.synchronize()
+        fastest = min(fastest, start.elapsed_time(stop) / 1000 / reps)
+    _GPU_PEAK[key] = 2 * n**3 / fastest
+    return _GPU_PEAK[key]
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype = torch.float32) -> float | None:
+    """Peak FLOP/s for MFU, measured: a timed matmul in the compute dtype on CUDA, fp32 on CPU."""
     if device.type == "cpu":
         return cpu_matmul_flops()
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, flops in GPU_PEAK_BF16:
-            if key in name:
-                return flops
+        return gpu_matmul_flops(device, dtype)
     return None
 
 
 def train_flops_per_token(model: Any, seq_len: int) -> float:
     """Forward + backward FLOPs per training token at `seq_len` (the model's own count)."""
     return float(model.flops_per_token(seq_len))
+
+
+# --- one step -------------------------------------------------------------------
+
+
+def make_scaler(device: torch.device) -> Any:
+    """A loss scaler for float16 autocast (torch.amp.GradScaler; torch.cuda.amp's on old torch)."""
+    try:
+        return torch.amp.GradScaler(device.type)
+    except (AttributeError, TypeError):  # torch < 2.3
+        return torch.cuda.amp.GradScaler()
+
+
+def optimizer_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, grad_clip: float
+) -> torch.Tensor | None:
+    """Clip, step and clear the gradients; returns the gradient norm (a device tensor, never read here).
+
+    With a scaler the gradients are unscaled before clipping, and a step whose
+    gradients hold inf or nan is skipped (weights and optimizer state untouched)
+    while the scale is lowered.
+    """
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip > 0 else None
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+class BatchLoader:
+    """The (inputs, targets) of each (step, micro-step) in order, on the device.
+
+    Threaded, a background thread reads the windows of the coming micro-steps
+    (two ahead) into pinned memory, so the copy to the GPU is asynchronous and
+    the step never waits on the disk or numpy. The batches are the same either
+    way: they are a pure function of (seed, step, rank, micro-step).
+    """
+
+    def __init__(
+        self, batches: TrainBatches, layout: Layout, rank: int, start_step: int, device: torch.device,
+        threaded: bool = False, depth: int = 2,
+    ):
+        self.batches, self.layout, self.rank, self.device = batches, layout, rank, device
+        self.thread: threading.Thread | None = None
+        if threaded:
+            self.queue: queue.Queue = queue.Queue(maxsize=depth)
+            self.stop = threading.Event()
+            self.thread = threading.Thread(target=self._fill, args=(start_step,), name="tinystories-batches", daemon=True)
+            self.thread.start()
+
+    def _host(self, step: int, micro: int) -> torch.Tensor:
+        t = torch.from_numpy(self.batches.batch(step, self.layout, self.rank, micro))  # (B, T + 1)
+        return t.pin_memory() if self.device.type == "cuda" else t
+
+    def _put(self, item: tuple) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fill(self, step: int) -> None:
+        try:
+            while True:
+                for micro in range(self.layout.grad_accum):
+                    if not self._put((step, micro, self._host(step, micro))):
+                        return
+                step += 1
+        except BaseException as e:  # handed to the training loop, which raises it
+            self._put((-1, -1, e))
+
+    def get(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets), each (micro_batch, seq_len) long, of `step` at micro-step `micro`."""
+        if self.thread is None:
+            return to_device(self.batches.batch(step, self.layout, self.rank, micro), self.device)
+        got_step, got_micro, t = self.queue.get()
+        if isinstance(t, BaseException):
+            raise t
+        assert (got_step, got_micro) == (step, micro), "batches must be taken in order"
+        t = t.to(self.device, non_blocking=True)
+        return t[:, :-1].contiguous(), t[:, 1:].contiguous()
+
+    def close(self) -> None:
+        """Stop and join the thread (a thread alive at interpreter exit can abort the process)."""
+        if self.thread is not None:
+            self.stop.set()
+            self.thread.join()
+            self.thread = None
 
 
 # --- validation -------------------------------------------------------------------
@@ -547,6 +654,11 @@ def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str,
     assert cfg.seq_len is not None and cfg.data is not None
     device = _pick_device(cfg.device, dist)
     if dist.active and not torch.distributed.is_initialized():
+        # DDP imports torch._dynamo. Imported while a process group exists, it keeps references to
+        # the group that outlive destroy_process_group, and the group's communication threads then run
+        # on into interpreter shutdown, where one that touches a Python object aborts the process
+        # ("terminate called without an active exception"). Imported before, it holds none.
+        importlib.import_module("torch._dynamo")
         torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     dataset = open_dataset(cfg.data)
     chash = config_hash(model_cfg, cfg, data["content_hash"])
@@ -603,16 +715,21 @@ def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str,
     if cfg.compile:
         model = torch.compile(model)  # type: ignore[assignment]
 
-    bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
+    dtype = compute_dtype(cfg.dtype, device)
 
     def autocast() -> Any:
-        if not bf16:
+        if dtype == torch.float32:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=dtype)
+
+    # float16 overflows where bfloat16 does not: scale the loss, and skip steps whose gradients hit inf.
+    scaler = make_scaler(device) if dtype == torch.float16 else None
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
 
     bytes_per_token = _bytes_per_token(dataset) if val is not None else None
     tokens_per_step = cfg.batch_size * cfg.seq_len
-    peak = peak_flops(device) if dist.main else None
+    peak = peak_flops(device, dtype) if dist.main else None
     flops_per_token = train_flops_per_token(raw, cfg.seq_len)
     n_params = sum(p.numel() for p in raw.parameters())
 
@@ -645,6 +762,7 @@ def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str,
                     },
                     "rng": runlib.rng_state(),
                     "val_loss": last_val[0] if last_val else None,
+                    **({"scaler": scaler.state_dict()} if scaler is not None else {}),
                 },
             )
             runlib.prune_checkpoints(run_dir, cfg.keep_ckpts)
@@ -665,10 +783,14 @@ def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str,
         return bool(over.item())
 
     raw.train()
+    # On a GPU a background thread gathers (and pins) the next batches while the step runs;
+    # on the CPU it would only compete with the step for the same cores.
+    loader = BatchLoader(batches, layout, dist.rank, step, device, threaded=device.type == "cuda")
     t0 = time.perf_counter()
     t_mark, tokens_mark = t0, step * tokens_per_step
     loss_sum = torch.zeros((), device=device)
     try:
+        # Nothing in this loop reads a value back from the device except at log steps, so a GPU never waits on the host.
         while not out_of_budget(elapsed_before + time.perf_counter() - t0, not dist.active or step % cfg.log_interval == 0):
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
@@ -676,16 +798,14 @@ def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str,
             torch.manual_seed(_step_seed(cfg.seed, step, dist.rank))
             loss_sum.zero_()
             for micro in range(layout.grad_accum):
-                x, y = to_device(batches.batch(step, layout, dist.rank, micro), device)
+                x, y = loader.get(step, micro)
                 sync = ddp is None or micro == layout.grad_accum - 1
                 with contextlib.nullcontext() if sync else ddp.no_sync():  # type: ignore[union-attr]
                     with autocast():
                         loss = model(x, y, logits="none").loss / layout.grad_accum
-                    loss.backward()
+                    (loss if scaler is None else scaler.scale(loss)).backward()
                 loss_sum += loss.detach()
-            grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = optimizer_step(raw, optimizer, scaler, cfg.grad_clip)
             step += 1
             log.bar.update()
 
@@ -718,6 +838,7 @@ def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str,
         if last_ckpt != step:
             checkpoint(elapsed)
     finally:
+        loader.close()
         log.close()
     if not dist.main:
         return None
@@ -761,19 +882,23 @@ def _metrics_row(
     if dist.active:
         torch.distributed.all_reduce(loss)
         loss /= dist.world_size
+    # Reading the values back waits for the device to finish the interval's steps, so the clock is read
+    # after it: on a GPU the host runs ahead, and timing before the read-back counts only the launches.
+    loss_value = float(loss)
+    norm_value = float(grad_norm) if grad_norm is not None else None
     tokens = step * tokens_per_step
     seconds = max(time.perf_counter() - t_mark, 1e-9)
     tps = (tokens - tokens_mark) / seconds  # tokens count all processes
     row: dict[str, Any] = {
         "step": step,
         "tokens": tokens,
-        "loss": float(loss),
+        "loss": loss_value,
         "lr": lr,
         "tokens_per_s": round(tps, 1),
         "elapsed_s": round(elapsed, 3),
     }
-    if grad_norm is not None:
-        row["grad_norm"] = float(grad_norm)
+    if norm_value is not None:
+        row["grad_norm"] = norm_value
     if peak:
         row["mfu"] = round(tps * flops_per_token / (peak * dist.world_size), 5)
     return row

@@ -101,8 +101,8 @@ class DiversityConfig:
     """Folder to keep the corpus index in and reuse on later runs (default: build it in memory each time)."""
     step: int | None = None
     """Checkpoint step to load; default = the latest."""
-    device: str = "cpu"
-    """Torch device (cpu, cuda, cuda:1, mps)."""
+    device: str = "auto"
+    """Torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps."""
     batch: int = 64
     """Sequences decoded together at most."""
     bins: int = 40
@@ -934,9 +934,10 @@ def evaluate_diversity(cfg: DiversityConfig) -> dict[str, Any]:
     import torch
 
     from tinystories.io import atomic_write_json
-    from tinystories.run import config_dict, load_run
+    from tinystories.run import config_dict, load_run, with_device
     from tinystories.sample import SampleParams, complete, prompt_ids
 
+    cfg = with_device(cfg)
     _check(cfg)
     params = SampleParams(cfg.temperature, cfg.top_k, cfg.top_p, cfg.max_new_tokens, seed=cfg.seed)
     loaded = load_run(cfg.run, step=cfg.step, device=cfg.device)

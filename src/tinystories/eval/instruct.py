@@ -88,8 +88,8 @@ class InstructEvalConfig(JudgeOptions):
     """Seed: story k of set i uses seed + i * completions + k; also seeds the bootstrap."""
     step: int | None = None
     """Checkpoint step to evaluate; default = the latest."""
-    device: str = "cpu"
-    """Torch device of the model (cpu, cuda, mps)."""
+    device: str = "auto"
+    """Torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps."""
     batch: int = 64
     """Stories decoded together at most."""
     bootstrap: int = 10000
@@ -295,9 +295,10 @@ def evaluate_instruct(cfg: InstructEvalConfig) -> dict[str, Any]:
     """Write stories for the instruction sets, check them (and have them graded); writes eval/instruct.json."""
     from tinystories.eval.judge import _check_common, _read_json
     from tinystories.io import atomic_write_json
-    from tinystories.run import load_run
+    from tinystories.run import load_run, with_device
     from tinystories.synth.lexicon import load_lexicon
 
+    cfg = with_device(cfg)
     _check_common(cfg.run, cfg.completions, cfg.bootstrap)
     sets, sets_info = read_sets(cfg.sets or None)
     lexicon = load_lexicon(cfg.lexicon or None)

@@ -188,8 +188,8 @@ class JudgeConfig(JudgeOptions):
     """Seed: completion k of beginning i uses seed + i * completions + k; also seeds the bootstrap."""
     step: int | None = None
     """Checkpoint step to evaluate; default = the latest."""
-    device: str = "cpu"
-    """Torch device of the model (cpu, cuda, mps)."""
+    device: str = "auto"
+    """Torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps."""
     batch: int = 64
     """Completions decoded together at most."""
     bootstrap: int = 10000
@@ -799,8 +799,9 @@ def _check_common(run: str, completions: int, bootstrap: int) -> None:
 def evaluate_judge(cfg: JudgeConfig) -> dict[str, Any]:
     """Complete the beginnings with the run's model, have the judge grade them; writes eval/judge.json."""
     from tinystories.io import atomic_write_json
-    from tinystories.run import load_run
+    from tinystories.run import load_run, with_device
 
+    cfg = with_device(cfg)
     _check_common(cfg.run, cfg.completions, cfg.bootstrap)
     if not cfg.judge_model:
         raise UserError(

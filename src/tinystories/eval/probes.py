@@ -80,8 +80,8 @@ class ProbesConfig:
     """Score several checkpoints for an emergence curve: all, or steps like 100,200 (default: just --step / the latest)."""
     max_new_tokens: int = 16
     """Greedy completion length (tokens) for the accept-string measure; 0 = skip that measure."""
-    device: str = "cpu"
-    """Torch device (cpu, cuda, cuda:1, mps)."""
+    device: str = "auto"
+    """Torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps."""
     batch: int = 64
     """Sequences per forward at most (fewer when the vocabulary is large)."""
     write: bool = True
@@ -323,6 +323,8 @@ def option_logprobs(
     Sequences longer than the model's context keep their last max_seq_len
     tokens (the continuation always fits: it is scored in full or refused).
     """
+    if device == "auto":  # wherever the model is
+        device = next(model.parameters()).device
     context = model.config.max_seq_len
     vocab = model.config.vocab_size
     seqs = []
@@ -528,8 +530,9 @@ def evaluate_probes(cfg: ProbesConfig) -> dict[str, Any]:
     """Score the probe items with the run's model; writes eval/probes.json in the run folder."""
     from tinystories import __version__
     from tinystories.io import atomic_write_json, sha256_file
-    from tinystories.run import MODEL_FILE, config_dict, environment, load_run, read_state
+    from tinystories.run import MODEL_FILE, config_dict, environment, load_run, read_state, with_device
 
+    cfg = with_device(cfg)
     if not cfg.run:
         raise UserError("--run is required: the run folder to probe")
     if not Path(cfg.run).is_dir():

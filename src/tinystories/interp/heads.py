@@ -87,8 +87,8 @@ class HeadsConfig:
     """Seed of the random-init control, the token shuffle and procedural stories."""
     step: int | None = None
     """Checkpoint step; default = the latest."""
-    device: str = "cpu"
-    """Torch device (cpu, cuda, mps)."""
+    device: str = "auto"
+    """Torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps."""
     batch_tokens: int = 8192
     """Padded positions per forward (bounds memory)."""
     out: str = ""
@@ -340,8 +340,9 @@ def draw_maps(maps: dict[str, Any], heads: list[dict[str, Any]], folder: Path) -
 def interpret_heads(cfg: HeadsConfig) -> dict[str, Any]:
     """Score and classify every attention head of a run; writes <out>/heads.json and attention-map PNGs."""
     from tinystories.io import atomic_write_json
-    from tinystories.run import load_run
+    from tinystories.run import load_run, with_device
 
+    cfg = with_device(cfg)
     if not cfg.run:
         raise UserError("--run is required: the run folder whose heads are analysed")
     if cfg.stories < 1:

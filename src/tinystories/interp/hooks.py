@@ -76,7 +76,7 @@ def iter_activations(
         raise UserError(f"unknown hook site(s): {', '.join(unknown)} (see GPT.hook_sites())")
     if any(len(s) == 0 for s in stories):
         raise UserError("cannot capture activations of an empty story")
-    device = device if device is not None else next(model.parameters()).device
+    device = device if device not in (None, "auto") else next(model.parameters()).device
     limit = model.config.max_seq_len if model.config.pos == "learned" else None
     lengths = [len(s) for s in stories]
     if limit is not None and max(lengths, default=0) > limit:

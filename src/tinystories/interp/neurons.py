@@ -74,8 +74,8 @@ class NeuronsConfig:
     """Seed of the random directions and of procedural stories."""
     step: int | None = None
     """Checkpoint step; default = the latest."""
-    device: str = "cpu"
-    """Torch device (cpu, cuda, mps)."""
+    device: str = "auto"
+    """Torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps."""
     batch_tokens: int = 8192
     """Padded positions per forward (bounds memory)."""
     out: str = ""
@@ -249,8 +249,9 @@ def examples(table: Table, stories: Sequence[Story], column: torch.Tensor, n: in
 def interpret_neurons(cfg: NeuronsConfig) -> dict[str, Any]:
     """Label and score every MLP neuron of one layer; writes <out>/neurons_layer{L}.json."""
     from tinystories.io import atomic_write_json
-    from tinystories.run import load_run
+    from tinystories.run import load_run, with_device
 
+    cfg = with_device(cfg)
     if not cfg.run:
         raise UserError("--run is required: the run folder whose neurons are analysed")
     if cfg.stories < 1 or cfg.top_k < 1 or cfg.random_directions < 1:
