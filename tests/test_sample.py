@@ -383,3 +383,46 @@ def test_logprobs_are_the_models_and_only_for_rows_that_ask():
             assert [lp for _, lp in ev.logprobs.top] == pytest.approx(row.topk(k).values.tolist(), abs=1e-4)
     with pytest.raises(UserError, match="logprobs"):
         SampleParams(logprobs=21)
+
+
+@pytest.mark.parametrize("shape", ["llama", "neo"])
+def test_static_decode_equals_the_sliced_one(shape):
+    """The fixed-shape step a CUDA graph captures: same logits, same cache writes, no host read-back needed."""
+    from tinystories import kernels
+    from tinystories.model import KVCache
+
+    model = tiny(shape)
+    prompts = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [5, 6], [7, 7, 7, 7, 7, 7]]  # rows at different positions
+    caches = []
+    with kernels.disabled(), torch.no_grad():
+        for _ in range(2):
+            cache = KVCache(model.config, 3, 40, dtype=torch.float64)
+            for row, p in enumerate(prompts):
+                model(torch.tensor([p]), logits="none", cache=cache.rows(row, row + 1))
+            caches.append(cache)
+        tokens = torch.tensor([3, 4, 5])
+        for _ in range(12):  # past the neo model's window of 8
+            sliced = model.decode(tokens, caches[0])
+            static = model.decode(tokens, caches[1], static=True)
+            torch.testing.assert_close(static, sliced, rtol=1e-10, atol=1e-10)
+            tokens = sliced.argmax(-1)
+    assert torch.equal(caches[0].lengths, caches[1].lengths)
+    for a, b in zip(caches[0].kv, caches[1].kv):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)  # later keys inherit the rounding
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("shape", ["llama", "neo"])
+def test_cuda_graph_steps_equal_uncaptured_steps(shape, monkeypatch):
+    model = tiny(shape).cuda()
+    prompts = [[1, 2, 3], [9, 8, 7, 6, 5, 4], [2], [4, 4, 4, 4]]
+    params = [SampleParams(temperature=0.0, max_new_tokens=30), SampleParams(temperature=1.0, max_new_tokens=25, seed=3),
+              SampleParams(temperature=0.7, top_k=5, max_new_tokens=12, seed=4),
+              SampleParams(temperature=1.0, top_p=0.9, max_new_tokens=40, seed=5)]
+
+    def run() -> list[list[int]]:
+        return [c.tokens for c in complete(model, prompts, params, max_batch=3)]  # 4 prompts, 3 rows: one joins
+
+    captured = run()
+    monkeypatch.setenv("TINYSTORIES_CUDA_GRAPHS", "0")
+    assert captured == run()

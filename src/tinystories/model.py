@@ -610,7 +610,7 @@ class GPT(nn.Module):
             and not torch.compiler.is_compiling()
         )
 
-    def decode(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor, cache: KVCache, static: bool = False) -> torch.Tensor:
         """Logits (B, V) for the token after `tokens` (B,): one new token per row, at position cache.lengths[b].
 
         Computes what `forward(tokens[:, None], cache=cache, logits="last")` does;
@@ -631,14 +631,23 @@ class GPT(nn.Module):
         logits are bitwise the same: one complex multiply rotating q and k, one indexed
         copy into the cache, and SDPA with no mask unless rows are at different
         positions or a local layer's window hides keys.
+
+        `static`: the shapes do not depend on the lengths and nothing is read back
+        to the host, as a CUDA graph needs (`sample._GraphStep`): every row
+        attends over the whole cache through a mask. The caller keeps each
+        length below `cache.max_len`. The logits agree with the other path to
+        rounding (masking keys instead of slicing them changes the kernels).
         """
         cfg = self.config
         B = tokens.shape[0]
         H, K, D = cfg.n_head, cfg.kv_heads, cfg.head_dim
         prepared = _decode_weights(self)
-        lengths = cache.lengths.tolist()  # the host needs the longest row to size attention: one sync
-        shortest, longest = min(lengths), max(lengths)
-        kv_len = longest + 1
+        if static:
+            kv_len, shortest, longest = cache.max_len, -1, 0  # rows "at different positions": always a mask
+        else:
+            lengths = cache.lengths.tolist()  # the host needs the longest row to size attention: one sync
+            shortest, longest = min(lengths), max(lengths)
+            kv_len = longest + 1
         if kv_len > cache.max_len:
             raise UserError(f"KV cache holds {cache.max_len} positions; this step needs {kv_len}")
         if cfg.pos == "learned" and kv_len > cfg.max_seq_len:
@@ -649,7 +658,7 @@ class GPT(nn.Module):
         if prepared.positions is not None:
             x = x + torch.embedding(prepared.positions, pos)
         # fp32 on the CPU: a C kernel rotates, writes the cache and attends in one call per layer (kernels.py).
-        fast = kernels.usable(x, cache.kv[0])
+        fast = not static and kernels.usable(x, cache.kv[0])
         if fast:
             rope = prepared.rope
             if rope is not None and kv_len > len(rope):  # a cache longer than max_seq_len: extend the table

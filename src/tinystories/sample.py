@@ -42,7 +42,7 @@ import torch
 
 from tinystories import kernels
 from tinystories.errors import UserError
-from tinystories.model import GPT, KVCache
+from tinystories.model import GPT, KVCache, _decode_weights
 
 FINISH_STOP = "stop"
 """The sequence produced end-of-text."""
@@ -275,6 +275,53 @@ def _threads_for(flops: float, device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _graphs_wanted(device: torch.device) -> bool:
+    """Decode steps replay a CUDA graph on CUDA devices unless TINYSTORIES_CUDA_GRAPHS=0."""
+    return device.type == "cuda" and os.environ.get("TINYSTORIES_CUDA_GRAPHS", "1") != "0"
+
+
+class _GraphStep:
+    """The decode step of every row of a cache, captured once as a CUDA graph and then replayed.
+
+    A decode step of a small model is a few hundred short kernels, and launching
+    them from Python takes longer than the GPU needs to run them; a replay
+    launches them all at once. The graph covers all rows of the cache at fixed
+    shapes (`GPT.decode(static=True)`): free rows take a dummy token at length 0,
+    which the caller empties again, as in the uncaptured step.
+    """
+
+    def __init__(self, model: GPT, cache: KVCache):
+        self.cache = cache
+        self.tokens = torch.zeros(cache.batch_size, dtype=torch.long, device=cache.lengths.device)  # (B,)
+        saved = cache.lengths.clone()
+        # Capture needs the kernels warmed up (and their workspaces allocated) on a side stream first. The
+        # warm-up writes keys and values only into each row's next slot, which the first real step overwrites.
+        side = torch.cuda.Stream(device=cache.lengths.device)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                model.decode(self.tokens, cache, static=True)
+                cache.lengths.copy_(saved)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = model.decode(self.tokens, cache, static=True)  # (B, V), refilled by each replay
+        cache.lengths.copy_(saved)
+        self.weights_key = _decode_weights(model).key  # the graph reads these very tensors
+
+    def stale(self, model: GPT) -> bool:
+        """Whether the model's parameters changed since the capture (the graph would read the old ones)."""
+        return _decode_weights(model).key != self.weights_key
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits (B, V) after feeding tokens (n,) to rows [0, n) and a dummy token to the rest."""
+        n = tokens.shape[0]
+        self.tokens[:n].copy_(tokens)
+        self.tokens[n:].zero_()
+        self.graph.replay()
+        return self.logits
+
+
 class Sampler:
     """Batched, KV-cached generation through which sequences join and leave.
 
@@ -318,6 +365,7 @@ class Sampler:
         self._live_plan: _Live | None = None  # built on the first step after a change of members
         self._next_id = 0
         self._vocab = V
+        self._graph: _GraphStep | None = None  # built on the first decode step on CUDA (_graphs_wanted)
         # Forward FLOPs per token (2 per weight of every matmul, the classifier included); see _threads_for.
         self._token_flops = 2 * (model.num_params(non_embedding=True) + V * self.config.d_model)
 
@@ -488,6 +536,12 @@ class Sampler:
         self._logits = None
         if self._seqs:
             hi = self._plan().hi
+            if _graphs_wanted(self.device):
+                if self._graph is None or self._graph.stale(self.model):
+                    self._graph = _GraphStep(self.model, self.cache)
+                self._logits = self._graph(tokens[:hi])  # (max_batch, V); rows past hi are free
+                self.cache.lengths.mul_(self._live)  # free rows took a dummy token; keep them empty
+                return events
             view = self._view(hi)
             out = self.model(tokens[:hi, None], logits="last", cache=view).logits  # (hi, 1, V)
             if len(self._seqs) < hi:
