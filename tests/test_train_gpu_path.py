@@ -60,12 +60,14 @@ def test_device_auto_is_the_default_of_every_model_command() -> None:
     from tinystories.eval.diversity import DiversityConfig
     from tinystories.eval.instruct import InstructEvalConfig
     from tinystories.eval.judge import JudgeConfig
+    from tinystories.eval.loss import LossConfig
     from tinystories.eval.probes import ProbesConfig
     from tinystories.interp.heads import HeadsConfig
     from tinystories.interp.neurons import NeuronsConfig
     from tinystories.sample import SampleConfig
+    from tinystories.serve import ServeConfig
 
-    for cls in (SampleConfig, DiversityConfig, InstructEvalConfig, JudgeConfig, ProbesConfig, HeadsConfig,
+    for cls in (SampleConfig, ServeConfig, DiversityConfig, InstructEvalConfig, JudgeConfig, LossConfig, ProbesConfig, HeadsConfig,
                 NeuronsConfig):
         field = cls.__dataclass_fields__["device"]
         assert field.default == "auto", cls.__name__

@@ -54,8 +54,8 @@ class LossConfig:
     """How .txt files separate stories: default <|endoftext|> (as the released files); blank (empty lines between stories), line (one story per line), none (each file is one story), or any other text (\\n for a newline)."""
     step: int | None = None
     """Checkpoint step to evaluate; default = the latest."""
-    device: str = "cpu"
-    """Torch device (cpu, cuda, cuda:1, mps)."""
+    device: str = "auto"
+    """Torch device: auto (CUDA when present, else the CPU), cpu, cuda, cuda:1."""
     write: bool = True
     """Write eval/loss.json in the run folder."""
 
@@ -239,10 +239,11 @@ def _story_docs(paths: list[str], tokenizer: Any, limit: int, separator: str = "
 def evaluate_loss(cfg: LossConfig) -> dict[str, Any]:
     """Per-story and stream loss / perplexity / bits per byte; writes eval/loss.json in the run."""
     from tinystories.io import atomic_write_json
-    from tinystories.run import load_run
+    from tinystories.run import load_run, with_device
 
     if not cfg.run:
         raise UserError("--run is required: the run folder to evaluate")
+    cfg = with_device(cfg)
     if cfg.batch < 1:
         raise UserError(f"--batch must be >= 1, got {cfg.batch}")
     loaded = load_run(cfg.run, step=cfg.step, device=cfg.device)

@@ -27,8 +27,8 @@ class ServeConfig:
     """TCP port."""
     api_key_env: str | None = None
     """Name of an environment variable holding the API key clients must send as `Authorization: Bearer <key>`."""
-    device: str = "cpu"
-    """Torch device of the models (cpu, cuda, cuda:1, mps)."""
+    device: str = "auto"
+    """Torch device of the models: auto (CUDA when present, else the CPU), cpu, cuda, cuda:1."""
     step: int | None = None
     """Checkpoint step to load; default = the latest of each run."""
     max_streams: int = 64
