@@ -159,3 +159,10 @@ def test_corpus_diversity(records):
     assert plots.most_common(1)[0][1] / len(records) < 0.03
     feats = collections.Counter(f for r in records for f in r["features"])
     assert set(feats) == set(FEATURES)
+
+
+def test_every_story_is_coherent(records):
+    from tinystories.synth.coherence import check_coherence
+
+    for r in records:
+        assert check_coherence(r["story"], r["annotations"]) == [], r["story"]

@@ -58,6 +58,7 @@ VERB_END_T = (
     "After that, {N} {ved} the {obj} with great care.",
     "Later, {N} showed {F} how to {v} things.",
 )
+VERB_END_T_NO_OBJ = ("Later, {N} showed {F} how to {v} things.", "The next day, {N} and {F} {ved} some old boxes.")
 OBJ_INTRO = (
     "{N} had {a_desc}.",
     "{N}'s favorite toy was {a_desc}.",
@@ -194,6 +195,19 @@ HELP = {
         "Then a good idea popped into {N}'s head.",
     ),
 }
+IDEA = {  # what the idea was, told right after it
+    "find": (
+        "{N} decided to look in every place {he} had been that day.",
+        "{N} thought about where {he} had played last and went back there.",
+    ),
+    "reach": ("{N} went to get a {tool} to reach the {obj}.", "{N} ran to get a {tool}."),
+    "fix": ("{N} went to find some glue and tape.", "{N} got some tape from the kitchen drawer."),
+    "visit": (
+        "{N} decided to wait by the window until the {weather} stopped.",
+        "{N} made a plan to go as soon as the {weather} was over.",
+    ),
+    "learn": ("{N} decided to practice a little bit every day.", "{N} asked {F} to hold on at the start."),
+}
 HELP_TALK = {
     "friend": ('"Don\'t worry, I will help you," said {F}.', '"What is wrong?" {F} asked.'),
     "parent": ('"Let\'s do it together," said {his} {mom}.', '"Don\'t be sad," {his} {mom} said.'),
@@ -248,7 +262,7 @@ TWIST = {  # with a good ending the surprise itself solves the problem
     ),
     "fix": (
         "But when {N} looked closer, the {obj} was not broken at all, and the parts clicked back together!",
-        "Then {N} found that the broken parts made something new and even better.",
+        "Then {N} found that the broken parts of the {obj} made something new and even better.",
     ),
     "visit": (
         "Then, to their surprise, the {weather} stopped and a big rainbow came out over the {place}!",
