@@ -327,7 +327,7 @@ def _kind_phrase(rng: random.Random, c: Character) -> str:
 # trained on these stories can learn to track them. Each is a decoration, not part of the plot.
 SCENE_P = 0.35
 """Chance of each scene in a story."""
-PRONOUN_P = 0.5
+PRONOUN_P = 0.6
 """Chance that a sentence about the protagonist right after another starts with the pronoun."""
 
 RETRIEVE = (

@@ -10,6 +10,11 @@ plot is about, `{place}` the setting and `{v}`/`{ved}`/`{ving}`, `{noun}`,
 from __future__ import annotations
 
 INTRO = (
+    # The openings real stories use most, more often than the rest.
+    "Once upon a time, there was {a_kind} named {N}.",
+    "Once upon a time, there was {a_kind} named {N}.",
+    "Once upon a time, there was {a_kind} named {N}.",
+    "Once upon a time, in a big {place}, there lived {a_kind} named {N}.",
     "Once upon a time, there was {a_kind} named {N}.",
     "Once upon a time, in a little town, there lived {a_kind} named {N}.",
     "There was once {a_kind} called {N}.",
@@ -23,7 +28,7 @@ INTRO = (
     "Once upon a time, near a quiet {place}, there was {a_kind} named {N}.",
     "Long ago, {a_kind} named {N} lived near the {place} with {his} {mom}.",
     "{N} was {a_kind} who liked to laugh.",
-    "Once upon a time, there lived {a_kind} whom everyone called {N}.",
+    "Once upon a time, there lived {a_kind} named {N}.",
     "On a bright spring day, {a_kind} named {N} went out to play.",
 )
 FRIEND_INTRO = (
@@ -34,6 +39,8 @@ FRIEND_INTRO = (
     "{N} and {F}, {a_fkind}, were the best of friends.",
     "{F} was {a_fkind} who lived close by, and {N} liked {fhim} a lot.",
     "{N} often visited {F}, {a_fkind} from down the road.",
+    "{N} had a friend named {F}. {F} was {a_fkind}.",
+    "{N}'s best friend was {F}, {a_fkind} who lived next door.",
 )
 VERB_HABIT_I = (
     "{N} loved to {v}.",
@@ -297,6 +304,9 @@ TWIST_BAD = {  # with a bad ending the surprise makes things worse
 }
 HAPPY_END = (
     "{N} was very happy.",
+    "{N} was so happy!",
+    "They were very happy.",
+    "From that day on, {N} and {F} played together every day.",
     "{N} smiled a big smile.",
     "{N} hugged {F} and said thank you.",
     "That night, {N} went to sleep with a happy heart.",
@@ -321,7 +331,7 @@ SAD_TALK = ('"I miss my {obj}," said {N} quietly.', '"I wish I had been more car
 MORAL = {
     "friend": (
         "{N} learned that friends are there to help.",
-        "The lesson is that it is good to help each other.",
+        "The moral of the story is that it is good to help each other.",
     ),
     "parent": (
         "{N} learned to ask for help when things are hard.",
@@ -330,9 +340,9 @@ MORAL = {
     "idea": ("{N} learned that a little thinking can fix a big problem.", "{N} learned to never give up."),
     "share": (
         "{N} learned that sharing is better than fighting.",
-        "The lesson is that sharing makes everyone happy.",
+        "The moral of the story is that sharing makes everyone happy.",
     ),
-    "bad": ("{N} learned to be more careful.", "The lesson is to take good care of the things you love."),
+    "bad": ("{N} learned to be more careful.", "The moral of the story is to be careful with the things you love."),
 }
 # Where each class of noun and adjective goes when it is not the thing the plot is about.
 NOUN_SLOT = {
@@ -360,7 +370,7 @@ PLAY = (
     "In the morning, {N} and {F} played {game} at the {place}.",
     "They liked to play {game} together.",
     "{F} and {N} often played {game} after lunch.",
-    "On most days, they played {game} until it got dark.",
+    "They played {game} all day.",
     "Every afternoon, {F} came over to play {game} with {N}.",
     "{N} liked to play {game} with {F} near the {place}.",
 )
