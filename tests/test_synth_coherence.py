@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tinystories.data.instruct import sentences
-from tinystories.synth.coherence import RULES, check_coherence, names_in
+from tinystories.synth.coherence import RULES, check_coherence, name_consistency, names_in, story_names
 from tinystories.synth.lexicon import load_lexicon
 from tinystories.synth.procedural import story_record
 from tinystories.synth.world import BOY_NAMES, GIRL_NAMES
@@ -139,3 +139,15 @@ def test_ten_thousand_engine_stories_are_coherent():
     lex = load_lexicon()
     bad = [i for i in range(10_000) if check_coherence(*(lambda r: (r["story"], r["annotations"]))(story_record(0, i, lex)))]
     assert bad == []
+
+
+def test_name_consistency_counts_names_and_the_kept_protagonist():
+    known = GIRL_NAMES + BOY_NAMES
+    kept = "Once upon a time, there was a girl named Lily. Lily met Tom. Tom waved. Lily smiled at Tom, and Lily ran home."
+    lost = "There was a boy named Sara. Kate had a friend. Billy loved to tug things. Jane was playing with Kevin."
+    nobody = "Once upon a time, there was a dog. The dog met a cat called Whiskers. Whiskers and the dog played."
+    r = name_consistency([kept, lost, nobody], known)
+    assert [p["distinct_names"] for p in r["per_sample"]] == [2, 5, 1]  # "Whiskers": a name mid-sentence
+    assert [(p["protagonist"], p["kept"]) for p in r["per_sample"]] == [("Lily", True), ("Sara", False), (None, False)]
+    assert r["median_distinct_names"] == 2.0 and r["protagonist_kept_share"] == 0.5 and r["n_samples"] == 3
+    assert story_names(lost, known) == ["Sara", "Kate", "Billy", "Jane", "Kevin"]

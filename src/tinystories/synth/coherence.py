@@ -265,3 +265,68 @@ def _characters(sents: list[str], annotations: dict[str, Any], known_names: Sequ
         if sum(len(re.findall(rf"\b{re.escape(hero)}\b", s)) for s in sents) < 2:
             out.append(Violation("protagonist", 0, f"the protagonist {hero} is named only once or never"))
     return out
+
+
+# --- name consistency of generated (or real) stories ------------------------------------------
+
+# Capitalised words that are not character names, even in the middle of a sentence.
+NOT_NAMES = frozenset(
+    ["I", "Mom", "Dad", "Mommy", "Daddy", "Mama", "Papa", "Grandma", "Grandpa", "Granny", "Mother", "Father", "Mr", "Mrs", "Miss", "Ms", "Dr", "Sir", "Santa", "God", "Christmas", "Halloween", "Easter", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday", "The", "A", "An", "And", "But", "Then", "So", "One", "Once", "They", "He", "She", "It", "We", "You", "His", "Her", "Their", "My", "Our", "Oh", "Yes", "No", "Hello", "Hi", "Wow", "Please", "Thank"]
+)
+
+
+def story_names(text: str, known: Iterable[str]) -> list[str]:
+    """The character names of a story in order of first appearance.
+
+    A name is a word of `known` (the engine's name list), or any capitalised word that also
+    occurs in the middle of a sentence (so real stories' names outside the list count too).
+    """
+    known = set(known)
+    mid = {m.group(1) for m in re.finditer(r"(?<=[a-z,] )([A-Z][a-z]+)\b", text)} - NOT_NAMES
+    first: dict[str, int] = {}
+    for m in re.finditer(r"\b[A-Z][a-z]+\b", text):
+        w = m.group()
+        if (w in known or w in mid) and w not in NOT_NAMES and w not in first:
+            first[w] = m.start()
+    return sorted(first, key=first.__getitem__)
+
+
+def protagonist_kept(text: str, names: Sequence[str]) -> tuple[str | None, bool]:
+    """(protagonist, kept): the first name of the first sentence, and whether the story keeps it.
+
+    Kept: the name comes back in the second half of the story and no other name is used more
+    often. A story whose first sentence names nobody has no protagonist (None, False).
+    """
+    sents = sentences(text)
+    first = [n for n in names if sents and _named(n, sents[0])]
+    if not first:
+        return None, False
+    hero = min(first, key=lambda n: sents[0].index(n))
+    counts = {n: len(re.findall(rf"\b{re.escape(n)}\b", text)) for n in names}
+    back = re.search(rf"\b{re.escape(hero)}\b", text[len(text) // 2 :]) is not None
+    return hero, back and counts[hero] >= max(counts.values())
+
+
+def name_consistency(texts: Sequence[str], known: Iterable[str]) -> dict[str, Any]:
+    """Distinct names per story (median) and the share of stories that keep their protagonist.
+
+    The share counts the stories with a protagonist (a name in the first sentence).
+    """
+    known = list(known)
+    per = []
+    for t in texts:
+        names = story_names(t, known)
+        hero, kept = protagonist_kept(t, names)
+        per.append({"distinct_names": len(names), "protagonist": hero, "kept": kept, "names": names})
+    counts = sorted(p["distinct_names"] for p in per)
+    median = 0.0
+    if counts:
+        mid = len(counts) // 2
+        median = float(counts[mid]) if len(counts) % 2 else (counts[mid - 1] + counts[mid]) / 2
+    with_hero = [p for p in per if p["protagonist"] is not None]
+    return {
+        "median_distinct_names": median,
+        "protagonist_kept_share": sum(p["kept"] for p in with_hero) / len(with_hero) if with_hero else 0.0,
+        "n_samples": len(per),
+        "per_sample": per,
+    }
