@@ -13,7 +13,6 @@ INTRO = (
     # The openings real stories use most, more often than the rest.
     "Once upon a time, there was {a_kind} named {N}.",
     "Once upon a time, there was {a_kind} named {N}.",
-    "Once upon a time, there was {a_kind} named {N}.",
     "Once upon a time, in a big {place}, there lived {a_kind} named {N}.",
     "Once upon a time, there was {a_kind} named {N}.",
     "Once upon a time, in a little town, there lived {a_kind} named {N}.",
@@ -72,6 +71,8 @@ OBJ_INTRO = (
     "{His} {mom} gave {him} {a_desc}.",
     "{N} loved {his} {desc} very much.",
     "One day, {N} got {a_desc} from {his} grandma.",
+    "{N} had {a_desc} that {he} loved very much.",
+    "For {his} birthday, {N} got {a_desc}.",
 )
 GOALS_T: dict[str, tuple[str, ...]] = {
     "find": (
@@ -146,6 +147,7 @@ OBSTACLE = {
         "{N} looked {spot}, but the {obj} was not there.",
         "{N} searched the whole {place}, but {he} could not find it.",
         "{N} looked high and low, {spot} and everywhere else, but there was no {obj}.",
+        "{N} looked everywhere, but the {obj} was gone.",
     ),
     "reach": ("The {obj} got stuck on the {spot}.", "Oh no, the {obj} was stuck high up on the {spot}!"),
     "fix": (
@@ -163,6 +165,8 @@ OBSTACLE_TALK = (
     '"Oh no!" cried {N}.',
     '"What do I do now?" {N} asked.',
     '"This is too hard," said {N} sadly.',
+    '{N} said, "What can I do?"',
+    '"Oh dear, oh dear!" said {N}.',
 )
 CONFLICT = {
     "obj": (
@@ -179,8 +183,14 @@ CONFLICT_GOOD = (
     "They decided to take turns, and both of them smiled.",
     "In the end, they agreed to share.",
     "They said sorry to each other and played together.",
+    "{N} and {F} made up and shared the {obj}.",
+    "After that, {N} let {F} have a turn too.",
 )
-CONFLICT_BAD = ("They pulled and pulled, and nobody won.", "They shouted at each other and both felt bad.")
+CONFLICT_BAD = (
+    "They pulled and pulled, and nobody won.",
+    "They shouted at each other and both felt bad.",
+    "{N} and {F} were cross with each other and did not talk.",
+)
 HELP = {
     "friend": (
         "{F} came to help {him}.",
@@ -188,12 +198,16 @@ HELP = {
         "{F} saw that {N} was sad and came to help.",
         "{F} heard {N} and ran over as fast as {fhe} could.",
         "Just then, {F} walked by and stopped to help.",
+        "{F} ran over to see what was wrong.",
+        "Soon, {F} came by and asked what was wrong.",
     ),
     "parent": (
         "{N} went to {his} {mom} for help.",
         "{His} {mom} saw {him} and came to help.",
         "{N} ran home and told {his} {mom} everything.",
         "{His} {mom} heard {him} and came outside.",
+        "{N} asked {his} {mom} for help.",
+        "{His} {mom} came to see what was wrong.",
     ),
     "idea": (
         "Then {N} had an idea.",
@@ -216,22 +230,37 @@ IDEA = {  # what the idea was, told right after it
     "learn": ("{N} decided to practice a little bit every day.", "{N} asked {F} to hold on at the start."),
 }
 HELP_TALK = {
-    "friend": ('"Don\'t worry, I will help you," said {F}.', '"What is wrong?" {F} asked.'),
-    "parent": ('"Let\'s do it together," said {his} {mom}.', '"Don\'t be sad," {his} {mom} said.'),
-    "idea": ('"I know what to do!" said {N}.',),
+    "friend": (
+        '"Don\'t worry, I will help you," said {F}.',
+        '"What is wrong?" {F} asked.',
+        '{F} said, "We can do it together!"',
+    ),
+    "parent": (
+        '"Let\'s do it together," said {his} {mom}.',
+        '"Don\'t be sad," {his} {mom} said.',
+        '{His} {mom} smiled and said, "I will help you."',
+    ),
+    "idea": ('"I know what to do!" said {N}.', '{N} said, "I have an idea!"'),
 }
 RESOLVE = {
     "find": (
         "Together they found the {obj} {spot2}.",
         "At last, the {obj} was {spot2}!",
         "They looked {spot2}, and there it was: the {obj}!",
+        "After a while, they found the {obj} {spot2}.",
+        "{N} looked {spot2} and found the {obj} at last.",
     ),
     "reach": (
         "They used a {tool} to get the {obj} down.",
         "With a {tool}, the {obj} came down at last.",
         "{N} got a {tool}, reached up high, and pulled the {obj} down.",
+        "With the help of a {tool}, the {obj} was down at last.",
     ),
-    "fix": ("They fixed the {obj} with some glue.", "With a little tape, the {obj} was as good as new."),
+    "fix": (
+        "They fixed the {obj} with some glue.",
+        "With a little tape, the {obj} was as good as new.",
+        "They put the pieces back together, and the {obj} was fixed.",
+    ),
     "visit": (
         "They waited until the sun came out, and then they went to the {place}.",
         "Soon the {weather} stopped, and they ran to the {place}.",
@@ -316,8 +345,16 @@ HAPPY_END = (
     "{N} gave {his} {mom} a big hug.",
     "It was the best day {N} ever had.",
     "{N} could not stop smiling all the way home.",
+    "{N} and {F} had so much fun that day.",
+    "{N} felt proud and happy.",
+    "{N} smiled and said thank you to everyone.",
 )
-HAPPY_TALK = ('"Thank you so much!" said {N}.', '"This is the best day ever!" {N} said.')
+HAPPY_TALK = (
+    '"Thank you so much!" said {N}.',
+    '"This is the best day ever!" {N} said.',
+    '{N} said, "I am so happy!"',
+    '"We did it!" {N} shouted.',
+)
 SAD_END = (
     "{N} went home feeling very sad.",
     "{N} sat down and cried.",
@@ -326,8 +363,14 @@ SAD_END = (
     "{N} walked home slowly, with tears in {his} eyes.",
     "Nothing could cheer {N} up that night.",
     "{N} hugged {his} {mom}, but {he} was still sad.",
+    "{N} felt sad for a long time.",
+    "That night, {N} went to bed with a heavy heart.",
 )
-SAD_TALK = ('"I miss my {obj}," said {N} quietly.', '"I wish I had been more careful," {N} said.')
+SAD_TALK = (
+    '"I miss my {obj}," said {N} quietly.',
+    '"I wish I had been more careful," {N} said.',
+    '{N} said, "Maybe next time."',
+)
 MORAL = {
     "friend": (
         "{N} learned that friends are there to help.",
@@ -373,6 +416,8 @@ PLAY = (
     "They played {game} all day.",
     "Every afternoon, {F} came over to play {game} with {N}.",
     "{N} liked to play {game} with {F} near the {place}.",
+    "After school, {N} and {F} liked to play {game}.",
+    "Sometimes they played {game} in the {place}.",
 )
 GAMES = (
     "tag",
