@@ -125,7 +125,7 @@ def test_objects_and_stated_facts(records):
 def test_feature_sentences_point_at_the_feature(records):
     markers = {
         "Dialogue": lambda s: '"' in s,
-        "MoralValue": lambda s: "learned" in s or "lesson" in s,
+        "MoralValue": lambda s: "learned" in s or "lesson" in s or "moral" in s,
         "Twist": lambda s: any(w in s for w in ("surprise", "But", "Then", "Suddenly")),
     }
     for r in records[:1000]:
