@@ -20,7 +20,7 @@ The pipeline folder:
     corpus/           synth: job.json, stories_0000.jsonl, stories.txt
     data/             tokenize: the dataset folder
     model/            train: the run folder (config.toml, ckpt/, metrics.jsonl, ...)
-      samples/samples.json                 sample
+      samples/samples.json, eval/consistency.json (names per sample)   sample
       eval/loss_procedural.json, eval/loss_real.json, eval/probes.json,
       eval/diversity.json, eval/judge.json (when a judge is set)           eval
       interp/heads.json, interp/neurons_layer*.json, *.png                interpret
