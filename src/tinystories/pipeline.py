@@ -839,7 +839,7 @@ def _target_lines(model: Path) -> list[str]:
     probes = _read(model / "eval" / "probes.json")
     context = (probes or {}).get("by_category", {}).get("context")
     if context:
-        found.append(("context probes, lower end of the 95% interval", context["ci95"][0] * 100, 60.0, True, " %"))
+        found.append(("context probes, lower end of the 95% interval", context["ci95"][0] * 100, 60.0, True, "%"))
     heads = _read(model / "interp" / "heads.json")
     if heads:
         semantic = sum(h["kind"] == "semantic" for h in heads["heads"])
@@ -847,14 +847,14 @@ def _target_lines(model: Path) -> list[str]:
     names = _read(model / "eval" / "consistency.json")
     if names:
         found.append(("distinct names per sample (median)", names["median_distinct_names"], 3, False, ""))
-        found.append(("samples keeping the protagonist", names["protagonist_kept_share"] * 100, 80.0, True, " %"))
+        found.append(("samples keeping the protagonist", names["protagonist_kept_share"] * 100, 80.0, True, "%"))
     real = _read(model / "eval" / "loss_real.json")
     if real:
         found.append(("bits per byte on real stories", real["per_story"]["bits_per_byte"], 2.0, False, ""))
     lines = ["targets:"] if found else []
     for name, value, target, higher, unit in found:
         ok = value >= target if higher else value <= target
-        gap = "met" if ok else f"missed by {abs(value - target):.3g}{unit}"
+        gap = "met" if ok else f"missed by {abs(value - target):.3g}{' points' if unit else ''}"
         lines.append(f"  {name}: {value:.3g}{unit} ({'>=' if higher else '<='} {target:g}{unit}: {gap})")
     return lines
 
