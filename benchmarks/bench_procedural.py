@@ -8,10 +8,16 @@ most common first sentence with names and the item's three words masked
 count on the first 201 real TinyStories validation stories (target: at least
 half). Probes: a unigram and a bigram model fit on the procedural corpus, and
 the rules "most frequent entity" and "last-mentioned entity", should all score
-within 5 points of chance (50%). Writes benchmarks/results/procedural.json and
-prints a markdown table.
+within 5 points of chance (50%). Coherence: `synth/coherence.py` over the first
+--coherence stories (target: no violation). Side by side with the 201 real
+stories (the engine's first 201): words per sentence, dialogue share (sentences
+with a quote), distinct 1-4-grams, the most common openings (first four words),
+character names per story and the protagonist kept, and the per-story loss of
+llama2.c's stories260K (trained on real TinyStories; $TINYSTORIES_TESTDATA/llama2c)
+on each set: a fluency reading by a model of the real stories. Writes
+benchmarks/results/procedural.json and prints markdown tables.
 
-    .venv/bin/python benchmarks/bench_procedural.py [--n 100000] [--budget 120] [--probes 2000]
+    .venv/bin/python benchmarks/bench_procedural.py [--n 100000] [--budget 120] [--probes 2000] [--coherence 10000]
 """
 
 from __future__ import annotations
@@ -27,16 +33,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tinystories.data.instruct import sentences
 from tinystories.io import atomic_write_json
+from tinystories.synth import world as W
+from tinystories.synth.coherence import check_coherence, name_consistency
 from tinystories.synth.lexicon import load_lexicon
 from tinystories.synth.probes import make_probes, mentions
 from tinystories.synth.procedural import core_plot, story_record
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "procedural.json"
-REAL = Path(os.environ.get("TINYSTORIES_TESTDATA", ROOT.parent / "shared" / "data")) / (
-    "tinystories/TinyStories-valid.first201.txt"
-)
+TESTDATA = Path(os.environ.get("TINYSTORIES_TESTDATA", ROOT.parent / "shared" / "data"))
+REAL = TESTDATA / "tinystories/TinyStories-valid.first201.txt"
+STORIES260K = TESTDATA / "llama2c/stories260K.bin"
 TOKEN = re.compile(r"[a-z]+(?:'[a-z]+)?|[^\sa-z]")
 
 
@@ -50,6 +59,56 @@ def distinct_4grams(stories: list[str]) -> int:
         t = tokens(s)
         grams.update(zip(t, t[1:], t[2:], t[3:], strict=False))
     return len(grams)
+
+
+def distinct_ngrams(stories: list[str], n: int) -> int:
+    grams: set[tuple[str, ...]] = set()
+    for s in stories:
+        t = tokens(s)
+        grams.update(zip(*(t[k:] for k in range(n)), strict=False))
+    return len(grams)
+
+
+def text_stats(stories: list[str]) -> dict[str, Any]:
+    """The surface of a set of stories: sentence length, dialogue, n-grams, openings, names."""
+    sents = [x for s in stories for x in sentences(s)]
+    words = [len(x.split()) for x in sents]
+    openings = collections.Counter(" ".join(s.split()[:4]) for s in stories)
+    names = name_consistency(stories, W.GIRL_NAMES + W.BOY_NAMES)
+    k = len(stories)
+    return {
+        "stories": k,
+        "words_per_story": round(sum(len(s.split()) for s in stories) / k, 1),
+        "words_per_sentence": round(sum(words) / len(words), 2),
+        "sentences_per_story": round(len(sents) / k, 1),
+        "dialogue_share": round(sum('"' in x for x in sents) / len(sents), 3),
+        "distinct_ngrams_per_1000_stories": {n: round(distinct_ngrams(stories, n) * 1000 / k) for n in (1, 2, 3, 4)},
+        "top_openings": [[o, c] for o, c in openings.most_common(5)],
+        "distinct_openings": len(openings),
+        "median_distinct_names": names["median_distinct_names"],
+        "protagonist_kept_share": round(names["protagonist_kept_share"], 3),
+    }
+
+
+def stories260k_loss(sets: dict[str, list[str]]) -> dict[str, Any] | None:
+    """Per-story loss and bits per byte of llama2.c's stories260K on each set of stories."""
+    import tempfile
+
+    from tinystories.convert.command import ConvertConfig, convert
+    from tinystories.eval.loss import LossConfig, evaluate_loss
+
+    if not STORIES260K.is_file():
+        return None
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "stories260K"
+        convert(ConvertConfig(source=str(STORIES260K), out=str(run), tokenizer=str(STORIES260K.parent / "tok512.bin")))
+        for name, stories in sets.items():
+            path = Path(tmp) / f"{name}.txt"
+            path.write_text("".join(s + "\n<|endoftext|>\n" for s in stories), encoding="utf-8")
+            r = evaluate_loss(LossConfig(run=str(run), data=(str(path),), write=False))
+            out[name] = {"loss": round(r["per_story"]["loss"], 4), "bits_per_byte": round(r["per_story"]["bits_per_byte"], 4)}
+    return out
 
 
 def masked_first_sentence(rec: dict[str, Any], lex) -> str:
@@ -114,6 +173,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=120.0, help="seconds to spend generating at most")
     ap.add_argument("--probes", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--coherence", type=int, default=10_000, help="stories to run the coherence checker on")
     args = ap.parse_args()
     lex = load_lexicon()
 
@@ -144,6 +204,11 @@ def main() -> None:
     proc_4g = distinct_4grams(stories[:k])
     proc_4g_1000 = distinct_4grams(stories[:1000])
     real_4g = distinct_4grams(real) if real else None
+
+    checked = recs[: args.coherence]
+    violations = collections.Counter(v.rule for r in checked for v in check_coherence(r["story"], r["annotations"]))
+    side = {"procedural": text_stats(stories[:k]), "real": text_stats(real) if real else None}
+    fluency = stories260k_loss({"procedural": stories[:k], **({"real": real} if real else {})})
 
     probes = make_probes(args.probes, seed=args.seed + 1)
     fit = stories[: min(n, 50_000)]
@@ -186,6 +251,9 @@ def main() -> None:
             "ratio": round(proc_4g / real_4g, 3) if real_4g else None,
             "procedural_on_1000_stories": proc_4g_1000,
         },
+        "coherence": {"stories": len(checked), "violations": sum(violations.values()), "by_rule": dict(violations)},
+        "side_by_side": side,
+        "stories260K_per_story": fluency,
         "probes": len(probes),
         "probe_accuracy": {k_: round(v, 4) for k_, v in acc.items()},
         "probe_accuracy_by_category": {
@@ -214,6 +282,28 @@ def main() -> None:
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} |")
     print(f"\nmost common first sentence: {top_first!r}")
+    print(f"coherence violations in {len(checked):,} stories: {sum(violations.values())} {dict(violations)}")
+    pr, re_ = side["procedural"], side["real"] or {}
+    fl = fluency or {}
+    rows2 = [
+        ("stories260K loss per token (per story)", fl.get("procedural", {}).get("loss"), fl.get("real", {}).get("loss")),
+        ("stories260K bits per byte", fl.get("procedural", {}).get("bits_per_byte"), fl.get("real", {}).get("bits_per_byte")),
+        ("words per story", pr["words_per_story"], re_.get("words_per_story")),
+        ("words per sentence", pr["words_per_sentence"], re_.get("words_per_sentence")),
+        ("sentences per story", pr["sentences_per_story"], re_.get("sentences_per_story")),
+        ("dialogue share (sentences with a quote)", pr["dialogue_share"], re_.get("dialogue_share")),
+        *[(f"distinct {n}-grams / 1,000 stories", pr["distinct_ngrams_per_1000_stories"][n],
+           (re_.get("distinct_ngrams_per_1000_stories") or {}).get(n)) for n in (1, 2, 3, 4)],
+        ("distinct openings (first 4 words)", pr["distinct_openings"], re_.get("distinct_openings")),
+        ("median distinct names per story", pr["median_distinct_names"], re_.get("median_distinct_names")),
+        ("protagonist kept to the end", pr["protagonist_kept_share"], re_.get("protagonist_kept_share")),
+    ]
+    print(f"\n| side by side ({k} stories each) | procedural | real |\n|---|---|---|")
+    for name, a, b in rows2:
+        print(f"| {name} | {a} | {b} |")
+    for name in ("procedural", "real"):
+        if side[name]:
+            print(f"top openings, {name}: {side[name]['top_openings']}")
 
 
 if __name__ == "__main__":

@@ -102,8 +102,17 @@ def test_every_stage_writes_its_outputs_and_a_rerun_skips_them(done):
     again = run_pipeline(RunConfig(recipe=recipe, run=str(root)))
     assert set(statuses(again).values()) == {"skipped"}
     assert json.loads((root / "pipeline.json").read_text())["stages"] == state["stages"]
+    samples = json.loads((model / "samples" / "samples.json").read_text())["samples"]
+    consistency = json.loads((model / "eval" / "consistency.json").read_text())
+    assert consistency["n_samples"] == len(samples) == len(consistency["per_sample"])
+    assert consistency["reference"]["source"] == "201 real TinyStories validation stories"
+    for s, per in zip(samples, consistency["per_sample"], strict=True):
+        assert per["distinct_names"] == len(s["names"])
+        assert all(n in s["prompt"] + s["completion"] for n in s["names"])
+        assert per["protagonist"] is None or per["protagonist"] in s["names"]
     note = closing_note(root)
     assert "Once upon a time" in note and "bits per byte" in note and "probes:" in note
+    assert "distinct names per sample" in note and "targets:" in note
     assert "procedural" in note and "real" in note
     assert "memorization:" in note and "judge" not in note
     assert note.splitlines()[-1] == f"report: {root / 'report.html'}"

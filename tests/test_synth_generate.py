@@ -76,3 +76,31 @@ def test_cli(tmp_path, capsys):
     result = run(["synth", "--backend", "procedural", "--n", "20", "--out", str(tmp_path / "c")])
     assert result["stories"] == 20
     assert (tmp_path / "c" / "stories.txt").is_file()
+
+
+def test_procedural_uses_word_lists_lexicon_and_template_and_refuses_features(tmp_path):
+    (tmp_path / "v.txt").write_text("zoom\n")
+    (tmp_path / "n.txt").write_text("gizmo\n")
+    (tmp_path / "a.txt").write_text("fizzy\n")
+    lists = ",".join(str(tmp_path / f) for f in ("v.txt", "n.txt", "a.txt"))
+    (tmp_path / "t.txt").write_text("Tell a tale with {verb}, {noun} and {adjective}.{features}")
+    synth(SynthConfig(n=8, out=str(tmp_path / "w"), word_lists=lists, template=str(tmp_path / "t.txt")))
+    recs = _jsonl(tmp_path / "w" / "stories_0000.jsonl")
+    for r in recs:
+        assert r["words"] == ["zoom", "gizmo", "fizzy"]
+        assert r["prompt"].startswith("Tell a tale with zoom, gizmo and fizzy.")
+        words = set(r["story"].lower().replace(".", " ").replace(",", " ").split())
+        assert {"gizmo", "fizzy"} <= words or "gizmos" in words, r["story"]
+    assert json.loads((tmp_path / "w" / "job.json").read_text())["word_lists"] == lists
+    # A lexicon file is used too (a one-row-per-class TSV is enough to check it is read).
+    lex = tmp_path / "lex.tsv"
+    lex.write_text("word\tpos\tforms\tclass\nhop\tverb\thops,hopped,hopping\tintransitive\n"
+                   "kite\tnoun\tkites\ttoy\nred\tadjective\t\tcolor\n")
+    synth(SynthConfig(n=4, out=str(tmp_path / "l"), lexicon=str(lex)))
+    assert {tuple(r["words"]) for r in _jsonl(tmp_path / "l" / "stories_0000.jsonl")} == {("hop", "kite", "red")}
+    (tmp_path / "f.tsv").write_text("Rhyme\tthe story should rhyme\n")
+    with pytest.raises(UserError, match="features-file is for LLM backends"):
+        synth(SynthConfig(n=4, out=str(tmp_path / "f"), features_file=str(tmp_path / "f.tsv")))
+    assert not (tmp_path / "f").exists()
+    with pytest.raises(UserError, match="lexicon not found"):
+        synth(SynthConfig(n=4, out=str(tmp_path / "g"), lexicon=str(tmp_path / "nope.tsv")))

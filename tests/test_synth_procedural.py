@@ -125,7 +125,7 @@ def test_objects_and_stated_facts(records):
 def test_feature_sentences_point_at_the_feature(records):
     markers = {
         "Dialogue": lambda s: '"' in s,
-        "MoralValue": lambda s: "learned" in s or "lesson" in s,
+        "MoralValue": lambda s: "learned" in s or "lesson" in s or "moral" in s,
         "Twist": lambda s: any(w in s for w in ("surprise", "But", "Then", "Suddenly")),
     }
     for r in records[:1000]:
@@ -159,3 +159,10 @@ def test_corpus_diversity(records):
     assert plots.most_common(1)[0][1] / len(records) < 0.03
     feats = collections.Counter(f for r in records for f in r["features"])
     assert set(feats) == set(FEATURES)
+
+
+def test_every_story_is_coherent(records):
+    from tinystories.synth.coherence import check_coherence
+
+    for r in records:
+        assert check_coherence(r["story"], r["annotations"]) == [], r["story"]

@@ -20,7 +20,7 @@ The pipeline folder:
     corpus/           synth: job.json, stories_0000.jsonl, stories.txt
     data/             tokenize: the dataset folder
     model/            train: the run folder (config.toml, ckpt/, metrics.jsonl, ...)
-      samples/samples.json                 sample
+      samples/samples.json, eval/consistency.json (names per sample)   sample
       eval/loss_procedural.json, eval/loss_real.json, eval/probes.json,
       eval/diversity.json, eval/judge.json (when a judge is set)           eval
       interp/heads.json, interp/neurons_layer*.json, *.png                interpret
@@ -405,8 +405,35 @@ def _run_sample(p: Pipeline, resume: bool) -> dict[str, Any]:
     # The closing note shows the samples; keep the command's own printing out of the log.
     with contextlib.redirect_stdout(io.StringIO()):
         sample(_sample_config(p))
-    samples = json.loads(_samples_path(p).read_text())["samples"]
-    return {"samples": len(samples), "file": str(_samples_path(p))}
+    data = json.loads(_samples_path(p).read_text())
+    consistency = _name_consistency(p, data["samples"])
+    atomic_write_json(_samples_path(p), data)  # now with each sample's names
+    summary = {k: consistency[k] for k in ("median_distinct_names", "protagonist_kept_share")}
+    return {"samples": len(data["samples"]), "file": str(_samples_path(p)), **summary}
+
+
+def _name_consistency(p: Pipeline, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Adds `names` to each sample; writes eval/consistency.json beside the real stories' figure."""
+    from tinystories.synth.coherence import name_consistency
+    from tinystories.synth.world import BOY_NAMES, GIRL_NAMES
+
+    known = GIRL_NAMES + BOY_NAMES
+    result = name_consistency([s["prompt"] + s["completion"] for s in samples], known)
+    for s, per in zip(samples, result["per_sample"], strict=True):
+        s["names"] = per.pop("names")
+    real = real_stories_path(_eval_config(p).real)
+    if real is not None:
+        from tinystories.data.stories import iter_stories
+
+        ref = name_consistency(list(iter_stories([str(real)])), known)
+        result["reference"] = {
+            "median_distinct_names": ref["median_distinct_names"],
+            "protagonist_kept_share": ref["protagonist_kept_share"],
+            "n_stories": ref["n_samples"],
+            "source": f"{ref['n_samples']} real TinyStories validation stories",
+        }
+    atomic_write_json(p.model / "eval" / "consistency.json", result)
+    return result
 
 
 def _eval_config(p: Pipeline) -> EvalConfig:
@@ -769,16 +796,81 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
 # --- the closing note --------------------------------------------------------------------
 
 
-def closing_note(root: Path, n_samples: int = 2) -> str:
-    """Samples, loss and bits per byte on procedural vs real text, and the probes, from the stage outputs."""
+def _shown_samples(samples: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    # One completion of each prompt first (the recipe may ask for several per prompt).
+    firsts = list({s["prompt"]: s for s in reversed(samples)}.values())[::-1]
+    return (firsts + [s for s in samples if s not in firsts])[:n]
+
+
+def _mark_names(text: str, names: list[str], bold: bool) -> str:
+    """The text with each character name in bold (a terminal) or in [brackets] (a log file)."""
+    import re
+
+    if not names:
+        return text
+    pattern = re.compile(r"\b(" + "|".join(re.escape(n) for n in names) + r")\b")
+    return pattern.sub(lambda m: f"\033[1m{m.group()}\033[0m" if bold else f"[{m.group()}]", text)
+
+
+def _consistency_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    r = json.loads(path.read_text())
+    ref = r.get("reference")
+    line = (
+        f"names: median {r['median_distinct_names']:g} distinct names per sample, "
+        f"{r['protagonist_kept_share']:.0%} keep the protagonist's name to the end ({r['n_samples']} samples)"
+    )
+    if ref:
+        line += (
+            f"; real stories: median {ref['median_distinct_names']:g}, "
+            f"{ref.get('protagonist_kept_share', float('nan')):.0%} keep it ({ref['source']})"
+        )
+    return [line]
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _target_lines(model: Path) -> list[str]:
+    """What a small model trained on this corpus should reach, and by how much each is met or missed."""
+    found: list[tuple[str, float, float, bool, str]] = []  # name, value, target, higher is better, unit
+    probes = _read(model / "eval" / "probes.json")
+    context = (probes or {}).get("by_category", {}).get("context")
+    if context:
+        found.append(("context probes, lower end of the 95% interval", context["ci95"][0] * 100, 60.0, True, "%"))
+    heads = _read(model / "interp" / "heads.json")
+    if heads:
+        semantic = sum(h["kind"] == "semantic" for h in heads["heads"])
+        found.append(("semantic (copying) heads", semantic, 1, True, ""))
+    names = _read(model / "eval" / "consistency.json")
+    if names:
+        found.append(("distinct names per sample (median)", names["median_distinct_names"], 3, False, ""))
+        found.append(("samples keeping the protagonist", names["protagonist_kept_share"] * 100, 80.0, True, "%"))
+    real = _read(model / "eval" / "loss_real.json")
+    if real:
+        found.append(("bits per byte on real stories", real["per_story"]["bits_per_byte"], 2.0, False, ""))
+    lines = ["targets:"] if found else []
+    for name, value, target, higher, unit in found:
+        ok = value >= target if higher else value <= target
+        gap = "met" if ok else f"missed by {abs(value - target):.3g}{' points' if unit else ''}"
+        lines.append(f"  {name}: {value:.3g}{unit} ({'>=' if higher else '<='} {target:g}{unit}: {gap})")
+    return lines
+
+
+def closing_note(root: Path, n_samples: int = 3, bold: bool = False) -> str:
+    """Samples with their names marked, name consistency, loss and bits per byte on procedural vs real
+    text, and the probes, from the stage outputs."""
     model = root / "model"
     lines = [f"== {root} =="]
     samples = model / "samples" / "samples.json"
     if samples.is_file():
-        lines.append("samples:")
-        for s in json.loads(samples.read_text())["samples"][:n_samples]:
+        lines.append("samples (character names marked):")
+        for s in _shown_samples(json.loads(samples.read_text())["samples"], n_samples):
             text = " ".join((s["prompt"] + s["completion"]).split())
-            lines.append(f"  > {text}")
+            lines.append(f"  > {_mark_names(text, s.get('names', []), bold)}")
+    lines += _consistency_lines(model / "eval" / "consistency.json")
     loss = {name: model / "eval" / f"loss_{name}.json" for name in ("procedural", "real")}
     found = {name: json.loads(f.read_text()) for name, f in loss.items() if f.is_file()}
     if found:
@@ -817,6 +909,7 @@ def closing_note(root: Path, n_samples: int = 2) -> str:
         cells = ", ".join(f"{k} {v['mean']:.1f}" for k, v in r["scores"].items() if v and v["mean"] is not None)
         lines.append(f"judge ({r['judge']['model']}): {cells or 'no grades'}; "
                      f"parse failures {r['parse']['failure_rate']:.0%}")
+    lines += _target_lines(model)
     lines.append(f"outputs: {model} (eval/, samples/, interp/), records: {root / STATE_FILE}")
     report = root / "report.html"
     if report.is_file():
@@ -828,5 +921,5 @@ def run_command(cfg: RunConfig) -> None:
     """`tinystories run`: the stages, each phase's time, then the closing note."""
     result = run_pipeline(cfg)
     print(f"[time] pipeline: {result['seconds']:.1f}s", flush=True)
-    print(closing_note(Path(result["run"])), flush=True)
+    print(closing_note(Path(result["run"]), bold=sys.stdout.isatty()), flush=True)
     sys.stdout.flush()

@@ -134,15 +134,17 @@ def _resolve_backend(cfg: SynthConfig) -> str:
 def records(cfg: SynthConfig) -> Iterator[dict[str, Any]]:
     """The records this config's shard asks for, in item order (generated one at a time)."""
     from tinystories.data.instruct import format_instruct
-    from tinystories.synth.lexicon import load_lexicon
     from tinystories.synth.procedural import story_record
+    from tinystories.synth.prompts import story_prompt
 
     k, n_shards = _parse_shard(cfg.shard)
-    lex = load_lexicon()
+    lex, template = _procedural_inputs(cfg)
     for i in range(cfg.start, cfg.start + cfg.n):
         if i % n_shards != k:
             continue
         rec = story_record(cfg.seed, i, lex)
+        if template is not None:  # the prompt an LLM backend would have been sent with this template
+            rec["prompt"] = story_prompt(rec["words"], rec["features"], template)
         if cfg.instruct:
             rec["instruct"] = format_instruct(
                 rec["story"],
@@ -153,6 +155,16 @@ def records(cfg: SynthConfig) -> Iterator[dict[str, Any]]:
                 i=i,
             )
         yield rec
+
+
+def _procedural_inputs(cfg: SynthConfig) -> tuple[Any, str | None]:
+    """The lexicon and prompt template of a procedural job; refuses what the engine cannot use."""
+    if cfg.features_file:
+        # The engine's plots know what each of the paper's six features means; others it cannot tell.
+        raise UserError(
+            "--features-file is for LLM backends: the procedural engine tells only the paper's six features"
+        )
+    return _lexicon_for(cfg), (_read_template(cfg.template) if cfg.template else None)
 
 
 def synth(cfg: SynthConfig) -> dict[str, Any]:
@@ -166,6 +178,7 @@ def synth(cfg: SynthConfig) -> dict[str, Any]:
     if cfg.start < 0:
         raise UserError("--start must be >= 0")
     k, n_shards = _parse_shard(cfg.shard)
+    _procedural_inputs(cfg)  # a bad lexicon, word list, template or features file stops before any output
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
@@ -177,6 +190,8 @@ def synth(cfg: SynthConfig) -> dict[str, Any]:
         "start": cfg.start,
         "shards": n_shards,
     }
+    # Where the words come from is part of the job (only when not the default, so older jobs still match).
+    job.update({k: getattr(cfg, k) for k in ("lexicon", "word_lists", "template") if getattr(cfg, k)})
     job_path = out / "job.json"
     if job_path.exists():
         try:

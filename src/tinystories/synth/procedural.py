@@ -41,6 +41,7 @@ from tinystories.synth.templates import (
     HAPPY_TALK,
     HELP,
     HELP_TALK,
+    IDEA,
     INTRO,
     MORAL,
     NOUN_SLOT,
@@ -58,6 +59,7 @@ from tinystories.synth.templates import (
     TWIST_BAD,
     VERB_END_I,
     VERB_END_T,
+    VERB_END_T_NO_OBJ,
     VERB_HABIT_I,
     VERB_HABIT_T,
     WALK,
@@ -80,17 +82,22 @@ def _cap(s: str) -> str:
 class _Teller:
     """Collects sentences into paragraphs and remembers what each one is for."""
 
-    def __init__(self, characters: list[Character]):
+    def __init__(self, characters: list[Character], rng: random.Random | None = None):
         self.paras: list[list[str]] = [[]]
+        self.labels: list[str] = []  # the event each sentence tells ("talk" for a quoted line)
+        self.rng = rng
+        self.last_subject = ""  # who the previous narrative sentence was about
         self.n = 0
         self.length = 0  # characters of text so far, for mention offsets
         self.features: dict[str, list[int]] = {}
         self.events: list[str] = []
         self.first: dict[str, int] = {}
         self.characters = characters
+        self.previous = ""
 
     def event(self, name: str) -> None:
         self.events.append(name)
+        self.current = name
 
     def para(self) -> None:
         if self.paras[-1]:
@@ -98,8 +105,9 @@ class _Teller:
             self.length += 1  # the "\n" between paragraphs
 
     def say(self, text: str, *features: str) -> None:
+        spoken = '"' in text  # '"Oh no!" Tim said.' splits in two; neither piece changes
         for piece in sentences(_cap(text)):
-            self._say(piece, features)
+            self._say(piece if spoken else self._pronoun_subject(piece), features)
 
     def _say(self, text: str, features: tuple[str, ...]) -> None:
         para = self.paras[-1]
@@ -118,7 +126,28 @@ class _Teller:
             tags.add("Dialogue")
         for f in tags:
             self.features.setdefault(f, []).append(self.n)
+        self.labels.append("talk" if '"' in text else getattr(self, "current", ""))
         self.n += 1
+
+    def _pronoun_subject(self, text: str) -> str:
+        # As in real stories, a sentence about the same character as the one before often starts
+        # with "She"/"He" instead of the name, unless another character of that gender was just named.
+        hero, others = self.characters[0], self.characters[1:]
+        starts = text.startswith(hero.name + " ") and not text.startswith(hero.name + " and ")
+        subject = hero.name if starts or re.match(rf"(?:Then |So |Soon )?(?:{hero.name}|{hero.He}) (?!and )", text) else ""
+        if (
+            starts
+            and self.rng is not None
+            and self.last_subject == hero.name
+            and hero.name in self.first
+            and not any(o.gender == hero.gender and o.name.lower() in self.previous.lower() for o in others)
+            and self.rng.random() < PRONOUN_P
+        ):
+            text = hero.He + text[len(hero.name) :]
+        if '"' not in text:
+            self.last_subject = subject
+            self.previous = text
+        return text
 
     def text(self) -> str:
         return "\n".join(" ".join(p) for p in self.paras if p)
@@ -298,6 +327,8 @@ def _kind_phrase(rng: random.Random, c: Character) -> str:
 # trained on these stories can learn to track them. Each is a decoration, not part of the plot.
 SCENE_P = 0.35
 """Chance of each scene in a story."""
+PRONOUN_P = 0.6
+"""Chance that a sentence about the protagonist right after another starts with the pronoun."""
 
 RETRIEVE = (
     "Later, {n} wanted to play with {p} own toy again. {n} picked up the {t}.",
@@ -327,14 +358,6 @@ def _needs_scene(rng: random.Random, hero: Character, friend: Character, parent:
     return lines
 
 
-def _recap_scene(rng: random.Random, hero: Character, friend: Character) -> list[str]:
-    """'The duck smiled. The duck's name was Tom.' (kinds differ, so the kind names one character)"""
-    X, Y = (hero, friend) if rng.random() < 0.5 else (friend, hero)
-    if rng.random() < 0.5:
-        return [f"The {X.kind} {rng.choice(('smiled', 'laughed', 'waved'))}.", f"The {X.kind}'s name was {X.name}."]
-    return [f"The {X.kind}'s name was {X.name}, and the {Y.kind}'s name was {Y.name}."]
-
-
 def tell(
     words: list[str], features: list[str], rng: random.Random, lex: Lexicon
 ) -> tuple[str, dict[str, Any]]:
@@ -360,7 +383,7 @@ def tell(
             rng.choice(("ride a bike", "swim", "skip", "climb a tree")) if rng.random() < 0.5 else w["lv"]
         )
     goal = wd["goal"]
-    T = _Teller([hero, friend, parent])
+    T = _Teller([hero, friend, parent], rng)
     dialogue = "Dialogue" in feats
     say: Callable[..., None] = T.say
 
@@ -376,10 +399,17 @@ def tell(
     acls = wd["acls"]
 
     # Paragraph 1: who, where, what they love.
-    T.event("intro")
-    say(pick(INTRO))
-    T.event("friend")  # always, and early: later events may name the friend
-    say(pick(FRIEND_INTRO))
+    if hero.kind != friend.kind and rng.random() < SCENE_P:
+        # Who is which, stated when they are introduced: "The duck's name was Tom." (the names probes)
+        T.event("intro")
+        say(f"Once upon a time, there was {a(hero.kind)} and {a(friend.kind)}.")
+        T.event("friend")
+        say(f"The {hero.kind}'s name was {hero.name}, and the {friend.kind}'s name was {friend.name}.")
+    else:
+        T.event("intro")
+        say(pick(INTRO))
+        T.event("friend")  # always, and early: later events may name the friend
+        say(pick(FRIEND_INTRO))
     if acls in ("trait", "feeling"):
         T.event("adj:" + acls)
         say(pick(ADJ_SLOT[acls]))
@@ -403,7 +433,7 @@ def tell(
         say(pick(PLAY))
     owned: dict[str, str] = {}
     if rng.random() < SCENE_P:
-        t1, t2 = rng.sample(W.TOYS, 2)
+        t1, t2 = rng.sample([t for t in W.TOYS if t != wd["obj"]], 2)  # not the thing the plot is about
         c1, c2 = rng.sample(W.COLORS, 2)
         A, B = (hero, friend) if rng.random() < 0.5 else (friend, hero)
         owned = {A.name: t1, B.name: t2}
@@ -474,16 +504,16 @@ def tell(
     # Paragraph 3: help, twist, and how it turns out.
     T.para()
     helper = rng.choice(("friend", "parent", "idea"))
-    if conflict_kind and not bad:
-        T.event("reconcile")
-        say(pick(CONFLICT_GOOD), "Conflict")
-    elif conflict_kind:
+    if conflict_kind and bad:
         T.event("quarrel")
         say(pick(CONFLICT_BAD), "Conflict", "BadEnding")
     T.event("help:" + helper)
     say(pick(HELP[helper]))
     if dialogue:
         say(pick(HELP_TALK[helper]))
+    if helper == "idea":  # an idea is followed by what it was
+        T.event("idea")
+        say(pick(IDEA[goal]))
     if not noun_used and wd["ncls"] in ("animal", "person", "nature", "place"):
         T.event("noun:" + wd["ncls"])
         say(pick(NOUN_SLOT[wd["ncls"]]))
@@ -501,6 +531,9 @@ def tell(
     else:
         T.event("resolve")
         say(pick(RESOLVE[goal]))
+    if conflict_kind and not bad:  # the quarrel is made up once the problem is solved
+        T.event("reconcile")
+        say(pick(CONFLICT_GOOD), "Conflict")
 
     # Paragraph 4 (and 5): the ending, any word still unused, the lesson.
     T.para()
@@ -514,11 +547,9 @@ def tell(
     if owned:
         X = rng.choice((hero, friend))
         T.event("toys:again")
-        say(rng.choice(RETRIEVE).format(n=X.name, p=X.his, t=owned[X.name]))
-    if hero.kind != friend.kind and rng.random() < SCENE_P:
-        T.event("recap")
-        for line in _recap_scene(rng, hero, friend):
-            say(line)
+        # "his own toy" would be the plot's thing when that thing is a toy called "toy".
+        retrieve = RETRIEVE[1:] if wd["obj"] == "toy" else RETRIEVE
+        say(rng.choice(retrieve).format(n=X.name, p=X.his, t=owned[X.name]))
     tokens = _tokens(T.text())
     if not _uses(tokens, lex.forms_of(wd["noun"], "noun")):
         slot = wd["ncls"] if wd["ncls"] in ("animal", "person", "nature", "body", "place") else "other"
@@ -532,7 +563,8 @@ def tell(
         tokens |= _tokens(T.paras[-1][-1])
     if verb_at_end or not _uses(tokens, lex.forms_of(wd["verb"], "verb")):
         T.event("activity")
-        say(pick(VERB_END_I if intrans else VERB_END_T))
+        # After a bad ending the thing is lost or broken: the activity leaves it out.
+        say(pick(VERB_END_I if intrans else VERB_END_T_NO_OBJ if bad else VERB_END_T))
     if bad:
         T.event("end:sad")
         say(pick(SAD_END), "BadEnding")
@@ -580,6 +612,7 @@ def tell(
         "skeleton": T.events,
         "feature_sentences": {f: T.features.get(f, []) for f in features},
         "n_sentences": T.n,
+        "sentence_events": T.labels,
     }
     return text, annotations
 
@@ -600,7 +633,6 @@ DECORATION = (
     "toys",
     "choice",
     "needs",
-    "recap",
 )
 
 

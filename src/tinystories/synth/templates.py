@@ -10,6 +10,10 @@ plot is about, `{place}` the setting and `{v}`/`{ved}`/`{ving}`, `{noun}`,
 from __future__ import annotations
 
 INTRO = (
+    # The openings real stories use most, more often than the rest.
+    "Once upon a time, there was {a_kind} named {N}.",
+    "Once upon a time, there was {a_kind} named {N}.",
+    "Once upon a time, in a big {place}, there lived {a_kind} named {N}.",
     "Once upon a time, there was {a_kind} named {N}.",
     "Once upon a time, in a little town, there lived {a_kind} named {N}.",
     "There was once {a_kind} called {N}.",
@@ -23,7 +27,7 @@ INTRO = (
     "Once upon a time, near a quiet {place}, there was {a_kind} named {N}.",
     "Long ago, {a_kind} named {N} lived near the {place} with {his} {mom}.",
     "{N} was {a_kind} who liked to laugh.",
-    "Once upon a time, there lived {a_kind} whom everyone called {N}.",
+    "Once upon a time, there lived {a_kind} named {N}.",
     "On a bright spring day, {a_kind} named {N} went out to play.",
 )
 FRIEND_INTRO = (
@@ -34,6 +38,8 @@ FRIEND_INTRO = (
     "{N} and {F}, {a_fkind}, were the best of friends.",
     "{F} was {a_fkind} who lived close by, and {N} liked {fhim} a lot.",
     "{N} often visited {F}, {a_fkind} from down the road.",
+    "{N} had a friend named {F}. {F} was {a_fkind}.",
+    "{N}'s best friend was {F}, {a_fkind} who lived next door.",
 )
 VERB_HABIT_I = (
     "{N} loved to {v}.",
@@ -58,12 +64,15 @@ VERB_END_T = (
     "After that, {N} {ved} the {obj} with great care.",
     "Later, {N} showed {F} how to {v} things.",
 )
+VERB_END_T_NO_OBJ = ("Later, {N} showed {F} how to {v} things.", "The next day, {N} and {F} {ved} some old boxes.")
 OBJ_INTRO = (
     "{N} had {a_desc}.",
     "{N}'s favorite toy was {a_desc}.",
     "{His} {mom} gave {him} {a_desc}.",
     "{N} loved {his} {desc} very much.",
     "One day, {N} got {a_desc} from {his} grandma.",
+    "{N} had {a_desc} that {he} loved very much.",
+    "For {his} birthday, {N} got {a_desc}.",
 )
 GOALS_T: dict[str, tuple[str, ...]] = {
     "find": (
@@ -138,6 +147,7 @@ OBSTACLE = {
         "{N} looked {spot}, but the {obj} was not there.",
         "{N} searched the whole {place}, but {he} could not find it.",
         "{N} looked high and low, {spot} and everywhere else, but there was no {obj}.",
+        "{N} looked everywhere, but the {obj} was gone.",
     ),
     "reach": ("The {obj} got stuck on the {spot}.", "Oh no, the {obj} was stuck high up on the {spot}!"),
     "fix": (
@@ -155,6 +165,8 @@ OBSTACLE_TALK = (
     '"Oh no!" cried {N}.',
     '"What do I do now?" {N} asked.',
     '"This is too hard," said {N} sadly.',
+    '{N} said, "What can I do?"',
+    '"Oh dear, oh dear!" said {N}.',
 )
 CONFLICT = {
     "obj": (
@@ -171,8 +183,14 @@ CONFLICT_GOOD = (
     "They decided to take turns, and both of them smiled.",
     "In the end, they agreed to share.",
     "They said sorry to each other and played together.",
+    "{N} and {F} made up and shared the {obj}.",
+    "After that, {N} let {F} have a turn too.",
 )
-CONFLICT_BAD = ("They pulled and pulled, and nobody won.", "They shouted at each other and both felt bad.")
+CONFLICT_BAD = (
+    "They pulled and pulled, and nobody won.",
+    "They shouted at each other and both felt bad.",
+    "{N} and {F} were cross with each other and did not talk.",
+)
 HELP = {
     "friend": (
         "{F} came to help {him}.",
@@ -180,12 +198,16 @@ HELP = {
         "{F} saw that {N} was sad and came to help.",
         "{F} heard {N} and ran over as fast as {fhe} could.",
         "Just then, {F} walked by and stopped to help.",
+        "{F} ran over to see what was wrong.",
+        "Soon, {F} came by and asked what was wrong.",
     ),
     "parent": (
         "{N} went to {his} {mom} for help.",
         "{His} {mom} saw {him} and came to help.",
         "{N} ran home and told {his} {mom} everything.",
         "{His} {mom} heard {him} and came outside.",
+        "{N} asked {his} {mom} for help.",
+        "{His} {mom} came to see what was wrong.",
     ),
     "idea": (
         "Then {N} had an idea.",
@@ -194,23 +216,51 @@ HELP = {
         "Then a good idea popped into {N}'s head.",
     ),
 }
+IDEA = {  # what the idea was, told right after it
+    "find": (
+        "{N} decided to look in every place {he} had been that day.",
+        "{N} thought about where {he} had played last and went back there.",
+    ),
+    "reach": ("{N} went to get a {tool} to reach the {obj}.", "{N} ran to get a {tool}."),
+    "fix": ("{N} went to find some glue and tape.", "{N} got some tape from the kitchen drawer."),
+    "visit": (
+        "{N} decided to wait by the window until the {weather} stopped.",
+        "{N} made a plan to go as soon as the {weather} was over.",
+    ),
+    "learn": ("{N} decided to practice a little bit every day.", "{N} asked {F} to hold on at the start."),
+}
 HELP_TALK = {
-    "friend": ('"Don\'t worry, I will help you," said {F}.', '"What is wrong?" {F} asked.'),
-    "parent": ('"Let\'s do it together," said {his} {mom}.', '"Don\'t be sad," {his} {mom} said.'),
-    "idea": ('"I know what to do!" said {N}.',),
+    "friend": (
+        '"Don\'t worry, I will help you," said {F}.',
+        '"What is wrong?" {F} asked.',
+        '{F} said, "We can do it together!"',
+    ),
+    "parent": (
+        '"Let\'s do it together," said {his} {mom}.',
+        '"Don\'t be sad," {his} {mom} said.',
+        '{His} {mom} smiled and said, "I will help you."',
+    ),
+    "idea": ('"I know what to do!" said {N}.', '{N} said, "I have an idea!"'),
 }
 RESOLVE = {
     "find": (
         "Together they found the {obj} {spot2}.",
         "At last, the {obj} was {spot2}!",
         "They looked {spot2}, and there it was: the {obj}!",
+        "After a while, they found the {obj} {spot2}.",
+        "{N} looked {spot2} and found the {obj} at last.",
     ),
     "reach": (
         "They used a {tool} to get the {obj} down.",
         "With a {tool}, the {obj} came down at last.",
         "{N} got a {tool}, reached up high, and pulled the {obj} down.",
+        "With the help of a {tool}, the {obj} was down at last.",
     ),
-    "fix": ("They fixed the {obj} with some glue.", "With a little tape, the {obj} was as good as new."),
+    "fix": (
+        "They fixed the {obj} with some glue.",
+        "With a little tape, the {obj} was as good as new.",
+        "They put the pieces back together, and the {obj} was fixed.",
+    ),
     "visit": (
         "They waited until the sun came out, and then they went to the {place}.",
         "Soon the {weather} stopped, and they ran to the {place}.",
@@ -248,7 +298,7 @@ TWIST = {  # with a good ending the surprise itself solves the problem
     ),
     "fix": (
         "But when {N} looked closer, the {obj} was not broken at all, and the parts clicked back together!",
-        "Then {N} found that the broken parts made something new and even better.",
+        "Then {N} found that the broken parts of the {obj} made something new and even better.",
     ),
     "visit": (
         "Then, to their surprise, the {weather} stopped and a big rainbow came out over the {place}!",
@@ -283,6 +333,9 @@ TWIST_BAD = {  # with a bad ending the surprise makes things worse
 }
 HAPPY_END = (
     "{N} was very happy.",
+    "{N} was so happy!",
+    "They were very happy.",
+    "From that day on, {N} and {F} played together every day.",
     "{N} smiled a big smile.",
     "{N} hugged {F} and said thank you.",
     "That night, {N} went to sleep with a happy heart.",
@@ -292,8 +345,16 @@ HAPPY_END = (
     "{N} gave {his} {mom} a big hug.",
     "It was the best day {N} ever had.",
     "{N} could not stop smiling all the way home.",
+    "{N} and {F} had so much fun that day.",
+    "{N} felt proud and happy.",
+    "{N} smiled and said thank you to everyone.",
 )
-HAPPY_TALK = ('"Thank you so much!" said {N}.', '"This is the best day ever!" {N} said.')
+HAPPY_TALK = (
+    '"Thank you so much!" said {N}.',
+    '"This is the best day ever!" {N} said.',
+    '{N} said, "I am so happy!"',
+    '"We did it!" {N} shouted.',
+)
 SAD_END = (
     "{N} went home feeling very sad.",
     "{N} sat down and cried.",
@@ -302,12 +363,18 @@ SAD_END = (
     "{N} walked home slowly, with tears in {his} eyes.",
     "Nothing could cheer {N} up that night.",
     "{N} hugged {his} {mom}, but {he} was still sad.",
+    "{N} felt sad for a long time.",
+    "That night, {N} went to bed with a heavy heart.",
 )
-SAD_TALK = ('"I miss my {obj}," said {N} quietly.', '"I wish I had been more careful," {N} said.')
+SAD_TALK = (
+    '"I miss my {obj}," said {N} quietly.',
+    '"I wish I had been more careful," {N} said.',
+    '{N} said, "Maybe next time."',
+)
 MORAL = {
     "friend": (
         "{N} learned that friends are there to help.",
-        "The lesson is that it is good to help each other.",
+        "The moral of the story is that it is good to help each other.",
     ),
     "parent": (
         "{N} learned to ask for help when things are hard.",
@@ -316,9 +383,9 @@ MORAL = {
     "idea": ("{N} learned that a little thinking can fix a big problem.", "{N} learned to never give up."),
     "share": (
         "{N} learned that sharing is better than fighting.",
-        "The lesson is that sharing makes everyone happy.",
+        "The moral of the story is that sharing makes everyone happy.",
     ),
-    "bad": ("{N} learned to be more careful.", "The lesson is to take good care of the things you love."),
+    "bad": ("{N} learned to be more careful.", "The moral of the story is to be careful with the things you love."),
 }
 # Where each class of noun and adjective goes when it is not the thing the plot is about.
 NOUN_SLOT = {
@@ -346,9 +413,11 @@ PLAY = (
     "In the morning, {N} and {F} played {game} at the {place}.",
     "They liked to play {game} together.",
     "{F} and {N} often played {game} after lunch.",
-    "On most days, they played {game} until it got dark.",
+    "They played {game} all day.",
     "Every afternoon, {F} came over to play {game} with {N}.",
     "{N} liked to play {game} with {F} near the {place}.",
+    "After school, {N} and {F} liked to play {game}.",
+    "Sometimes they played {game} in the {place}.",
 )
 GAMES = (
     "tag",
