@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from tinystories.io import sha256_file
 
@@ -61,3 +62,12 @@ def gpt2_dir() -> Path:
     testdata_path("gpt2/vocab.bpe")
     return testdata_path("gpt2/encoder.json").parent
 from llm_server import llm_server  # noqa: E402, F401  (the real LLM server fixture)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one torch thread, and a busy machine's thread pool only adds waiting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tinystories.convert.llama2c import llama_family_problems, rope_rows
 from tinystories.errors import UserError
 from tinystories.model import ModelConfig
 
@@ -60,20 +61,13 @@ def check_gguf_exportable(cfg: ModelConfig) -> None:
     if cfg.pos == "learned":
         raise UserError("llama.cpp has no GPT-Neo architecture, so GPT-Neo models cannot be written as GGUF "
                         "(export them with --format hf)")
-    problems = []
-    if (cfg.norm, cfg.pos, cfg.mlp, cfg.attn_scale) != ("rms", "rope", "swiglu", "sqrt"):
-        problems.append("it must be a Llama-family model (RMSNorm, RoPE, SwiGLU, 1/sqrt(d) attention)")
-    if cfg.qkv_bias or cfg.attn_out_bias or cfg.mlp_bias:
-        problems.append("it must have no biases")
-    if any(w is not None for w in cfg.windows):
-        problems.append("all layers must be global (no attention windows)")
+    problems = llama_family_problems(cfg)
     if problems:
         raise UserError("this model cannot be written as GGUF: " + "; ".join(problems))
 
 
 def gguf_tensors(cfg: ModelConfig, sd: StateDict) -> dict[str, np.ndarray]:
     """llama.cpp tensor name -> float32 array (PyTorch's (out, in) shape), q/k rows in interleaved RoPE order."""
-    from tinystories.convert.llama2c import rope_rows
 
     check_gguf_exportable(cfg)
     dim, D, ff = cfg.d_model, cfg.head_dim, cfg.ff_dim

@@ -151,8 +151,8 @@ def load_llama2c(path: str | os.PathLike) -> GPT:
     return model.eval()
 
 
-def check_llama2c_exportable(cfg: ModelConfig) -> None:
-    """UserError when llama2.c's run.c could not run `cfg` as it is."""
+def llama_family_problems(cfg: ModelConfig) -> list[str]:
+    """What keeps `cfg` from being a plain Llama (the model llama2.c and llama.cpp run); empty when it is one."""
     problems = []
     if (cfg.norm, cfg.pos, cfg.mlp, cfg.attn_scale) != ("rms", "rope", "swiglu", "sqrt"):
         problems.append("it must be a Llama-family model (RMSNorm, RoPE, SwiGLU, 1/sqrt(d) attention)")
@@ -160,6 +160,12 @@ def check_llama2c_exportable(cfg: ModelConfig) -> None:
         problems.append("it must have no biases")
     if any(w is not None for w in cfg.windows):
         problems.append("all layers must be global (no attention windows)")
+    return problems
+
+
+def check_llama2c_exportable(cfg: ModelConfig) -> None:
+    """UserError when llama2.c's run.c could not run `cfg` as it is."""
+    problems = llama_family_problems(cfg)
     if cfg.rope_theta != 10000.0:
         problems.append(f"run.c's RoPE theta is 10000, this model's is {cfg.rope_theta}")
     if cfg.norm_eps != 1e-5:
