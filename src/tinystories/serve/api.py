@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import json
 import logging
@@ -135,6 +136,9 @@ def _load(state: State, loop: asyncio.AbstractEventLoop) -> None:
         return
 
     def start() -> None:  # on the event loop, which the worker runs on
+        # Everything loaded so far (torch, the models) lives as long as the server: moved out of the
+        # garbage collector's way, a full collection under load takes a few ms instead of ~0.1 s.
+        gc.freeze()
         worker = Worker(samplers, state.cfg.max_queue, state.cfg.step_slice_ms / 1000)
         worker.start()
         state.worker = worker
