@@ -5,7 +5,7 @@ Requests never run a forward themselves. Each choice of a request becomes a
 moves waiting jobs into free cache rows (continuous batching: they join the
 running batch), runs one `Sampler.step` per model with live sequences, and
 gathers each job's tokens; at the end of a time slice every job gets the
-tokens of that slice at once. A finished or cancelled job leaves the batch at
+tokens of that slice at once (a job that ends, at its last step). A finished or cancelled job leaves the batch at
 once, so its row is free for the next step. Everything runs on the event
 loop's thread, so a model is only ever used by one thread.
 """
@@ -35,7 +35,7 @@ class Job:
     prompt: list[int]
     params: SampleParams
     deliver: Callable[[list[StepEvent] | BaseException], None]
-    """Called once a slice with the job's token events of that slice (or with the error that ended the job)."""
+    """Called with the job's token events of each slice (those of its last step at once), or the error that ended it."""
     cancelled: bool = False
     seq_id: int | None = None
     pending: list[StepEvent] = field(default_factory=list)
