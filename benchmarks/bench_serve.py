@@ -4,7 +4,8 @@ For each model (llama2.c's stories260K imported with `tinystories convert`, and
 random weights of the llama-15m shape with the Llama 2 tokenizer) this starts
 `tinystories serve` as its own process and, in a third process, a load
 generator (this file with `--client`): N clients on loopback, each sending
-streaming /v1/completions requests one after the other (an empty prompt,
+streaming /v1/completions requests one after the other on one kept-alive
+connection, as HTTP clients' connection pools do (an empty prompt,
 temperature 1, `--max-tokens` new tokens at most, a story may end earlier at
 end-of-text) until `--seconds` have passed. It records errors, tokens/s (from
 each stream's final usage chunk), time to first token and the gaps between
@@ -48,11 +49,15 @@ _USAGE = re.compile(rb"\"completion_tokens\": ?(\d+)")
 # --- the load generator (its own process) ----------------------------------------------------
 
 
-async def _one_request(port: int, body: bytes, stats: dict) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def _one_request(conn: list, port: int, body: bytes, stats: dict) -> None:
+    """One streaming request on the client's kept-alive connection `conn` ([reader, writer], opened when empty)."""
+    if not conn:
+        conn.extend(await asyncio.open_connection("127.0.0.1", port))
+    reader, writer = conn
+    ok = False
     try:
         t0 = time.perf_counter()
-        writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
                      + b"\r\n\r\n" + body)
         await writer.drain()
@@ -62,7 +67,7 @@ async def _one_request(port: int, body: bytes, stats: dict) -> None:
             return
         last = None
         tail = b""
-        while True:
+        while not tail.endswith(b"\r\n0\r\n\r\n"):  # the last chunk of the chunked body
             data = await reader.read(65536)
             if not data:
                 break
@@ -82,8 +87,11 @@ async def _one_request(port: int, body: bytes, stats: dict) -> None:
             return
         stats["tokens"] += int(found[-1])
         stats["requests"] += 1
+        ok = True
     finally:
-        writer.close()
+        if not ok:  # a fresh connection for the next request
+            writer.close()
+            conn.clear()
 
 
 async def _clients(port: int, model: str, clients: int, seconds: float, max_tokens: int, max_requests: int) -> dict:
@@ -95,6 +103,7 @@ async def _clients(port: int, model: str, clients: int, seconds: float, max_toke
     async def client(i: int) -> None:
         nonlocal sent
         k = 0
+        conn: list = []  # kept alive from one request to the next, as HTTP clients' connection pools do
         while time.perf_counter() < deadline and sent < max_requests:
             sent += 1
             body = json.dumps({"model": model, "prompt": "", "max_tokens": max_tokens, "temperature": 1.0,
@@ -102,9 +111,11 @@ async def _clients(port: int, model: str, clients: int, seconds: float, max_toke
                                "stream_options": {"include_usage": True}}).encode()
             k += 1
             try:
-                await asyncio.wait_for(_one_request(port, body, stats), timeout=seconds + 30)
+                await asyncio.wait_for(_one_request(conn, port, body, stats), timeout=seconds + 30)
             except (TimeoutError, OSError, asyncio.IncompleteReadError) as e:
                 stats["errors"].append(f"{type(e).__name__}: {e}")
+        if conn:
+            conn[1].close()
 
     cpu0 = time.process_time()
     await asyncio.gather(*(client(i) for i in range(clients)))

@@ -276,6 +276,18 @@ def test_incremental_decoder_never_splits_a_character():
     assert "\U0001f600" in pieces  # the 4-byte emoji arrives whole, once its last byte is in
 
 
+def test_incremental_decoder_push_many_equals_pushes_one_by_one():
+    tok = ByteTokenizer()
+    ids = tok.encode("Lily saw a bird. \u00e9\u00e8 \u4e16\u754c \U0001f600! The end." * 3)
+    one = IncrementalDecoder(tok.decode, [256])
+    many = IncrementalDecoder(tok.decode, [256])
+    for lo, hi in zip(range(0, len(ids), 7), range(7, len(ids) + 7, 7)):  # chunks that split characters
+        want = "".join(one.push(t) for t in ids[lo:hi])
+        assert many.push_many(ids[lo:hi]) == want
+    assert many.flush() == one.flush() == ""
+    assert many.ids == one.ids
+
+
 def test_stream_text_equals_final_decode():
     model = tiny("neo", vocab=257, max_seq_len=64)
     tok = ByteTokenizer()

@@ -537,3 +537,19 @@ def test_playground_in_headless_chromium(run_dir, tmp_path, monkeypatch):
         finally:
             browser.close()
     assert errors == []
+
+
+def test_text_chunks_are_the_events_sse_writes():
+    from tinystories.serve.api import _sse, _TextChunks
+
+    meta = {"id": "cmpl-1", "created": 7, "model": 'a "b"\u00e9'}
+    for kind, obj in (("completion", "text_completion"), ("chat", "chat.completion.chunk")):
+        chunks = _TextChunks(meta, obj, kind)
+        for text, finish in (("", None), ('Lily said "hi"\n\u00e9\u4e16 \U0001f600\\', None), ("x", "stop"),
+                             ("", "length")):
+            if kind == "completion":
+                choice = {"index": 3, "text": text, "logprobs": None, "finish_reason": finish}
+            else:
+                delta = {"content": text} if text or finish is None else {}
+                choice = {"index": 3, "delta": delta, "logprobs": None, "finish_reason": finish}
+            assert chunks(3, text, finish) == _sse({**meta, "object": obj, "choices": [choice]})

@@ -692,10 +692,18 @@ class IncrementalDecoder:
 
     def push(self, token: int) -> str:
         """Add a token; returns the text it completes (possibly empty)."""
-        self.ids.append(token)
+        return self.push_many((token,))
+
+    def push_many(self, tokens: Sequence[int]) -> str:
+        """Add several tokens with one decode; returns what their pushes one by one would return, joined."""
+        start = len(self.ids)
+        self.ids.extend(tokens)
         text = self.decode(self.ids[self.anchor :])
         if text.endswith("\ufffd"):
-            return ""  # an unfinished character; wait for its remaining bytes
+            if len(tokens) == 1:
+                return ""  # an unfinished character; wait for its remaining bytes
+            del self.ids[start:]  # one by one, which holds back just the unfinished character
+            return "".join(self.push(t) for t in tokens)
         piece = text[self.emitted :]
         self.emitted = len(text)
         if len(self.ids) - self.anchor > 4 * self.CONTEXT:  # keep each decode short

@@ -4,9 +4,10 @@ Requests never run a forward themselves. Each choice of a request becomes a
 `Job` that waits in its model's queue; between two decode steps the worker
 moves waiting jobs into free cache rows (continuous batching: they join the
 running batch), runs one `Sampler.step` per model with live sequences, and
-hands each token to its job as it comes. A finished or cancelled job leaves
-the batch at once, so its row is free for the next step. Everything runs on the
-event loop's thread, so a model is only ever used by one thread.
+gathers each job's tokens; at the end of a time slice every job gets the
+tokens of that slice at once (a job that ends, at its last step). A finished or cancelled job leaves the batch at
+once, so its row is free for the next step. Everything runs on the event
+loop's thread, so a model is only ever used by one thread.
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ class Job:
 
     prompt: list[int]
     params: SampleParams
-    deliver: Callable[[StepEvent | BaseException], None]
-    """Called with each token event (or the error that ended the job)."""
+    deliver: Callable[[list[StepEvent] | BaseException], None]
+    """Called with the job's token events of each slice (those of its last step at once), or the error that ended it."""
     cancelled: bool = False
     seq_id: int | None = None
+    pending: list[StepEvent] = field(default_factory=list)
+    """Events made in this slice, not yet delivered."""
 
 
 @dataclass(eq=False)
@@ -52,10 +55,11 @@ class Worker:
     The model runs on the event loop's own thread: a worker thread would fight
     the HTTP side for the interpreter lock at every one of a step's many short
     calls (a small model's step is mostly such calls) and lose most of the
-    time. Instead the worker runs steps for up to `slice_s` seconds, then lets
-    the HTTP side run: each stream then sends the tokens of those steps in one
-    event, so the per-event cost is shared by several tokens when the batch is
-    large, and a lone stream gets each token at once (its steps are short).
+    time. Instead the worker runs steps for up to `slice_s` seconds, giving the
+    loop one turn after each step (to read new requests and join them to the
+    batch at once), and only then hands each job the tokens of the slice: each
+    stream sends them in one event, so the cost of an event (JSON, a socket
+    write, waking the stream's task) is shared by all the tokens of a slice.
     """
 
     def __init__(self, samplers: dict[str, Sampler], max_queue: int, slice_s: float = 0.02):
@@ -63,6 +67,7 @@ class Worker:
         self.max_queue = max_queue
         self.slice_s = slice_s
         self._cancelled: list[Job] = []
+        self._ready: list[Job] = []  # jobs with pending events, in the order they got their first
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -114,10 +119,20 @@ class Worker:
                         self._fail(m, e)
                 if time.perf_counter() >= deadline:
                     break
-            # The HTTP side runs now: new requests, cancellations, sending tokens. A real (if short)
-            # sleep: with sleep(0) the loop never waited, and a client that went away was only noticed
-            # when its stream ended.
-            await asyncio.sleep(0.0005)
+                # One turn of the event loop after each step: new requests are read and joined to
+                # the batch within a step or two rather than a slice or two, and a client that went
+                # away is noticed. The streams themselves wake only at the end of the slice.
+                await asyncio.sleep(0)
+            self._deliver()
+            # The HTTP side runs now: each stream sends the tokens of the slice in one event.
+            await asyncio.sleep(0)
+
+    def _deliver(self) -> None:
+        ready, self._ready = self._ready, []
+        for job in ready:
+            events, job.pending = job.pending, []
+            if events and not job.cancelled:
+                job.deliver(events)
 
     def _free_cancelled(self) -> None:
         cancelled, self._cancelled = self._cancelled, []
@@ -141,17 +156,29 @@ class Worker:
                 m.live[sid] = job
         if not m.live:
             return
+        live, ready = m.live, self._ready
         for ev in m.sampler.step():
-            job = m.live[ev.seq_id]
+            job = live[ev.seq_id]
             if ev.finish_reason is not None:
-                del m.live[ev.seq_id]
-            if not job.cancelled:
-                job.deliver(ev)
+                # A finished job gets its tokens at once: its client can send the next request
+                # (and fill the row again) without waiting for the end of the slice.
+                del live[ev.seq_id]
+                events, job.pending = job.pending, []
+                events.append(ev)
+                if not job.cancelled:
+                    job.deliver(events)
+                continue
+            if not job.pending:
+                ready.append(job)
+            job.pending.append(ev)
 
     def _fail(self, m: _Model, error: Exception) -> None:
         for sid, job in list(m.live.items()):
             m.sampler.remove(sid)
             if not job.cancelled:
+                if job.pending:  # the tokens made before the failure first
+                    events, job.pending = job.pending, []
+                    job.deliver(events)
                 job.deliver(error)
         m.live.clear()
 
