@@ -325,12 +325,14 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
     return r
 
 
+# Each rank writes its own file: two ranks printing to one pipe can interleave their lines.
 PROBE = """
 import json, os, sys
 from tinystories.cli import run
 run(sys.argv[1:])
 threads = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
-print(json.dumps({"rank": int(os.environ["RANK"]), "threads": threads}), flush=True)
+with open(os.path.join(REPORTS, "rank" + os.environ["RANK"] + ".json"), "w") as f:
+    json.dump({"rank": int(os.environ["RANK"]), "threads": threads}, f)
 """
 
 
@@ -338,12 +340,13 @@ print(json.dumps({"rank": int(os.environ["RANK"]), "threads": threads}), flush=T
 def test_ddp_leaves_no_communication_thread_behind(dataset: Path, tmp_path: Path) -> None:
     """After train() no gloo thread is left to run into interpreter shutdown (where it can abort the rank)."""
     probe = tmp_path / "probe.py"
-    probe.write_text(PROBE)
+    (tmp_path / "reports").mkdir()
+    probe.write_text(f"REPORTS = {str(tmp_path / 'reports')!r}\n" + PROBE)
     args = ddp_args(dataset, tmp_path / "ddp", steps=2)
     i = args.index("-m")
     r = torchrun(*args[:i], str(probe), *args[i + 2 :])  # the probe in place of `-m tinystories`
     assert r.returncode == 0, r.stderr[-3000:]
-    reports = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{"rank"')]
+    reports = [json.loads(f.read_text()) for f in sorted((tmp_path / "reports").glob("rank*.json"))]
     assert sorted(rep["rank"] for rep in reports) == [0, 1]
     for rep in reports:
         assert not [t for t in rep["threads"] if "gloo" in t], rep
