@@ -78,7 +78,7 @@ AGE_GROUPS = {"A": "3 or under", "B": "4-5", "C": "6-7", "D": "8-9", "E": "10-12
 STORY_FIELDS = ("grammar", "creativity", "consistency")
 ALL_FIELDS = ("grammar", "creativity", "consistency", "plot")
 
-# The paper's Figure 4 (read from its image, see PAPER.md §5.4): (hidden, layers, eval loss, creativity,
+# The paper's Figure 4 (read from its image): (hidden, layers, eval loss, creativity,
 # grammar, consistency, instruct, plot). Baseline rows have no shape and no instruct models.
 PAPER_FIGURE4: list[tuple[Any, ...]] = [
     (64, 12, 2.02, 4.84, 6.19, 4.75, 4.34, 4.39),
