@@ -1,6 +1,6 @@
 """`tinystories eval probes`: capability probes scored by log-likelihood and by greedy completion.
 
-A probe item (DESIGN.md) is a context (`prompt`) and continuations: one right
+A probe item (format in docs/probes.md) is a context (`prompt`) and continuations: one right
 (`answer`) and one or more `wrong`. The model reads `[eot] + prompt` as it read
 stories in training; each option's score is the summed log-probability of its
 tokens after the context. An item counts as right when the answer scores above
@@ -69,7 +69,7 @@ class ProbesConfig:
     sets: str = ""
     """Item sets, comma-separated: builtin (the hand-written fact, reasoning and context sets), fact, reasoning, context, procedural (--n items); default: builtin, unless --probes or --n asks for other items."""
     probes: str | None = None
-    """Probe items of your own (JSONL, DESIGN.md's schema), scored beside any --sets."""
+    """Probe items of your own (JSONL, the item format of docs/probes.md), scored beside any --sets."""
     n: int = 0
     """Procedural items to make (rounded up to whole mirrored pairs); > 0 adds them (default with --sets procedural: 1000)."""
     seed: int = 1
