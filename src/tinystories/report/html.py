@@ -30,24 +30,25 @@ def fmt(v: Any) -> str:
     return esc(v)
 
 
+def _interval(ci: Any, scale: float, digits: int) -> str:
+    """' (lo-hi)' for a two-number interval, scaled; '' for anything else."""
+    if isinstance(ci, list | tuple) and len(ci) == 2 and all(isinstance(c, int | float) for c in ci):
+        return f" ({scale * ci[0]:.{digits}f}-{scale * ci[1]:.{digits}f})"
+    return ""
+
+
 def pct(v: Any, ci: Any = None) -> str:
     """A share as a percentage, with its interval when given: '70.2% (67.3-73.0)'."""
     if not isinstance(v, int | float) or isinstance(v, bool):
         return "-"
-    out = f"{100 * v:.1f}%"
-    if isinstance(ci, list | tuple) and len(ci) == 2 and all(isinstance(c, int | float) for c in ci):
-        out += f" ({100 * ci[0]:.1f}-{100 * ci[1]:.1f})"
-    return out
+    return f"{100 * v:.1f}%" + _interval(ci, 100, 1)
 
 
 def num(v: Any, ci: Any = None, digits: int = 3) -> str:
     """A number with `digits` decimals, with its interval when given."""
     if not isinstance(v, int | float) or isinstance(v, bool):
         return "-"
-    out = f"{v:.{digits}f}"
-    if isinstance(ci, list | tuple) and len(ci) == 2 and all(isinstance(c, int | float) for c in ci):
-        out += f" ({ci[0]:.{digits}f}-{ci[1]:.{digits}f})"
-    return out
+    return f"{v:.{digits}f}" + _interval(ci, 1, digits)
 
 
 def table(rows: list[list[Any]], header: list[str] | None = None, cls: str = "") -> str:
