@@ -291,7 +291,6 @@ class _GraphStep:
     """
 
     def __init__(self, model: GPT, cache: KVCache):
-        self.cache = cache
         self.tokens = torch.zeros(cache.batch_size, dtype=torch.long, device=cache.lengths.device)  # (B,)
         saved = cache.lengths.clone()
         # Capture needs the kernels warmed up (and their workspaces allocated) on a side stream first. The
