@@ -11,13 +11,16 @@ import pytest
 
 from tinystories.cli import main, run
 from tinystories.config import (
+    OPERATIONAL,
     add_options,
     build,
     field_docs,
     from_toml,
+    operational_fields,
     options_from,
     parse_count,
     parse_duration,
+    result_fields,
     to_toml,
 )
 from tinystories.errors import UserError
@@ -86,6 +89,44 @@ def test_options_from_argparse() -> None:
 def test_build_rejects_unknown_keys() -> None:
     with pytest.raises(UserError, match="unknown Example option"):
         build(Example, {"stepz": 3})
+
+
+@dataclass
+class Job:
+    seed: int = 0
+    """Changes results."""
+    workers: int = field(default=1, metadata={"min": 1, **OPERATIONAL})
+    """Pace only."""
+    out: str | None = field(default=None, metadata={"required": True, **OPERATIONAL})
+    """Where to write."""
+    sizes: tuple[int, ...] = (1, 2)
+    """Changes results too."""
+
+
+def test_result_fields_follow_the_declarations() -> None:
+    assert operational_fields(Job) == {"workers", "out"}
+    job = Job(seed=3, workers=4, out="x")
+    assert result_fields(job) == {"seed": 3, "sizes": [1, 2]}
+    # A field added without metadata counts as result-changing.
+    more = dataclasses.make_dataclass("More", [("temperature", float, 1.0)], bases=(Job,))
+    assert "temperature" in result_fields(more())
+
+
+def test_build_enforces_min_and_required() -> None:
+    assert build(Job, {"out": "x", "workers": 2}).workers == 2
+    with pytest.raises(UserError, match=r"^--workers must be at least 1 \(got 0\)$"):
+        build(Job, {"out": "x", "workers": 0})
+    with pytest.raises(UserError, match=r"^--out is required$"):
+        build(Job, {})
+
+
+def test_old_command_name_still_works_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run(["run", "--help"])
+    assert exit_info.value.code == 0
+    captured = capsys.readouterr()
+    assert "deprecated; use `tinystories pipeline`" in captured.err
+    assert "--out" in captured.out and "--run" in captured.out
 
 
 def test_cli_unknown_command_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,7 +16,7 @@ from tinystories.data.stories import iter_stories
 from tinystories.errors import UserError
 from tinystories.eval.loss import story_windows
 from tinystories.model import IGNORE_INDEX
-from tinystories.run import load_run
+from tinystories.rundir import load_run
 
 gguf = pytest.importorskip("gguf")
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (the [llama] extra)")
@@ -167,7 +167,7 @@ def test_gpt_neo_and_unsupported_models_are_refused_in_one_line(tmp_path):
     from tinystories.data.tokenizer import train_bpe
     from tinystories.model import GPT
     from tinystories.presets import preset
-    from tinystories.run import save_checkpoint, write_config
+    from tinystories.rundir import save_checkpoint, write_config
 
     tok = train_bpe(["Once upon a time there was a cat."] * 20, 280)
     cfg = preset("neo-1m", d_model=32, n_layer=2, n_head=4, vocab_size=tok.vocab_size, max_seq_len=64)

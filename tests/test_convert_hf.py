@@ -16,7 +16,7 @@ from tinystories.data.stories import iter_stories
 from tinystories.data.tokenizer import load_tokenizer, train_bpe
 from tinystories.model import GPT
 from tinystories.presets import preset
-from tinystories.run import load_run
+from tinystories.rundir import load_run
 from tinystories.sample import SampleParams, complete, prompt_ids
 
 transformers = pytest.importorskip("transformers")

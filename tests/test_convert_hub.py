@@ -15,7 +15,7 @@ import torch
 from conftest import testdata_path as data_file
 from test_convert_hf import released_neo_folder
 from tinystories.cli import main
-from tinystories.run import load_run
+from tinystories.rundir import load_run
 
 transformers = pytest.importorskip("transformers")
 huggingface_hub = pytest.importorskip("huggingface_hub")

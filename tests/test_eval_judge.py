@@ -31,7 +31,7 @@ from tinystories.eval.judge import (
 )
 from tinystories.llm.base import Completion, LLMError
 from tinystories.model import GPT, ModelConfig
-from tinystories.run import save_checkpoint, write_config
+from tinystories.rundir import save_checkpoint, write_config
 from tinystories.synth.lexicon import load_lexicon
 from tinystories.synth.procedural import story_record
 

@@ -15,7 +15,7 @@ from tinystories.data.tokenizer import train_bpe
 from tinystories.errors import UserError
 from tinystories.eval.loss import LossConfig, evaluate_loss, story_windows
 from tinystories.model import GPT, IGNORE_INDEX, ModelConfig
-from tinystories.run import save_checkpoint, write_config
+from tinystories.rundir import save_checkpoint, write_config
 
 STORIES = [
     "Once upon a time there was a little dog named Max. Max liked to run in the park with his red ball.",

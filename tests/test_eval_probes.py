@@ -37,7 +37,7 @@ from tinystories.eval.probes import (
 )
 from tinystories.io import sha256_file
 from tinystories.model import GPT, ModelConfig
-from tinystories.run import save_checkpoint, write_config
+from tinystories.rundir import save_checkpoint, write_config
 from tinystories.synth.lexicon import load_lexicon
 from tinystories.synth.probes import make_probes
 from tinystories.synth.procedural import story_record

@@ -123,7 +123,7 @@ def test_semantic_targets_mark_earlier_copies_of_the_same_word_and_entities():
 def s260k(tmp_path_factory):
     """stories260K imported as a run folder, and 8 procedural stories (first 160 tokens) in its tokenizer."""
     from tinystories.convert.command import ConvertConfig, convert
-    from tinystories.run import load_run
+    from tinystories.rundir import load_run
 
     out = tmp_path_factory.mktemp("heads") / "s260k"
     convert(ConvertConfig(source=str(data_file("llama2c/stories260K.bin")), out=str(out),

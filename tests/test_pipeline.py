@@ -1,4 +1,4 @@
-"""`tinystories run`: stages from a recipe, skipping what is done, resuming a killed training."""
+"""`tinystories pipeline`: stages from a recipe, skipping what is done, resuming a killed training."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinystories import run as runlib
+from tinystories import rundir
 from tinystories.config import to_toml
 from tinystories.errors import UserError
 from tinystories.pipeline import (
     STAGES,
     Pipeline,
-    RunConfig,
+    PipelineConfig,
     builtin_recipes,
     closing_note,
     load_recipe,
@@ -62,7 +62,7 @@ def done(tmp_path_factory):
     real = testdata_path("tinystories/TinyStories-valid.first201.txt")
     recipe = write_recipe(tmp / "micro.toml", micro(eval={"real": str(real), "max_stories": 3}))
     root = tmp / "p"
-    result = run_pipeline(RunConfig(recipe=recipe, run=str(root)))
+    result = run_pipeline(PipelineConfig(recipe=recipe, out=str(root)))
     return root, recipe, result
 
 
@@ -78,7 +78,7 @@ def test_every_stage_writes_its_outputs_and_a_rerun_skips_them(done):
     assert statuses(result) == dict.fromkeys(stages, "done")
     model = root / "model"
     assert (root / "corpus" / "stories.txt").is_file() and (root / "data" / "meta.json").is_file()
-    assert runlib.latest_checkpoint(model).name == "step_000020"
+    assert rundir.latest_checkpoint(model).name == "step_000020"
     samples = json.loads((model / "samples" / "samples.json").read_text())["samples"]
     assert samples[0]["prompt"] == "Once upon a time" and samples[0]["tokens"]
     proc = json.loads((model / "eval" / "loss_procedural.json").read_text())
@@ -99,7 +99,7 @@ def test_every_stage_writes_its_outputs_and_a_rerun_skips_them(done):
     state = json.loads((root / "pipeline.json").read_text())
     assert all(state["stages"][s.name]["status"] == "done" for s in STAGES)
 
-    again = run_pipeline(RunConfig(recipe=recipe, run=str(root)))
+    again = run_pipeline(PipelineConfig(recipe=recipe, out=str(root)))
     assert set(statuses(again).values()) == {"skipped"}
     assert json.loads((root / "pipeline.json").read_text())["stages"] == state["stages"]
     samples = json.loads((model / "samples" / "samples.json").read_text())["samples"]
@@ -122,12 +122,12 @@ def test_a_changed_setting_redoes_only_the_stages_that_depend_on_it(done, tmp_pa
     root = copy_of(done, tmp_path)
     real = json.loads((done[0] / "model" / "eval" / "loss_real.json").read_text())["files"][0]
     base = {"eval": {"real": real, "max_stories": 3}}
-    r = run_pipeline(RunConfig(recipe=write_recipe(tmp_path / "a.toml", micro(**base, sample={"temperature": 0.5})),
-                               run=str(root)))
+    r = run_pipeline(PipelineConfig(recipe=write_recipe(tmp_path / "a.toml", micro(**base, sample={"temperature": 0.5})),
+                               out=str(root)))
     assert statuses(r) == {"synth": "skipped", "tokenize": "skipped", "train": "skipped", "sample": "done",
                            "eval": "skipped", "interpret": "skipped", "report": "done"}
-    r = run_pipeline(RunConfig(recipe=write_recipe(tmp_path / "b.toml", micro(**base, probes={"n": 10})),
-                               run=str(root)))
+    r = run_pipeline(PipelineConfig(recipe=write_recipe(tmp_path / "b.toml", micro(**base, probes={"n": 10})),
+                               out=str(root)))
     assert statuses(r)["eval"] == "done" and statuses(r)["sample"] == "done"  # sample back to the recipe's
     assert statuses(r)["train"] == "skipped"
     assert json.loads((root / "model" / "eval" / "probes.json").read_text())["n"] == 10
@@ -143,7 +143,7 @@ def test_a_judge_in_the_recipe_grades_in_the_eval_stage(done, llm_server, tmp_pa
              "completions": 1, "max_new_tokens": 8, "judge_max_tokens": 8, "reasks": 0, "bootstrap": 200,
              "concurrency": 1, "progress": False}
     recipe = write_recipe(tmp_path / "j.toml", micro(eval={"real": real, "max_stories": 3}, judge=judge))
-    r = run_pipeline(RunConfig(recipe=recipe, run=str(root)))
+    r = run_pipeline(PipelineConfig(recipe=recipe, out=str(root)))
     assert statuses(r)["eval"] == "done" and statuses(r)["train"] == "skipped"
     result = json.loads((root / "model" / "eval" / "judge.json").read_text())
     assert result["judge"]["model"] == llm_server.model and result["parse"]["graded"] == 1
@@ -156,7 +156,7 @@ def test_a_larger_budget_resumes_training(done, tmp_path):
     root = copy_of(done, tmp_path)
     real = json.loads((done[0] / "model" / "eval" / "loss_real.json").read_text())["files"][0]
     recipe = write_recipe(tmp_path / "c.toml", micro(eval={"real": real, "max_stories": 3}, train={"max_steps": 30}))
-    r = run_pipeline(RunConfig(recipe=recipe, run=str(root)))
+    r = run_pipeline(PipelineConfig(recipe=recipe, out=str(root)))
     assert statuses(r) == {"synth": "skipped", "tokenize": "skipped", "train": "done", "sample": "done",
                            "eval": "done", "interpret": "done", "report": "done"}
     train = r["records"]["train"]["summary"]
@@ -168,7 +168,7 @@ def test_a_larger_budget_resumes_training(done, tmp_path):
 def test_other_data_starts_the_model_over(done, tmp_path):
     root = copy_of(done, tmp_path)
     recipe = write_recipe(tmp_path / "d.toml", micro(synth={"n": 150}, eval={"real": ""}))
-    r = run_pipeline(RunConfig(recipe=recipe, run=str(root)))
+    r = run_pipeline(PipelineConfig(recipe=recipe, out=str(root)))
     assert set(statuses(r).values()) == {"done"}
     assert r["records"]["train"]["summary"]["resumed_from_step"] is None
     assert r["records"]["synth"]["summary"]["stories"] == 150
@@ -179,11 +179,11 @@ def test_the_time_cap_stops_short_and_a_larger_cap_continues(done, tmp_path):
     root = copy_of(done, tmp_path)
     shutil.rmtree(root / "model")  # train again from scratch, on the same data
     recipe = write_recipe(tmp_path / "t.toml", micro(train={"time": 0.001}, eval={"real": ""}, probes={"n": 4}))
-    r = run_pipeline(RunConfig(recipe=recipe, run=str(root)))
+    r = run_pipeline(PipelineConfig(recipe=recipe, out=str(root)))
     train = r["records"]["train"]["summary"]
     assert train["stopped_by_time_cap"] and train["step"] < 20
     assert statuses(r)["synth"] == statuses(r)["tokenize"] == "skipped"
-    r = run_pipeline(RunConfig(recipe=recipe, run=str(root), time=60.0))
+    r = run_pipeline(PipelineConfig(recipe=recipe, out=str(root), time=60.0))
     train = r["records"]["train"]["summary"]
     assert train["resumed_from_step"] is not None and train["step"] == 20 and "stopped_by_time_cap" not in train
 
@@ -195,7 +195,7 @@ def test_a_changed_recipe_never_deletes_llm_stories(done, tmp_path):
     before = sorted(p.name for p in (root / "corpus").iterdir())
     recipe = write_recipe(tmp_path / "e.toml", micro(synth={"n": 150}, eval={"real": ""}))
     with pytest.raises(UserError, match="openai backend"):
-        run_pipeline(RunConfig(recipe=recipe, run=str(root)))
+        run_pipeline(PipelineConfig(recipe=recipe, out=str(root)))
     assert sorted(p.name for p in (root / "corpus").iterdir()) == before
 
 
@@ -207,8 +207,8 @@ def slow(step, cfg):  # training slowed down so that the kill lands mid-run
     time.sleep(0.15)
     return lr_at(step, cfg)
 train.lr_at = slow
-from tinystories.pipeline import RunConfig, run_pipeline
-run_pipeline(RunConfig(recipe=sys.argv[1], run=sys.argv[2]))
+from tinystories.pipeline import PipelineConfig, run_pipeline
+run_pipeline(PipelineConfig(recipe=sys.argv[1], out=sys.argv[2]))
 """
 
 
@@ -220,7 +220,7 @@ def test_killed_during_training_resumes_from_the_last_checkpoint(tmp_path):
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
-        while runlib.latest_checkpoint(root / "model") is None:
+        while rundir.latest_checkpoint(root / "model") is None:
             assert child.poll() is None, child.stderr.read().decode()
             assert time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.02)
@@ -230,14 +230,14 @@ def test_killed_during_training_resumes_from_the_last_checkpoint(tmp_path):
         if child.poll() is None:
             child.kill()
             child.wait()
-    at_kill = runlib.latest_checkpoint(root / "model")
+    at_kill = rundir.latest_checkpoint(root / "model")
     killed_at = int(at_kill.name.removeprefix("step_"))
     assert 10 <= killed_at < 30
     state = json.loads((root / "pipeline.json").read_text())
     assert state["stages"]["train"]["status"] == "running" and "sample" not in state["stages"]
     corpus_mtime = (root / "corpus" / "stories.txt").stat().st_mtime_ns
 
-    r = run_pipeline(RunConfig(recipe=recipe, run=str(root)))
+    r = run_pipeline(PipelineConfig(recipe=recipe, out=str(root)))
     assert statuses(r) == {"synth": "skipped", "tokenize": "skipped", "train": "done", "sample": "done",
                            "eval": "done", "interpret": "done", "report": "done"}
     assert (root / "corpus" / "stories.txt").stat().st_mtime_ns == corpus_mtime
@@ -260,7 +260,7 @@ def test_recipe_mistakes_are_one_clear_line(tmp_path):
     no_budget = micro()
     del no_budget["train"]["max_steps"]
     with pytest.raises(UserError, match="budget"):
-        run_pipeline(RunConfig(recipe=write_recipe(tmp_path / "nb.toml", no_budget), run=str(tmp_path / "nb")))
+        run_pipeline(PipelineConfig(recipe=write_recipe(tmp_path / "nb.toml", no_budget), out=str(tmp_path / "nb")))
     assert not (tmp_path / "nb").exists()  # refused before any work
     (tmp_path / "broken.toml").write_text("[synth\n")
     with pytest.raises(UserError, match="not valid TOML"):
@@ -273,7 +273,7 @@ def test_recipe_mistakes_are_one_clear_line(tmp_path):
     other.mkdir()
     (other / "keep.txt").write_text("mine")
     with pytest.raises(UserError, match="not empty"):
-        run_pipeline(RunConfig(recipe="micro", run=str(other)))
+        run_pipeline(PipelineConfig(recipe="micro", out=str(other)))
     assert (other / "keep.txt").read_text() == "mine"
 
 
@@ -294,7 +294,7 @@ def test_builtin_recipes_build_every_stage(tmp_path):
 @pytest.mark.slow
 def test_smoke_recipe_end_to_end(tmp_path, valid_stories):
     root = tmp_path / "smoke"
-    result = run_pipeline(RunConfig(recipe="smoke", run=str(root)))
+    result = run_pipeline(PipelineConfig(recipe="smoke", out=str(root)))
     assert set(statuses(result).values()) == {"done"}
     model = root / "model"
     proc = json.loads((model / "eval" / "loss_procedural.json").read_text())["per_story"]

@@ -302,7 +302,7 @@ def test_stream_text_equals_final_decode():
 
 def test_sample_command(tmp_path):
     from tinystories.data.tokenizer import train_bpe
-    from tinystories.run import save_checkpoint, write_config
+    from tinystories.rundir import save_checkpoint, write_config
     from tinystories.sample import SampleConfig, sample
 
     tok = train_bpe(["Once upon a time there was a little dog. The dog was happy."] * 20, 300)

@@ -117,7 +117,7 @@ def sse(port: int, body: dict, key: str = KEY) -> list:
 
 def test_greedy_api_equals_sample_command_and_library(run_dir, port, tmp_path):
     from tinystories.cli import run
-    from tinystories.run import load_run
+    from tinystories.rundir import load_run
     from tinystories.sample import SampleParams, complete, prompt_ids
 
     api = greedy(port, max_tokens=200)["choices"][0]
@@ -161,7 +161,7 @@ def test_seeded_sampling_repeats_and_n_choices_differ(port):
 
 
 def test_logprobs_match_the_model(run_dir, port):
-    from tinystories.run import load_run
+    from tinystories.rundir import load_run
     from tinystories.sample import prompt_ids
 
     c = greedy(port, max_tokens=8, logprobs=3)["choices"][0]
@@ -374,16 +374,16 @@ def test_200_requests_against_a_queue_of_16(port):
 
 
 def test_health_503_while_loading(run_dir, monkeypatch):
-    import tinystories.run
+    import tinystories.rundir
 
     gate = threading.Event()
-    load = tinystories.run.load_run
+    load = tinystories.rundir.load_run
 
     def slow_load(*a, **k):
         gate.wait(10)
         return load(*a, **k)
 
-    monkeypatch.setattr(tinystories.run, "load_run", slow_load)
+    monkeypatch.setattr(tinystories.rundir, "load_run", slow_load)
     with server(ServeConfig(run=(str(run_dir),)), wait=False) as p:
         status, body = request(p, "GET", "/health")
         assert status == 503 and body["status"] == "loading"

@@ -26,8 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinystories import kernels
-from tinystories import run as runlib
+from tinystories import kernels, rundir
 from tinystories.data.loader import Layout, TrainBatches, val_windows
 from tinystories.errors import UserError
 from tinystories.io import sha256_file
@@ -97,7 +96,7 @@ def losses(run: Path) -> dict[int, float]:
 def weights(run: Path, step: int | None = None) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    ckpt = runlib.find_checkpoint(run, step)
+    ckpt = rundir.find_checkpoint(run, step)
     return load_file(str(ckpt / "model.safetensors"))
 
 
@@ -208,26 +207,26 @@ def test_loss_goes_down_and_the_run_folder_is_complete(dataset: Path, tmp_path: 
     assert lrs[120] == pytest.approx(1e-3, rel=1e-2)
 
     # The run folder holds everything a later stage needs.
-    assert [s for s, _ in runlib.list_checkpoints(run)] == [60, 120]
+    assert [s for s, _ in rundir.list_checkpoints(run)] == [60, 120]
     for name in ("model.safetensors", "optim.pt", "state.json"):
         assert (run / "ckpt" / "step_000120" / name).is_file()
-    state = runlib.read_state(runlib.latest_checkpoint(run))
+    state = rundir.read_state(rundir.latest_checkpoint(run))
     assert state["step"] == 120 and state["tokens"] == 120 * 8 * 64 and state["elapsed"] > 0
     assert {"torch", "numpy", "python"} <= state["rng"].keys() and state["config_hash"]
     env = json.loads((run / "env.json").read_text())
     assert {"python", "torch", "numpy", "threads", "device", "hostname", "git"} <= env.keys()
     assert env["cpu_kernels"] == kernels.available()
-    config = runlib.read_config(run)
+    config = rundir.read_config(run)
     assert config.model.vocab_size == 512 and config.model.d_model == 32
     assert config.train.warmup == 12 and config.data["content_hash"] == meta["content_hash"]
     assert (run / "tokenizer.json").read_bytes() == (dataset / "tokenizer.json").read_bytes()
 
-    loaded = runlib.load_run(run)
+    loaded = rundir.load_run(run)
     assert loaded.step == 120 and not loaded.model.training
     assert loaded.tokenizer.vocab_size == 512
     x = torch.tensor([loaded.tokenizer.encode("Once upon a time")])
     assert loaded.model(x).logits.shape == (1, x.shape[1], 512)
-    assert runlib.load_run(run, step=60).step == 60
+    assert rundir.load_run(run, step=60).step == 60
 
 
 def test_time_budget_is_cumulative_across_resumes(dataset: Path, tmp_path: Path) -> None:
@@ -277,7 +276,7 @@ def test_resume_continues_the_exact_trajectory(dataset: Path, tmp_path: Path) ->
     assert sorted(losses(parts)) == list(range(1, 41))
     a, b = weights(whole), weights(parts)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert [s for s, _ in runlib.list_checkpoints(parts)] == [20, 40]
+    assert [s for s, _ in rundir.list_checkpoints(parts)] == [20, 40]
     env = json.loads((parts / "env.json").read_text())
     assert len(env["resumes"]) == 1
 
@@ -412,18 +411,18 @@ def test_corrupt_or_truncated_checkpoint(trained: Path) -> None:
     weights_file.write_bytes(data[: len(data) // 2])
     _refused(["train", "--run", str(trained), "--resume", "--max-steps", "8"], "corrupt or truncated", trained)
     with pytest.raises(UserError, match="corrupt or truncated"):
-        runlib.load_run(trained)
+        rundir.load_run(trained)
     weights_file.write_bytes(b"\x00" * 7)
     with pytest.raises(UserError, match="corrupt or truncated"):
-        runlib.load_run(trained)
-    assert runlib.load_run(trained, step=2).step == 2
+        rundir.load_run(trained)
+    assert rundir.load_run(trained, step=2).step == 2
 
 
 def test_checkpoint_that_does_not_match_the_config(trained: Path) -> None:
     config = trained / "config.toml"
     config.write_text(config.read_text().replace("d_model = 32", "d_model = 16"))
     with pytest.raises(UserError, match="does not match the config"):
-        runlib.load_run(trained)
+        rundir.load_run(trained)
 
 
 def test_tokenizer_that_does_not_match_the_checkpoint(trained: Path, tmp_path: Path) -> None:
@@ -433,17 +432,17 @@ def test_tokenizer_that_does_not_match_the_checkpoint(trained: Path, tmp_path: P
     (trained / "tokenizer.json").write_bytes((tmp_path / "tok300" / "tokenizer.json").read_bytes())
     _refused(["train", "--run", str(trained), "--resume", "--max-steps", "8"], "vocab_size", trained)
     with pytest.raises(UserError, match="do not belong together"):
-        runlib.load_run(trained)
+        rundir.load_run(trained)
 
 
 def test_no_run_and_no_checkpoint(tmp_path: Path, trained: Path) -> None:
     with pytest.raises(UserError, match="no run"):
-        runlib.load_run(tmp_path / "missing")
+        rundir.load_run(tmp_path / "missing")
     for ckpt in (trained / "ckpt").iterdir():
         ckpt.rename(trained / ckpt.name)
     with pytest.raises(UserError, match="has no checkpoint"):
-        runlib.load_run(trained)
-    assert runlib.latest_checkpoint(trained) is None
+        rundir.load_run(trained)
+    assert rundir.latest_checkpoint(trained) is None
 
 
 def test_train_help_lists_the_options(capsys: pytest.CaptureFixture) -> None:
@@ -510,5 +509,5 @@ def test_readme_torchrun_line_trains(dataset: Path, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     run = cwd / words[words.index("--run-dir") + 1]
     assert json.loads((run / "env.json").read_text())["world_size"] == 2
-    assert runlib.read_config(run).train.max_tokens == 20_000_000
-    assert runlib.latest_checkpoint(run) is not None
+    assert rundir.read_config(run).train.max_tokens == 20_000_000
+    assert rundir.latest_checkpoint(run) is not None

@@ -17,7 +17,7 @@ import torch
 
 import conftest
 from test_train import MICRO, losses, make_dataset, micro_cfg, open_split, weights
-from tinystories import run as runlib
+from tinystories import rundir
 from tinystories.data.loader import Layout, TrainBatches, to_device
 from tinystories.train import (
     BatchLoader,
@@ -42,11 +42,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_device_auto_picks_cuda_only_when_present(dataset: Path, tmp_path: Path) -> None:
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert runlib.resolve_device("auto").type == expected
+    assert rundir.resolve_device("auto").type == expected
     assert TrainConfig().device == "auto"
     assert compute_dtype("auto", torch.device("cpu")) == torch.float32
     train(micro_cfg(dataset, tmp_path / "auto", max_steps=1), MICRO)
-    assert runlib.read_config(tmp_path / "auto").train.device == "auto"
+    assert rundir.read_config(tmp_path / "auto").train.device == "auto"
     env = (tmp_path / "auto" / "env.json").read_text()
     assert f'"device": "{expected}' in env
 
@@ -66,7 +66,7 @@ def test_device_auto_is_the_default_of_every_model_command() -> None:
                 NeuronsConfig):
         field = cls.__dataclass_fields__["device"]
         assert field.default == "auto", cls.__name__
-    assert runlib.with_device(SampleConfig(run="x")).device in ("cpu", "cuda:0")
+    assert rundir.with_device(SampleConfig(run="x")).device in ("cpu", "cuda:0")
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -81,7 +81,7 @@ def test_autocast_training_follows_the_fp32_curve(dataset: Path, tmp_path: Path,
     # Same data and initialisation: the curves agree to low-precision rounding and both go down.
     assert max(abs(a[s] - b[s]) for s in a) < 0.05 * a[1], (a, b)
     assert b[12] < b[1] - 0.3
-    state = runlib.read_state(runlib.latest_checkpoint(run))
+    state = rundir.read_state(rundir.latest_checkpoint(run))
     if dtype == "float16":
         assert state["scaler"]["scale"] > 0  # the scale is part of the trajectory: saved for resume
     else:

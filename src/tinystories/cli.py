@@ -33,6 +33,8 @@ class Command:
     """Keyword argument that receives the overrides dict."""
     overrides_prefix: str = ""
     """Prefix for override options."""
+    deprecated: str | None = None
+    """The command to use instead; this name still works and says so on stderr."""
 
 
 COMMANDS: dict[str, Command] = {
@@ -89,9 +91,14 @@ COMMANDS: dict[str, Command] = {
         "write <run>/report.html: config, training curves, samples, evals, heads and neurons in one file "
         "(several --run: their headline figures side by side)",
     ),
-    "run": Command(
+    "pipeline": Command(
         "tinystories.pipeline:run_command",
         "run a recipe's stages (synth, tokenize, train, sample, eval) on one folder; a re-run resumes",
+    ),
+    "run": Command(
+        "tinystories.pipeline:run_command",
+        "old name of `pipeline` (deprecated)",
+        deprecated="pipeline",
     ),
     "eval probes": Command(
         "tinystories.eval.probes:evaluate_probes",
@@ -153,6 +160,8 @@ def run(argv: list[str]) -> typing.Any:
         return None
     name, rest = _find_command(argv)
     cmd = COMMANDS[name]
+    if cmd.deprecated:
+        print(f"tinystories: `{name}` is deprecated; use `tinystories {cmd.deprecated}`", file=sys.stderr)
     fn = _load(cmd.target)
     cls = _config_class(fn)
     parser = argparse.ArgumentParser(prog=f"tinystories {name}", description=cmd.help)

@@ -5,6 +5,19 @@ literal right after the field). This module reads those docstrings for
 `--help`, turns fields into argparse options, and writes/reads configs as TOML.
 Integers accept size suffixes (`20M`, `1.5k`, `1e6`); a field with
 `metadata={"parse": fn}` uses its own parser (e.g. durations like `10m`).
+
+Field metadata also says, once, what the rest of the package needs to know
+about a field:
+
+- `"operational": True`: the field stops, paces, logs or places a job but does
+  not change its results (a budget, an interval, a worker count, an output
+  path). `result_fields` leaves such fields out, so keys of what a job computes
+  (resume checks, caches, pipeline stage keys) follow the declaration; a new
+  field is treated as result-changing unless it says otherwise.
+- `"min": N`: the value, when set, must be at least N.
+- `"required": True`: the value may not be None or empty.
+
+`check` enforces `min` and `required`; `build` calls it.
 """
 
 from __future__ import annotations
@@ -198,8 +211,50 @@ def options_from(ns: argparse.Namespace, cls: type, *, prefix: str = "") -> dict
     return out
 
 
+OPERATIONAL = {"operational": True}
+"""Metadata of a field that does not change results: `field(default=..., metadata=OPERATIONAL)`."""
+
+
+def is_operational(f: dataclasses.Field) -> bool:
+    """Whether the field is declared as not changing results."""
+    return bool(f.metadata.get("operational"))
+
+
+def operational_fields(cls: type) -> frozenset[str]:
+    """Names of `cls`'s fields that do not change results."""
+    return frozenset(f.name for f in dataclasses.fields(cls) if is_operational(f))
+
+
+def result_fields(cfg: Any) -> dict[str, Any]:
+    """`cfg`'s fields that decide its results (the operational ones left out), as plain values."""
+    return {
+        f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if not is_operational(f)
+    }
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check(cfg: Any) -> None:
+    """Enforce the `min` and `required` declarations of `cfg`'s fields (UserError naming the option)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.metadata.get("required") and value in (None, ""):
+            raise UserError(f"{_flag(f.name)} is required")
+        low = f.metadata.get("min")
+        if low is not None and value is not None and value < low:
+            raise UserError(f"{_flag(f.name)} must be at least {low} (got {value})")
+
+
 def build(cls: type[T], values: dict[str, Any]) -> T:
-    """Construct `cls` from a dict, rejecting unknown keys with a clear message."""
+    """Construct `cls` from a dict, rejecting unknown keys and values its fields declare invalid."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -211,7 +266,9 @@ def build(cls: type[T], values: dict[str, Any]) -> T:
         if get_origin(tp) is tuple and isinstance(value, list):
             value = tuple(value)
         fixed[key] = value
-    return cls(**fixed)
+    cfg = cls(**fixed)
+    check(cfg)
+    return cfg
 
 
 # --- TOML -------------------------------------------------------------------

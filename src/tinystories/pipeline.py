@@ -1,7 +1,7 @@
-"""`tinystories run`: the stages of the method on one pipeline folder, from a recipe.
+"""`tinystories pipeline`: the stages of the method on one pipeline folder, from a recipe.
 
-    tinystories run --recipe demo --run runs/demo      # a built-in recipe (demo, smoke, micro)
-    tinystories run --recipe my.toml --run runs/mine   # the same stages, the user's settings
+    tinystories pipeline --recipe demo --out runs/demo      # a built-in recipe (demo, smoke, micro)
+    tinystories pipeline --recipe my.toml --out runs/mine   # the same stages, the user's settings
 
 A recipe is a TOML file with one section per component, each holding fields
 of that component's config dataclass: `[synth]` (SynthConfig), `[tokenize]`
@@ -65,12 +65,12 @@ REAL_STORIES = "tinystories/TinyStories-valid.first201.txt"
 
 
 @dataclass
-class RunConfig:
-    """`tinystories run`: run the stages of a recipe on one pipeline folder, skipping what is done."""
+class PipelineConfig:
+    """`tinystories pipeline`: run the stages of a recipe on one pipeline folder, skipping what is done."""
 
     recipe: str = "demo"
     """Built-in recipe name (demo, smoke, micro) or a recipe TOML file."""
-    run: str | None = None
+    out: str | None = field(default=None, metadata={"aliases": ("--run",)})
     """Pipeline folder (default: runs/<recipe name>); a re-run continues it."""
     time: float | None = field(default=None, metadata={"parse": parse_duration})
     """Safety cap on training wall-clock time (e.g. 10m), over the recipe's; the budget is the recipe's tokens."""
@@ -347,14 +347,14 @@ def _train_key(p: Pipeline) -> dict[str, Any]:
 
 
 def _run_train(p: Pipeline, resume: bool) -> dict[str, Any]:
-    from tinystories import run as runlib
+    from tinystories import rundir
     from tinystories.train import train
 
-    ckpt = runlib.latest_checkpoint(p.model) if resume else None
+    ckpt = rundir.latest_checkpoint(p.model) if resume else None
     if ckpt is None:
         _clean_train(p)
     cfg = _train_config(p, resume=ckpt is not None)
-    step0 = int(runlib.read_state(ckpt)["step"]) if ckpt is not None else 0
+    step0 = int(rundir.read_state(ckpt)["step"]) if ckpt is not None else 0
     if ckpt is not None:
         print(f"[resume] train: from step {step0} ({ckpt})", flush=True)
     r = train(cfg, model_overrides=p.section("model"))
@@ -374,12 +374,12 @@ def _run_train(p: Pipeline, resume: bool) -> dict[str, Any]:
 
 
 def _train_fingerprint(p: Pipeline) -> str | None:
-    from tinystories import run as runlib
+    from tinystories import rundir
 
-    ckpt = runlib.latest_checkpoint(p.model)
+    ckpt = rundir.latest_checkpoint(p.model)
     if ckpt is None:
         return None
-    return f"{ckpt.name}:{sha256_file(ckpt / runlib.MODEL_FILE)}"
+    return f"{ckpt.name}:{sha256_file(ckpt / rundir.MODEL_FILE)}"
 
 
 def _clean_train(p: Pipeline) -> None:
@@ -736,15 +736,15 @@ def _read_state(root: Path) -> dict[str, Any]:
 
 def _check_root(root: Path) -> None:
     if root.exists() and not root.is_dir():
-        raise UserError(f"--run {root} exists and is not a folder")
+        raise UserError(f"--out {root} exists and is not a folder")
     if root.is_dir() and any(root.iterdir()) and not (root / STATE_FILE).is_file():
-        raise UserError(f"--run {root} is not empty and holds no {STATE_FILE}; choose another folder")
+        raise UserError(f"--out {root} is not empty and holds no {STATE_FILE}; choose another folder")
 
 
-def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
-    """Run every stage of the recipe on `cfg.run`, skipping stages that are up to date."""
+def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+    """Run every stage of the recipe on `cfg.out`, skipping stages that are up to date."""
     recipe = load_recipe(cfg.recipe)
-    root = Path(cfg.run or Path("runs") / recipe.name)
+    root = Path(cfg.out or Path("runs") / recipe.name)
     p = Pipeline(root=root, recipe=recipe, device=cfg.device, time_cap=cfg.time)
     _check_root(root)
     # Build every stage's config before any work, so a mistake in the recipe stops nothing half-done.
@@ -917,8 +917,8 @@ def closing_note(root: Path, n_samples: int = 3, bold: bool = False) -> str:
     return "\n".join(lines)
 
 
-def run_command(cfg: RunConfig) -> None:
-    """`tinystories run`: the stages, each phase's time, then the closing note."""
+def run_command(cfg: PipelineConfig) -> None:
+    """`tinystories pipeline`: the stages, each phase's time, then the closing note."""
     result = run_pipeline(cfg)
     print(f"[time] pipeline: {result['seconds']:.1f}s", flush=True)
     print(closing_note(Path(result["run"]), bold=sys.stdout.isatty()), flush=True)

@@ -867,7 +867,7 @@ class SampleConfig:
 def sample(cfg: SampleConfig) -> None:
     """Print completions of cfg.prompt(s) by the run's model."""
     from tinystories.io import atomic_write_json
-    from tinystories.run import load_run, with_device
+    from tinystories.rundir import load_run, with_device
 
     cfg = with_device(cfg)
     if not cfg.run:

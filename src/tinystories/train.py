@@ -38,8 +38,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from tinystories import run as runlib
-from tinystories.config import parse_duration
+from tinystories import rundir
+from tinystories.config import OPERATIONAL, is_operational, parse_duration, result_fields
 from tinystories.data.loader import Layout, TrainBatches, split_of, to_device, val_windows
 from tinystories.data.shards import Dataset, open_dataset
 from tinystories.errors import UserError
@@ -48,9 +48,9 @@ from tinystories.io import atomic_write_text
 
 @dataclass
 class TrainConfig:
-    data: str | None = None
+    data: str | None = field(default=None, metadata=OPERATIONAL)
     """Dataset folder (from `tinystories tokenize`); on --resume, defaults to the run's."""
-    run: str | None = field(default=None, metadata={"aliases": ("--run-dir",)})
+    run: str | None = field(default=None, metadata={"aliases": ("--run-dir",), **OPERATIONAL})
     """Run folder to create (default: runs/<preset>-<date>-<time>), or to continue with --resume."""
     preset: str = "llama-260k"
     """Model preset; any model field can be overridden with --model-<field>."""
@@ -58,7 +58,8 @@ class TrainConfig:
     """Tokens per training window (default: the model's max_seq_len)."""
     batch_size: int = 32
     """Windows per optimizer step over all processes and micro-steps (the global batch)."""
-    grad_accum: int = 1
+    # Operational: micro-steps and processes only regroup the same global batch (equal up to rounding).
+    grad_accum: int = field(default=1, metadata=OPERATIONAL)
     """Micro-steps per optimizer step on each process; micro-batch = batch_size / (grad_accum x processes)."""
     lr: float = 5e-4
     """Peak learning rate (the paper: 5e-4)."""
@@ -82,21 +83,21 @@ class TrainConfig:
     """Clip the global gradient norm to this (0 = no clipping)."""
     seed: int = 1337
     """Seed for initialisation, data order and dropout."""
-    max_steps: int | None = None
+    max_steps: int | None = field(default=None, metadata=OPERATIONAL)
     """Stop after this many optimizer steps."""
-    max_tokens: int | None = None
+    max_tokens: int | None = field(default=None, metadata=OPERATIONAL)
     """Stop once this many training tokens were seen (e.g. 20M)."""
-    time: float | None = field(default=None, metadata={"parse": parse_duration})
+    time: float | None = field(default=None, metadata={"parse": parse_duration, **OPERATIONAL})
     """Stop after this much training wall-clock time, summed over resumes (e.g. 90s, 10m, 2h)."""
-    eval_interval: int = 250
+    eval_interval: int = field(default=250, metadata=OPERATIONAL)
     """Validate every this many steps, and at the end (0 = only at the end)."""
-    eval_tokens: int = 100_000
+    eval_tokens: int = field(default=100_000, metadata=OPERATIONAL)
     """Validation tokens scored per evaluation, evenly spread over the split (0 = the whole split)."""
-    ckpt_interval: int = 1000
+    ckpt_interval: int = field(default=1000, metadata=OPERATIONAL)
     """Save a checkpoint every this many steps, and at the end (0 = only at the end)."""
-    keep_ckpts: int = 3
+    keep_ckpts: int = field(default=3, metadata=OPERATIONAL)
     """Keep only the newest this many checkpoints (0 = keep all)."""
-    log_interval: int = 10
+    log_interval: int = field(default=10, metadata=OPERATIONAL)
     """Write a metrics line every this many steps."""
     device: str = "auto"
     """cpu, cuda, cuda:N, or auto (cuda when available)."""
@@ -104,35 +105,13 @@ class TrainConfig:
     """Autocast dtype for forward/backward; weights stay fp32 (auto: bfloat16 on CUDA where supported, else float16 with a gradient scaler; float32 on CPU)."""
     compile: bool = False
     """Compile the model with torch.compile (slower start, faster steps on a GPU)."""
-    progress: bool = True
+    progress: bool = field(default=True, metadata=OPERATIONAL)
     """Show a progress bar (only on a terminal, only on rank 0)."""
-    tensorboard: bool = False
+    tensorboard: bool = field(default=False, metadata=OPERATIONAL)
     """Also log to TensorBoard (in RUN/tb; needs the tensorboard package)."""
-    resume: bool = False
+    resume: bool = field(default=False, metadata=OPERATIONAL)
     """Continue the run in --run from its newest checkpoint."""
 
-
-# Fields that may change when resuming: they stop, log or save, but do not steer
-# the trajectory. `grad_accum` and the number of processes only regroup the same
-# global batch (equal up to floating-point rounding), so they may change too.
-RESUMABLE_CHANGES = frozenset(
-    {
-        "data",
-        "run",
-        "max_steps",
-        "max_tokens",
-        "time",
-        "eval_interval",
-        "eval_tokens",
-        "ckpt_interval",
-        "keep_ckpts",
-        "log_interval",
-        "progress",
-        "tensorboard",
-        "resume",
-        "grad_accum",
-    }
-)
 
 # --- setup ------------------------------------------------------------------------
 
@@ -164,7 +143,7 @@ def _dist_from_env() -> Dist:
 
 
 def _pick_device(name: str, dist: Dist) -> torch.device:
-    device = runlib.resolve_device(name, dist.local_rank if dist.active else None)
+    device = rundir.resolve_device(name, dist.local_rank if dist.active else None)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         # TF32 tensor cores for the fp32 matmuls left outside autocast (and all of them at --dtype float32).
@@ -247,14 +226,10 @@ def build_model_config(preset_name: str, overrides: dict[str, Any], vocab_size: 
     return preset(preset_name, **{**overrides, "vocab_size": vocab_size})
 
 
-def _exact_fields(cfg: TrainConfig) -> dict[str, Any]:
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE_CHANGES}
-
-
 def config_hash(model_cfg: Any, cfg: TrainConfig, content_hash: str) -> str:
     """Hash of everything that determines the trajectory (stored in each checkpoint)."""
     blob = json.dumps(
-        {"model": runlib.config_dict(model_cfg), "train": _exact_fields(cfg), "data": content_hash},
+        {"model": rundir.config_dict(model_cfg), "train": result_fields(cfg), "data": content_hash},
         sort_keys=True,
         default=str,
     )
@@ -269,7 +244,7 @@ def _merge_resume(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
         new, old, default = getattr(given, f.name), getattr(saved, f.name), getattr(defaults, f.name)
         if new in (default, old):
             continue
-        if f.name in RESUMABLE_CHANGES:
+        if is_operational(f):
             changes[f.name] = new
         else:
             flag = "--" + f.name.replace("_", "-")
@@ -523,7 +498,7 @@ class _Log:
     def __init__(self, run_dir: Path, cfg: TrainConfig, dist: Dist, start: int):
         self.main = dist.main
         # Held open for the whole run (appending one line per log step); closed in close().
-        self.file = open(run_dir / runlib.METRICS_FILE, "a", encoding="utf-8") if self.main else None  # noqa: SIM115
+        self.file = open(run_dir / rundir.METRICS_FILE, "a", encoding="utf-8") if self.main else None  # noqa: SIM115
         self.tb = None
         if self.main and cfg.tensorboard:
             try:
@@ -559,7 +534,7 @@ class _Log:
 
 def _truncate_metrics(run_dir: Path, step: int) -> None:
     """Drop metrics lines past `step` (written after the checkpoint we resume from)."""
-    path = run_dir / runlib.METRICS_FILE
+    path = run_dir / rundir.METRICS_FILE
     if not path.exists():
         return
     keep = []
@@ -587,19 +562,19 @@ def _prepare_run(cfg: TrainConfig, model_overrides: dict[str, Any], dist: Dist) 
         if not cfg.run:
             raise UserError("--resume needs --run (the run folder to continue)")
         run_dir = Path(cfg.run)
-        if not runlib.is_run(run_dir):
-            raise UserError(f"nothing to resume: {run_dir} is not a run folder (no {runlib.CONFIG_FILE})")
-        ckpt = runlib.latest_checkpoint(run_dir)
+        if not rundir.is_run(run_dir):
+            raise UserError(f"nothing to resume: {run_dir} is not a run folder (no {rundir.CONFIG_FILE})")
+        ckpt = rundir.latest_checkpoint(run_dir)
         if ckpt is None:
             raise UserError(f"nothing to resume: run {run_dir} has no checkpoint yet")
-        saved = runlib.read_config(run_dir)
+        saved = rundir.read_config(run_dir)
         if saved.train is None:
-            raise UserError(f"run {run_dir} was not made by training ({runlib.CONFIG_FILE} has no [train]); it cannot be resumed")
+            raise UserError(f"run {run_dir} was not made by training ({rundir.CONFIG_FILE} has no [train]); it cannot be resumed")
         merged = _merge_resume(saved.train, cfg)
         _check_model_resume(saved.model, model_overrides)
         data_path = cfg.data or saved.data.get("path")
         if not data_path:
-            raise UserError(f"{run_dir / runlib.CONFIG_FILE} names no dataset; pass --data")
+            raise UserError(f"{run_dir / rundir.CONFIG_FILE} names no dataset; pass --data")
         dataset = open_dataset(data_path)
         if dataset.content_hash != saved.data.get("content_hash"):
             raise UserError(
@@ -665,10 +640,10 @@ def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str,
 
     state: dict[str, Any] = {}
     if ckpt is not None:
-        state = runlib.read_state(ckpt)
+        state = rundir.read_state(ckpt)
         if state.get("config_hash") != chash:
-            raise UserError(f"checkpoint {ckpt} does not belong to {run_dir / runlib.CONFIG_FILE} (config hash differs)")
-        runlib.load_tokenizer_checked(run_dir, model_cfg.vocab_size)
+            raise UserError(f"checkpoint {ckpt} does not belong to {run_dir / rundir.CONFIG_FILE} (config hash differs)")
+        rundir.load_tokenizer_checked(run_dir, model_cfg.vocab_size)
         regrouped = state.get("world_size", 1) * state.get("grad_accum", cfg.grad_accum) != dist.world_size * cfg.grad_accum
         if dist.main and regrouped:
             print(
@@ -685,18 +660,18 @@ def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str,
     torch.manual_seed(cfg.seed)
     raw = GPT(model_cfg)
     if ckpt is not None:
-        runlib.load_weights(raw, ckpt / runlib.MODEL_FILE)
+        rundir.load_weights(raw, ckpt / rundir.MODEL_FILE)
     raw.to(device)
     optimizer = _make_optimizer(raw, cfg, device)
     if ckpt is not None:
-        runlib.load_optimizer(optimizer, ckpt)
-        runlib.set_rng_state(state["rng"])
+        rundir.load_optimizer(optimizer, ckpt)
+        rundir.set_rng_state(state["rng"])
     # Nothing is written before every check passed, so a refused run leaves the folder as it was.
     _barrier(dist)
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        runlib.write_config(run_dir, model_cfg, cfg, data)
-        runlib.write_env(run_dir, device, dist.world_size, resumed=ckpt is not None)
+        rundir.write_config(run_dir, model_cfg, cfg, data)
+        rundir.write_env(run_dir, device, dist.world_size, resumed=ckpt is not None)
         if ckpt is None:
             from tinystories.data.tokenizer import load_tokenizer
 
@@ -743,7 +718,7 @@ def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str,
     def checkpoint(elapsed: float) -> None:
         nonlocal last_ckpt
         if dist.main:
-            runlib.save_checkpoint(
+            rundir.save_checkpoint(
                 run_dir,
                 step,
                 raw,
@@ -760,12 +735,12 @@ def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str,
                         "windows_per_epoch": batches.windows_per_epoch,
                         "epoch": step * cfg.batch_size / batches.windows_per_epoch,
                     },
-                    "rng": runlib.rng_state(),
+                    "rng": rundir.rng_state(),
                     "val_loss": last_val[0] if last_val else None,
                     **({"scaler": scaler.state_dict()} if scaler is not None else {}),
                 },
             )
-            runlib.prune_checkpoints(run_dir, cfg.keep_ckpts)
+            rundir.prune_checkpoints(run_dir, cfg.keep_ckpts)
         last_ckpt = step
 
     def out_of_budget(elapsed: float, check_time: bool) -> bool:
@@ -853,7 +828,7 @@ def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str,
         "tokens_per_s": last_row.get("tokens_per_s"),
         "mfu": last_row.get("mfu"),
         "elapsed_s": round(elapsed, 3),
-        "checkpoint": str(runlib.checkpoint_dir(run_dir, step)),
+        "checkpoint": str(rundir.checkpoint_dir(run_dir, step)),
     }
 
 

@@ -47,7 +47,7 @@ def _metrics(run: Path) -> list[dict[str, Any]]:
 
 
 def _training_rows(run: Path, step: int | None) -> list[tuple[str, str]]:
-    from tinystories.run import read_config
+    from tinystories.rundir import read_config
 
     rows: list[tuple[str, str]] = []
     try:
@@ -74,7 +74,7 @@ def _training_rows(run: Path, step: int | None) -> list[tuple[str, str]]:
 
 
 def _data_rows(run: Path) -> list[tuple[str, str]]:
-    from tinystories.run import read_config
+    from tinystories.rundir import read_config
 
     try:
         data = read_config(run).data

@@ -89,7 +89,7 @@ def read_source(path: str | os.PathLike, tokenizer: str = "", step: int | None =
     from tinystories.convert.hub import download, is_hub_id
     from tinystories.convert.llama2c import read_llama2c
     from tinystories.data.tokenizer import load_tokenizer
-    from tinystories.run import is_run, load_run
+    from tinystories.rundir import is_run, load_run
 
     if is_hub_id(os.fspath(path)):
         path = download(os.fspath(path), offline)
@@ -165,7 +165,7 @@ def _write_folder(out: Path, fill: Any) -> None:
 def write_run(out: Path, src: Source, origin: dict[str, Any]) -> None:
     """A run folder holding the model as checkpoint step 0, its tokenizer and where it came from."""
     from tinystories.io import atomic_write_json
-    from tinystories.run import save_checkpoint, write_config, write_env
+    from tinystories.rundir import save_checkpoint, write_config, write_env
 
     model = _model(src)
 

@@ -216,7 +216,7 @@ def decontam(cfg: DecontamConfig) -> dict[str, Any]:
     if not data:
         if not cfg.run:
             raise UserError("give --data (the training corpus) or --run (whose dataset is the corpus)")
-        from tinystories.run import read_config
+        from tinystories.rundir import read_config
 
         if not Path(cfg.run).is_dir():
             raise UserError(f"no run folder at {cfg.run}")

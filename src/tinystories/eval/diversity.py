@@ -934,7 +934,7 @@ def evaluate_diversity(cfg: DiversityConfig) -> dict[str, Any]:
     import torch
 
     from tinystories.io import atomic_write_json
-    from tinystories.run import config_dict, load_run, with_device
+    from tinystories.rundir import config_dict, load_run, with_device
     from tinystories.sample import SampleParams, complete, prompt_ids
 
     cfg = with_device(cfg)

@@ -295,7 +295,7 @@ def evaluate_instruct(cfg: InstructEvalConfig) -> dict[str, Any]:
     """Write stories for the instruction sets, check them (and have them graded); writes eval/instruct.json."""
     from tinystories.eval.judge import _check_common, _read_json
     from tinystories.io import atomic_write_json
-    from tinystories.run import load_run, with_device
+    from tinystories.rundir import load_run, with_device
     from tinystories.synth.lexicon import load_lexicon
 
     cfg = with_device(cfg)

@@ -732,7 +732,7 @@ def render_table(rows: Sequence[dict[str, Any]], paper: str = "nearest") -> str:
 def model_info(loaded: Any) -> dict[str, Any]:
     """What identifies the model: its shape, checkpoint and weight hash."""
     from tinystories.io import sha256_file
-    from tinystories.run import MODEL_FILE
+    from tinystories.rundir import MODEL_FILE
 
     cfg = loaded.model.config
     return {
@@ -799,7 +799,7 @@ def _check_common(run: str, completions: int, bootstrap: int) -> None:
 def evaluate_judge(cfg: JudgeConfig) -> dict[str, Any]:
     """Complete the beginnings with the run's model, have the judge grade them; writes eval/judge.json."""
     from tinystories.io import atomic_write_json
-    from tinystories.run import load_run, with_device
+    from tinystories.rundir import load_run, with_device
 
     cfg = with_device(cfg)
     _check_common(cfg.run, cfg.completions, cfg.bootstrap)

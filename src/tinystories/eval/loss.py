@@ -239,7 +239,7 @@ def _story_docs(paths: list[str], tokenizer: Any, limit: int, separator: str = "
 def evaluate_loss(cfg: LossConfig) -> dict[str, Any]:
     """Per-story and stream loss / perplexity / bits per byte; writes eval/loss.json in the run."""
     from tinystories.io import atomic_write_json
-    from tinystories.run import load_run, with_device
+    from tinystories.rundir import load_run, with_device
 
     if not cfg.run:
         raise UserError("--run is required: the run folder to evaluate")

@@ -489,7 +489,7 @@ def probe_model(model: Any, tokenizer: Any, items: Sequence[dict[str, Any]], cfg
 
 def _steps(cfg: ProbesConfig) -> list[int | None]:
     """The checkpoint steps `cfg` asks for (None = the latest)."""
-    from tinystories.run import list_checkpoints
+    from tinystories.rundir import list_checkpoints
 
     spec = cfg.checkpoints.strip()
     if not spec:
@@ -530,7 +530,7 @@ def evaluate_probes(cfg: ProbesConfig) -> dict[str, Any]:
     """Score the probe items with the run's model; writes eval/probes.json in the run folder."""
     from tinystories import __version__
     from tinystories.io import atomic_write_json, sha256_file
-    from tinystories.run import MODEL_FILE, config_dict, environment, load_run, read_state, with_device
+    from tinystories.rundir import MODEL_FILE, config_dict, environment, load_run, read_state, with_device
 
     cfg = with_device(cfg)
     if not cfg.run:

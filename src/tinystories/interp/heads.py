@@ -340,7 +340,7 @@ def draw_maps(maps: dict[str, Any], heads: list[dict[str, Any]], folder: Path) -
 def interpret_heads(cfg: HeadsConfig) -> dict[str, Any]:
     """Score and classify every attention head of a run; writes <out>/heads.json and attention-map PNGs."""
     from tinystories.io import atomic_write_json
-    from tinystories.run import load_run, with_device
+    from tinystories.rundir import load_run, with_device
 
     cfg = with_device(cfg)
     if not cfg.run:

@@ -249,7 +249,7 @@ def examples(table: Table, stories: Sequence[Story], column: torch.Tensor, n: in
 def interpret_neurons(cfg: NeuronsConfig) -> dict[str, Any]:
     """Label and score every MLP neuron of one layer; writes <out>/neurons_layer{L}.json."""
     from tinystories.io import atomic_write_json
-    from tinystories.run import load_run, with_device
+    from tinystories.rundir import load_run, with_device
 
     cfg = with_device(cfg)
     if not cfg.run:

@@ -18,7 +18,7 @@ from tinystories.report.html import Raw, esc, fmt, how_to_read, not_run, stage, 
 
 def model_sizes(run: Path) -> list[list[Any]] | None:
     """Parameter counts and shape of the run's model (built on the meta device: no memory, no weights)."""
-    from tinystories.run import read_config
+    from tinystories.rundir import read_config
 
     try:
         cfg = read_config(run)
@@ -38,7 +38,7 @@ def model_sizes(run: Path) -> list[list[Any]] | None:
 
 
 def section_config(run: Path) -> str:
-    from tinystories.run import read_config
+    from tinystories.rundir import read_config
 
     try:
         cfg = read_config(run)

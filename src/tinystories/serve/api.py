@@ -103,7 +103,7 @@ class State:
 
 
 def _run_names(runs: tuple[str, ...]) -> dict[str, Path]:
-    from tinystories.run import find_checkpoint
+    from tinystories.rundir import find_checkpoint
 
     if not runs:
         raise UserError("--run is required: the run folder(s) to serve")
@@ -122,7 +122,7 @@ def _run_names(runs: tuple[str, ...]) -> dict[str, Path]:
 
 def _load(state: State, loop: asyncio.AbstractEventLoop) -> None:
     """Load every run on a thread (/health answers 503 meanwhile), then start the worker on the loop."""
-    from tinystories.run import load_run
+    from tinystories.rundir import load_run
 
     try:
         samplers = {}
