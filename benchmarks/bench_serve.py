@@ -193,7 +193,7 @@ def sample_rate(run: Path, streams: int, max_tokens: int, threads: int) -> float
     """Tokens/s of the library sampler (`tinystories sample`'s) over `streams` stories at `streams` rows."""
     import torch
 
-    from tinystories.run import load_run
+    from tinystories.rundir import load_run
     from tinystories.sample import SampleParams, complete
 
     torch.set_num_threads(threads)

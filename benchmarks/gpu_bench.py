@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tinystories import run as runlib
+from tinystories import rundir
 from tinystories.convert import hf as convert
 from tinystories.data.shards import FORMAT, token_dtype
 from tinystories.model import GPT
@@ -119,7 +119,7 @@ def ours_train(name: str, data: Path, work: Path, batch: int, seq: int, seconds:
         torch._dynamo.reset()  # each model compiles afresh, not counted against the last one's recompile limit
     summary = train(cfg, overrides or {})
     assert summary is not None
-    rows = [json.loads(line) for line in (run / runlib.METRICS_FILE).read_text().splitlines()]
+    rows = [json.loads(line) for line in (run / rundir.METRICS_FILE).read_text().splitlines()]
     steady = rows[1:-1] if len(rows) > 2 else rows[-1:]  # the first holds compilation, the last may be partial
     out = {
         "tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in steady)),
@@ -240,7 +240,7 @@ def smoke(work: Path, device: torch.device) -> None:
                                     device=str(device), dtype=dtype), tiny)
         assert summary is not None and math.isfinite(summary["loss"]), f"smoke {dtype}: loss {summary}"
         assert summary["loss"] < math.log(512) + 0.5, f"smoke {dtype}: loss {summary['loss']} is not a language model's"
-    loaded = runlib.load_run(run, device=device)
+    loaded = rundir.load_run(run, device=device)
     out = generate(loaded.model, [[0]] * 4, SampleParams(temperature=1.0, max_new_tokens=16, seed=0,
                                                          stop_at_eot=False), max_batch=4)
     assert [len(r) for r in out] == [16] * 4, out
@@ -260,7 +260,7 @@ def main() -> None:
     ap.add_argument("--phase", choices=("all", "smoke", "measure"), default="all",
                     help="smoke: only the smoke phase; measure: skip it (gpu.sh runs them as two processes)")
     args = ap.parse_args()
-    device = runlib.resolve_device(args.device)
+    device = rundir.resolve_device(args.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     seconds = args.seconds or (2.0 if args.tiny else 8.0)
