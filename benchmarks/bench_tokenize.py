@@ -100,8 +100,8 @@ def main() -> None:
 
     from tokenizers import __version__ as hf_version
 
-    from tinystories.data.shards import TokenizeConfig, tokenize
     from tinystories.data.stories import iter_stories
+    from tinystories.data.tokenize import TokenizeConfig, tokenize
     from tinystories.data.tokenizer import train_bpe
 
     unique = list(iter_stories(STORIES))

@@ -138,7 +138,7 @@ def loop_tokens_per_s(steps: int, batch: int, seq: int) -> float | None:
     """Our whole train() loop on real stories (llama-260k, 512-token BPE): best logged tokens/s after the first step."""
     if not STORIES.is_file():
         return None
-    from tinystories.data.shards import TokenizeConfig, tokenize
+    from tinystories.data.tokenize import TokenizeConfig, tokenize
     from tinystories.train import TrainConfig, train
 
     with tempfile.TemporaryDirectory() as tmp:

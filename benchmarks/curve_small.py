@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tinystories.data.shards import TokenizeConfig, open_dataset, tokenize
+from tinystories.data.shards import open_dataset
+from tinystories.data.tokenize import TokenizeConfig, tokenize
 from tinystories.io import atomic_open
 from tinystories.train import TrainConfig, train
 

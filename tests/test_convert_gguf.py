@@ -42,7 +42,7 @@ def s260k(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A small Llama-family run trained on the real stories with our own 512-token byte-level BPE."""
-    from tinystories.data.shards import TokenizeConfig, tokenize
+    from tinystories.data.tokenize import TokenizeConfig, tokenize
     from tinystories.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("gguf-trained")

@@ -119,7 +119,7 @@ def test_missing_models_and_no_network_are_one_line(tmp_path, capsys, monkeypatc
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A micro Llama run trained on the real stories, with eval/loss.json and eval/probes.json."""
-    from tinystories.data.shards import TokenizeConfig, tokenize
+    from tinystories.data.tokenize import TokenizeConfig, tokenize
     from tinystories.eval.loss import LossConfig, evaluate_loss
     from tinystories.eval.probes import ProbesConfig, evaluate_probes
     from tinystories.train import TrainConfig, train

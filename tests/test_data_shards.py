@@ -14,8 +14,9 @@ import pytest
 from tokenizers import Tokenizer as HFTokenizer
 
 from tinystories.cli import main
-from tinystories.data.shards import TokenizeConfig, open_dataset, split_of, token_dtype, tokenize
+from tinystories.data.shards import open_dataset, token_dtype
 from tinystories.data.stories import iter_stories
+from tinystories.data.tokenize import TokenizeConfig, split_of, tokenize
 from tinystories.data.tokenizer import load_tokenizer, train_bpe
 from tinystories.errors import UserError
 from tinystories.io import sha256_file
@@ -121,7 +122,7 @@ def test_rerun_is_up_to_date_and_different_settings_are_refused(built):
 
 
 def test_worker_processes_write_the_same_dataset(built, tmp_path, monkeypatch):
-    from tinystories.data import shards
+    from tinystories.data import tokenize as shards
 
     path, out, _ = built
     monkeypatch.setattr(shards, "_POOL_MIN_BYTES", 0)

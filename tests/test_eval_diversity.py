@@ -341,7 +341,7 @@ def test_blocks_cover_every_story_once_within_their_limits():
 
 def test_dataset_folder_corpus_is_its_split_decoded(real, tmp_path):
     from tinystories.cli import run
-    from tinystories.data.shards import split_of
+    from tinystories.data.tokenize import split_of
 
     data = data_file("tinystories/TinyStories-valid.first201.txt")
     run(["tokenize", "--data", str(data), "--out", str(tmp_path / "ds"), "--vocab-size", "400",

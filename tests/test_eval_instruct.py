@@ -36,7 +36,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def instruct_run(tmp_path_factory):
     """A procedural Instruct corpus, its dataset, and a tiny model trained on it for a few seconds."""
-    from tinystories.data.shards import TokenizeConfig, tokenize
+    from tinystories.data.tokenize import TokenizeConfig, tokenize
     from tinystories.synth.generate import SynthConfig, synth
     from tinystories.train import TrainConfig, train
 

@@ -116,7 +116,7 @@ def test_story_windows_cover_each_prediction_once():
 
 
 def test_dataset_folder_matches_story_file(setup, tmp_path):
-    from tinystories.data.shards import TokenizeConfig, tokenize
+    from tinystories.data.tokenize import TokenizeConfig, tokenize
 
     run, stories, _, _ = setup
     ds = tmp_path / "ds"

@@ -132,7 +132,7 @@ def test_decontam_finds_an_item_copied_into_the_corpus(tmp_path):
 
 
 def test_decontam_reads_a_dataset_folder_and_the_default_sets(tmp_path):
-    from tinystories.data.shards import TokenizeConfig, tokenize
+    from tinystories.data.tokenize import TokenizeConfig, tokenize
 
     fact = builtin_items(["fact"])[0]
     stories = tmp_path / "s.txt"

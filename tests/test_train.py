@@ -45,7 +45,7 @@ MICRO_FLAGS = ["--model-d-model", "32", "--model-n-layer", "2", "--model-n-head"
 
 def make_dataset(folder: Path, stories: Path, vocab_size: int = 512) -> Path:
     """A dataset folder from a story file: 512-token BPE, 10% of the stories held out."""
-    from tinystories.data.shards import TokenizeConfig, tokenize
+    from tinystories.data.tokenize import TokenizeConfig, tokenize
 
     tokenize(TokenizeConfig(data=(str(stories),), out=str(folder), vocab_size=vocab_size, val_fraction=0.1,
                             workers=1))

@@ -55,7 +55,7 @@ COMMANDS: dict[str, Command] = {
         "copy a story corpus without its near-duplicates (MinHash on word 5-shingles)",
     ),
     "tokenize": Command(
-        "tinystories.data.shards:tokenize",
+        "tinystories.data.tokenize:tokenize",
         "train or load a tokenizer and pretokenize stories into a dataset folder",
     ),
     "train": Command(

@@ -96,7 +96,7 @@ class EvalConfig:
 
 
 def _sections() -> dict[str, type]:
-    from tinystories.data.shards import TokenizeConfig
+    from tinystories.data.tokenize import TokenizeConfig
     from tinystories.eval.diversity import DiversityConfig
     from tinystories.eval.judge import JudgeConfig
     from tinystories.eval.probes import ProbesConfig
@@ -309,13 +309,13 @@ def _clean_synth(p: Pipeline) -> None:
 
 
 def _tokenize_config(p: Pipeline) -> Any:
-    from tinystories.data.shards import TokenizeConfig
+    from tinystories.data.tokenize import TokenizeConfig
 
     return build(TokenizeConfig, {**p.section("tokenize"), "data": (str(_synth_txt(p)),), "out": str(p.data)})
 
 
 def _run_tokenize(p: Pipeline, resume: bool) -> dict[str, Any]:
-    from tinystories.data.shards import tokenize
+    from tinystories.data.tokenize import tokenize
 
     r = tokenize(_tokenize_config(p))
     return {k: r[k] for k in ("vocab_size", "train", "val", "bytes_per_token") if k in r}

@@ -241,16 +241,11 @@ def is_sentencepiece_json(spec: dict) -> bool:
     return model.get("type") == "BPE" and bool(model.get("byte_fallback")) and isinstance(vocab, dict) and "<s>" in vocab
 
 
-def load_llama2c_tokenizer(path: str | os.PathLike) -> Any:
-    """A `Tokenizer` from a llama2.c `.bin` or a SentencePiece `.model` file."""
-    from tinystories.data.tokenizer import Tokenizer
-
+def llama2c_json(path: str | os.PathLike) -> str:
+    """The `tokenizer.json` text of a llama2.c `.bin` or a SentencePiece `.model` file."""
     path = Path(path)
-    if path.suffix == ".model":
-        pieces = read_sentencepiece_model(path)
-    else:
-        pieces = read_llama2c_vocab(path)
-    return Tokenizer(pieces_to_json(pieces), name=str(path))
+    pieces = read_sentencepiece_model(path) if path.suffix == ".model" else read_llama2c_vocab(path)
+    return pieces_to_json(pieces)
 
 
 # --- back to tokenizer.bin ------------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from tinystories.data.llama2c_tokenizer import is_sentencepiece_json, llama2c_json
 from tinystories.errors import UserError
 from tinystories.io import atomic_write_text
 
@@ -340,8 +341,6 @@ class Tokenizer:
 
     @functools.cached_property
     def _sentencepiece(self) -> bool:
-        from tinystories.data.llama2c_tokenizer import is_sentencepiece_json
-
         return is_sentencepiece_json(json.loads(self._json))
 
     @functools.cached_property
@@ -352,8 +351,6 @@ class Tokenizer:
 
 
 def _find_eot(spec: dict) -> int:
-    from tinystories.data.llama2c_tokenizer import is_sentencepiece_json
-
     if is_sentencepiece_json(spec):
         # llama2.c-style models learn [BOS] + story and stop at BOS: BOS plays end-of-text.
         return int(spec["model"]["vocab"]["<s>"])
@@ -599,9 +596,7 @@ def load_tokenizer(spec: str | os.PathLike) -> Tokenizer:
             raise UserError(f"no tokenizer.json (or encoder.json + vocab.bpe) in {path}")
         return tok
     if path.is_file() and path.suffix in (".bin", ".model"):
-        from tinystories.data.llama2c_tokenizer import load_llama2c_tokenizer
-
-        return load_llama2c_tokenizer(path)
+        return Tokenizer(llama2c_json(path), name=str(path))
     if path.is_file():
         return from_tokenizer_json(path)
     raise UserError(
