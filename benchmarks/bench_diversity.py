@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from tinystories.data.stories import iter_stories
-from tinystories.eval.diversity import CorpusIndex, cut_story, measure, open_corpus, pick_stories
+from tinystories.eval.corpus import CorpusIndex, open_corpus
+from tinystories.eval.diversity import cut_story, measure, pick_stories
 from tinystories.io import atomic_write_json
 from tinystories.synth.lexicon import load_lexicon
 from tinystories.synth.procedural import story_record

@@ -14,23 +14,16 @@ import torch
 from conftest import testdata_path as data_file
 from tinystories.data.stories import iter_stories
 from tinystories.errors import UserError
-from tinystories.eval import diversity
+from tinystories.eval import corpus as diversity
+from tinystories.eval.corpus import CorpusIndex, corpus_index, gram_hashes, open_corpus, word_keys
 from tinystories.eval.diversity import (
     NEVER,
-    CorpusIndex,
     DiversityConfig,
-    corpus_index,
     cut_story,
     evaluate_diversity,
-    gram_hashes,
     kgram_frequencies,
-    most_similar,
-    ngram_counts,
-    open_corpus,
-    rouge_n,
-    word_keys,
-    words,
 )
+from tinystories.eval.rouge import most_similar, ngram_counts, rouge_n, words
 
 rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
 
