@@ -1,7 +1,9 @@
 """`tinystories serve`: an OpenAI-compatible HTTP server and a story playground for trained runs.
 
 - `engine.py`: the model worker (continuous batching over `sample.Sampler`).
-- `api.py`: the Starlette app (request checking, OpenAI-shaped answers and errors, streaming).
+- `api.py`: the Starlette app (OpenAI-shaped answers and errors, streaming).
+- `requests.py`: checking request bodies field by field.
+- `choices.py`: a choice's text and log-probabilities as its tokens arrive.
 - `static/`: the playground page served at `/`.
 
 Starlette and uvicorn come with the `[serve]` extra and are imported only here.
@@ -12,7 +14,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from tinystories.config import check
 from tinystories.errors import UserError
+
+AT_LEAST_1 = {"min": 1}
 
 
 @dataclass
@@ -31,17 +36,17 @@ class ServeConfig:
     """Torch device of the models: auto (CUDA when present, else the CPU), cpu, cuda, cuda:1."""
     step: int | None = None
     """Checkpoint step to load; default = the latest of each run."""
-    max_streams: int = 64
+    max_streams: int = field(default=64, metadata=AT_LEAST_1)
     """Sequences decoded together per model (the running batch); more wait in the queue."""
-    max_queue: int = 256
+    max_queue: int = field(default=256, metadata=AT_LEAST_1)
     """Sequences that may wait for a free batch row; a request that does not fit gets 429."""
-    max_prompt_tokens: int = 1024
+    max_prompt_tokens: int = field(default=1024, metadata=AT_LEAST_1)
     """Most tokens in one prompt (also cut to the model's context); more gets 400."""
-    max_tokens: int = 1024
+    max_tokens: int = field(default=1024, metadata=AT_LEAST_1)
     """Most new tokens one choice may ask for (`max_tokens`); more gets 400."""
-    max_n: int = 8
+    max_n: int = field(default=8, metadata=AT_LEAST_1)
     """Most choices per request (`n`, times the number of prompts); more gets 400."""
-    max_body_bytes: int = 1_000_000
+    max_body_bytes: int = field(default=1_000_000, metadata=AT_LEAST_1)
     """Largest request body; more gets 413."""
     step_slice_ms: float = 20.0
     """Decode steps run for up to this long before the server sends what they made (longer: more tokens per event)."""
@@ -49,9 +54,7 @@ class ServeConfig:
     """uvicorn's log level (critical, error, warning, info, debug)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_streams", "max_queue", "max_prompt_tokens", "max_tokens", "max_n", "max_body_bytes"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        check(self)
         if not 0 <= self.port < 65536:
             raise UserError(f"--port must be in 0..65535, got {self.port}")
 

@@ -1,11 +1,9 @@
 """The HTTP side of `tinystories serve`: OpenAI-shaped endpoints over the model worker.
 
-Every request body is checked field by field before any work is queued: a
-wrong type, an unknown field or a value over a limit is answered with a 4xx in
-OpenAI's error shape, `{"error": {"message", "type", "param", "code"}}`. A
+Every request body is checked field by field before any work is queued
+(`requests.py`); a mistake is answered with a 4xx in OpenAI's error shape. A
 request's choices are queued as jobs for the worker (`engine.py`); their token
-events come back on the event loop, are turned into text (never half a UTF-8
-character, stop strings held back until they are decided) and are sent as
+events come back on the event loop, are turned into text (`choices.py`) and are sent as
 server-sent events or gathered into one answer. A client that goes away cancels
 its jobs, which frees their rows before the next step.
 """
@@ -18,12 +16,11 @@ import gc
 import hmac
 import json
 import logging
-import math
 import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +34,6 @@ from starlette.staticfiles import StaticFiles
 
 from tinystories.errors import UserError
 from tinystories.sample import (
-    FINISH_STOP,
     IncrementalDecoder,
     SampleParams,
     Sampler,
@@ -45,26 +41,20 @@ from tinystories.sample import (
     prompt_ids,
 )
 from tinystories.serve import ServeConfig, api_key
+from tinystories.serve.choices import Choice, chat_logprobs, completion_logprobs
 from tinystories.serve.engine import Job, QueueFull, Worker
+from tinystories.serve.requests import (
+    ApiError,
+    attention_spec,
+    bad_param,
+    chat_spec,
+    check_body,
+    completion_spec,
+    read_json_body,
+)
 
 log = logging.getLogger("tinystories.serve")
 STATIC = Path(__file__).parent / "static"
-MAX_STOP = 4
-"""Stop strings per request at most (as OpenAI's API)."""
-MAX_TOP_LOGPROBS = 5
-"""Alternatives per token at most (`logprobs` of /v1/completions, `top_logprobs` of chat)."""
-
-
-class ApiError(Exception):
-    """An error answered in OpenAI's shape with an HTTP status."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type_: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type_
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 def _error_response(e: ApiError) -> JSONResponse:
@@ -147,283 +137,6 @@ def _load(state: State, loop: asyncio.AbstractEventLoop) -> None:
     loop.call_soon_threadsafe(start)
 
 
-# --- checking requests ----------------------------------------------------------------
-
-
-def _type_name(v: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
-            dict: "an object", type(None): "null"}.get(type(v), type(v).__name__)
-
-
-def _bad(param: str, message: str, code: str | None = None) -> ApiError:
-    return ApiError(400, f"{param}: {message}", param=param, code=code)
-
-
-def _int(lo: int, hi: int | None = None, limit: str | None = None) -> Callable[[str, Any], int]:
-    def check(name: str, v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise _bad(name, f"expected an integer, got {_type_name(v)}")
-        if v < lo:
-            raise _bad(name, f"must be >= {lo}, got {v}")
-        if hi is not None and v > hi:
-            why = f" (the server's {limit})" if limit else ""
-            raise _bad(name, f"must be <= {hi}{why}, got {v}")
-        return v
-    return check
-
-
-def _num(lo: float, hi: float, lo_open: bool = False) -> Callable[[str, Any], float]:
-    def check(name: str, v: Any) -> float:
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise _bad(name, f"expected a number, got {_type_name(v)}")
-        v = float(v)
-        if not math.isfinite(v) or v > hi or v < lo or (lo_open and v == lo):
-            raise _bad(name, f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {v:g}")
-        return v
-    return check
-
-
-def _bool(name: str, v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise _bad(name, f"expected a boolean, got {_type_name(v)}")
-    return v
-
-
-def _str(name: str, v: Any) -> str:
-    if not isinstance(v, str):
-        raise _bad(name, f"expected a string, got {_type_name(v)}")
-    return v
-
-
-def _zero(name: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or v != 0:
-        raise _bad(name, "only 0 is supported", code="unsupported_value")
-    return 0.0
-
-
-def _empty(name: str, v: Any) -> None:
-    if v not in (None, {}, ""):
-        raise _bad(name, "not supported", code="unsupported_value")
-
-
-def _stop(name: str, v: Any) -> list[str]:
-    items = [v] if isinstance(v, str) else v
-    if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
-        raise _bad(name, "expected a string or an array of strings")
-    if len(items) > MAX_STOP:
-        raise _bad(name, f"at most {MAX_STOP} stop strings, got {len(items)}")
-    if any(s == "" for s in items):
-        raise _bad(name, "stop strings must not be empty")
-    return items
-
-
-def _stream_options(name: str, v: Any) -> bool:
-    if not isinstance(v, dict) or set(v) - {"include_usage"}:
-        raise _bad(name, 'expected {"include_usage": true|false}')
-    return _bool(name + ".include_usage", v.get("include_usage", False))
-
-
-def _prompt(name: str, v: Any) -> list[str | list[int]]:
-    """A string, an array of strings, an array of token ids, or an array of arrays of token ids."""
-    if isinstance(v, str):
-        return [v]
-    if isinstance(v, list) and v:
-        if all(isinstance(x, str) for x in v):
-            return list(v)
-        if all(isinstance(x, int) and not isinstance(x, bool) for x in v):
-            return [list(v)]
-        if all(isinstance(x, list) and x and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
-               for x in v):
-            return [list(x) for x in v]
-    raise _bad(name, "expected a string, an array of strings, or (arrays of) token ids")
-
-
-def _messages(name: str, v: Any) -> list[dict[str, str]]:
-    if not isinstance(v, list) or not v:
-        raise _bad(name, "expected a non-empty array of messages")
-    out = []
-    for i, m in enumerate(v):
-        where = f"{name}[{i}]"
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or "content" not in m:
-            raise _bad(where, 'expected {"role": ..., "content": ...}')
-        if set(m) - {"role", "content", "name"}:
-            raise _bad(where, f"unknown field(s) {', '.join(sorted(set(m) - {'role', 'content', 'name'}))}")
-        if m["role"] not in ("system", "developer", "user", "assistant"):
-            raise _bad(where + ".role", f"unknown role {m['role']!r}")
-        content = m["content"]
-        if isinstance(content, list):  # content parts: only text parts mean something to a story model
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
-                raise _bad(where + ".content", "only text content parts are supported")
-            content = "".join(p["text"] for p in content)
-        elif not isinstance(content, str):
-            raise _bad(where + ".content", f"expected a string, got {_type_name(content)}")
-        out.append({"role": m["role"], "content": content})
-    return out
-
-
-def _check(body: dict[str, Any], spec: dict[str, tuple[Callable[[str, Any], Any], Any]]) -> dict[str, Any]:
-    """Each field of `body` through its checker; absent or null fields take their default; unknown ones fail."""
-    unknown = sorted(set(body) - set(spec))
-    if unknown:
-        raise ApiError(400, f"unknown field(s): {', '.join(unknown)}", param=unknown[0], code="unknown_field")
-    out = {}
-    for name, (check, default) in spec.items():
-        v = body.get(name)
-        out[name] = default if v is None else check(name, v)
-    return out
-
-
-def _common_spec(cfg: ServeConfig) -> dict[str, tuple[Callable[[str, Any], Any], Any]]:
-    return {
-        "model": (_str, None),
-        "temperature": (_num(0.0, 2.0), 1.0),
-        "top_p": (_num(0.0, 1.0, lo_open=True), 1.0),
-        "top_k": (_int(0), 0),
-        "n": (_int(1, cfg.max_n, "--max-n"), 1),
-        "stop": (_stop, []),
-        "seed": (_int(-(2**63), 2**63 - 1), None),
-        "stream": (_bool, False),
-        "stream_options": (_stream_options, False),
-        "user": (_str, None),
-        "presence_penalty": (_zero, 0.0),
-        "frequency_penalty": (_zero, 0.0),
-        "logit_bias": (lambda n, v: _empty(n, v), None),
-    }
-
-
-def completion_spec(cfg: ServeConfig) -> dict[str, tuple[Callable[[str, Any], Any], Any]]:
-    return {
-        **_common_spec(cfg),
-        "prompt": (_prompt, [""]),
-        "max_tokens": (_int(1, cfg.max_tokens, "--max-tokens"), 16),
-        "logprobs": (_int(0, MAX_TOP_LOGPROBS), None),
-        "echo": (_bool, False),
-        "best_of": (_int(1), None),
-        "suffix": (lambda n, v: _empty(n, v), None),
-    }
-
-
-def chat_spec(cfg: ServeConfig) -> dict[str, tuple[Callable[[str, Any], Any], Any]]:
-    return {
-        **_common_spec(cfg),
-        "messages": (_messages, None),
-        "max_tokens": (_int(1, cfg.max_tokens, "--max-tokens"), None),
-        "max_completion_tokens": (_int(1, cfg.max_tokens, "--max-tokens"), None),
-        "logprobs": (_bool, False),
-        "top_logprobs": (_int(0, MAX_TOP_LOGPROBS), None),
-    }
-
-
-async def _json_body(request: Request, limit: int) -> dict[str, Any]:
-    size = request.headers.get("content-length")
-    if size is not None and size.isdigit() and int(size) > limit:
-        raise ApiError(413, f"request body of {size} bytes is over the server's limit of {limit}",
-                       code="request_too_large")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, f"request body is over the server's limit of {limit} bytes", code="request_too_large")
-    try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"malformed JSON in the request body: {e}", code="invalid_json") from None
-    if not isinstance(obj, dict):
-        raise ApiError(400, f"the request body must be a JSON object, got {_type_name(obj)}", code="invalid_json")
-    return obj
-
-
-# --- from token events to text ----------------------------------------------------------
-
-
-_FINISH = {FINISH_STOP: "stop"}  # FINISH_LENGTH and FINISH_CONTEXT both read "length"
-
-
-class Choice:
-    """One choice's text as its tokens arrive: UTF-8 whole, stop strings cut, log-probabilities lined up."""
-
-    def __init__(self, index: int, tokenizer: Any, prompt: list[int], stop: list[str], logprobs: bool):
-        self.index = index
-        self.tok = tokenizer
-        self.decoder = IncrementalDecoder(tokenizer.decode, prompt)
-        self.stop = stop
-        self.want_logprobs = logprobs
-        self.text = ""  # everything decoded so far (cut at a stop string once one is found)
-        self.sent = 0  # characters of `text` handed out
-        self.entries: list[tuple[int, str, float, list[tuple[str, float]]]] = []  # (offset, token, logprob, top)
-        self.entries_sent = 0
-        self.tokens = 0
-        self.finish: str | None = None
-        self.cut = False  # a stop string ended the text
-
-    def _alternative(self, context: list[int], token: int) -> str:
-        return self.tok.decode([*context, token])[len(self.tok.decode(context)):]
-
-    def feed(self, events: list[StepEvent]) -> None:
-        """The events of one slice, in order (the last one may end the sequence)."""
-        if self.stop or self.want_logprobs:
-            for ev in events:
-                if self.finish is not None:
-                    break  # a stop string ended the text: the rest is not counted
-                self._feed_one(ev)
-            return
-        # Nothing to look at token by token: decode the slice's tokens at once.
-        reason = events[-1].finish_reason
-        self.tokens += len(events)
-        pushed = events[:-1] if reason == FINISH_STOP else events  # end-of-text has no text
-        piece = self.decoder.push_many([ev.token for ev in pushed]) if pushed else ""
-        if reason is not None:
-            piece += self.decoder.flush()
-            self.finish = _FINISH.get(reason, "length")
-        self.text += piece
-
-    def _feed_one(self, ev: StepEvent) -> None:
-        self.tokens += 1
-        if ev.finish_reason == FINISH_STOP:
-            piece = self.decoder.flush()
-        else:
-            if ev.logprobs is not None and self.want_logprobs:
-                ctx = self.decoder.ids[-IncrementalDecoder.CONTEXT:]
-                top = [(self._alternative(ctx, t), lp) for t, lp in ev.logprobs.top]
-                self.entries.append((len(self.text), self._alternative(ctx, ev.token), ev.logprobs.logprob, top))
-            piece = self.decoder.push(ev.token)
-            if ev.finish_reason is not None:
-                piece += self.decoder.flush()
-        if ev.finish_reason is not None:
-            self.finish = _FINISH.get(ev.finish_reason, "length")
-        start = max(0, len(self.text) - max((len(s) for s in self.stop), default=0))
-        self.text += piece
-        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
-        if hits:
-            self.text = self.text[: min(hits)]
-            self.finish = "stop"
-            self.cut = True
-
-    def take(self) -> tuple[str, list[tuple[int, str, float, list[tuple[str, float]]]]]:
-        """The text (and its tokens' log-probabilities) that can be handed out now."""
-        end = len(self.text)
-        if self.finish is None and self.stop:  # hold back a tail that may be the start of a stop string
-            for s in self.stop:
-                for k in range(min(len(s) - 1, end), 0, -1):
-                    if self.text.endswith(s[:k]):
-                        end = min(end, len(self.text) - k)
-                        break
-        out = self.text[self.sent : end]
-        self.sent = max(self.sent, end)
-        # A token belongs to the text it starts in; at the end, tokens of no text (end-of-text's
-        # neighbours, a held-back byte) count too, unless a stop string cut them off.
-        final = self.finish is not None and end == len(self.text)
-        entries = []
-        while self.entries_sent < len(self.entries):
-            offset = self.entries[self.entries_sent][0]
-            if not (offset < end or (final and offset == end and not self.cut)):
-                break
-            entries.append(self.entries[self.entries_sent])
-            self.entries_sent += 1
-        return out, entries
-
-
 def _sse(obj: dict[str, Any]) -> str:
     """One server-sent event carrying a JSON object."""
     return "data: " + json.dumps(obj, separators=(",", ":")) + "\n\n"
@@ -451,22 +164,6 @@ class _TextChunks:
         return f'{self.head}{index}{body},"logprobs":null,"finish_reason":{end}}}]}}\n\n'
 
 
-def _completion_logprobs(entries: list, offset: int) -> dict[str, Any]:
-    return {
-        "tokens": [e[1] for e in entries],
-        "token_logprobs": [e[2] for e in entries],
-        "top_logprobs": [dict(e[3]) for e in entries],
-        "text_offset": [offset + e[0] for e in entries],
-    }
-
-
-def _chat_logprobs(entries: list) -> dict[str, Any]:
-    def one(text: str, lp: float) -> dict[str, Any]:
-        return {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8"))}
-
-    return {"content": [{**one(e[1], e[2]), "top_logprobs": [one(t, lp) for t, lp in e[3]]} for e in entries]}
-
-
 # --- the endpoints --------------------------------------------------------------------
 
 
@@ -482,7 +179,7 @@ def chat_prompt(messages: list[dict[str, str]]) -> str:
     """
     users = [m["content"] for m in messages if m["role"] == "user"]
     if not users:
-        raise _bad("messages", "no user message: the last user message is the story prompt")
+        raise bad_param("messages", "no user message: the last user message is the story prompt")
     text = users[-1].strip()
     if _INSTRUCT_FIELD.search(text) and "Story:" not in text:
         text += "\nStory:"
@@ -519,7 +216,7 @@ class Api:
 
     def _model(self, name: str | None) -> Served:
         if name is None:
-            raise _bad("model", "required: one of " + ", ".join(self.state.runs))
+            raise bad_param("model", "required: one of " + ", ".join(self.state.runs))
         served = self.state.models.get(name)
         if served is None:
             raise ApiError(404, f"the model {name!r} does not exist; served: {', '.join(self.state.runs)}",
@@ -530,7 +227,7 @@ class Api:
         tok = served.tokenizer
         ids = prompt_ids(tok, prompt) if isinstance(prompt, str) else prompt
         if isinstance(prompt, list) and (min(ids) < 0 or max(ids) >= tok.vocab_size):
-            raise _bad("prompt", f"token ids must be in [0, {tok.vocab_size})")
+            raise bad_param("prompt", f"token ids must be in [0, {tok.vocab_size})")
         limit = min(self.state.cfg.max_prompt_tokens, served.context - 1)
         if len(ids) > limit:
             raise ApiError(400, f"the prompt has {len(ids)} tokens; at most {limit} fit (model context "
@@ -540,8 +237,8 @@ class Api:
 
     async def _start(self, request: Request, kind: str) -> tuple[dict[str, Any], Served, Worker]:
         self._auth(request)
-        body = await _json_body(request, self.state.cfg.max_body_bytes)
-        args = _check(body, completion_spec(self.state.cfg) if kind == "completion" else chat_spec(self.state.cfg))
+        body = await read_json_body(request, self.state.cfg.max_body_bytes)
+        args = check_body(body, completion_spec(self.state.cfg) if kind == "completion" else chat_spec(self.state.cfg))
         worker = self._worker()
         served = self._model(args["model"])
         return args, served, worker
@@ -568,10 +265,10 @@ class Api:
     async def completions(self, request: Request) -> Response:
         args, served, worker = await self._start(request, "completion")
         if args["best_of"] not in (None, args["n"]):
-            raise _bad("best_of", "only best_of == n is supported", code="unsupported_value")
+            raise bad_param("best_of", "only best_of == n is supported", code="unsupported_value")
         prompts = [self._encode(served, p) for p in args["prompt"]]
         if len(prompts) * args["n"] > self.state.cfg.max_n:
-            raise _bad("n", f"{len(prompts)} prompts x n={args['n']} choices is over the server's --max-n "
+            raise bad_param("n", f"{len(prompts)} prompts x n={args['n']} choices is over the server's --max-n "
                        f"{self.state.cfg.max_n}")
         lp = args["logprobs"]
         echo = [served.tokenizer.decode(p) if args["echo"] else "" for p in prompts]
@@ -580,28 +277,27 @@ class Api:
     async def chat(self, request: Request) -> Response:
         args, served, worker = await self._start(request, "chat")
         if args["messages"] is None:
-            raise _bad("messages", "required")
+            raise bad_param("messages", "required")
         text = chat_prompt(args["messages"])
         prompts = [self._encode(served, text)]
         max_tokens = args["max_completion_tokens"] or args["max_tokens"] or self.state.cfg.max_tokens
         lp = (args["top_logprobs"] or 0) if args["logprobs"] else None
         if args["top_logprobs"] is not None and not args["logprobs"]:
-            raise _bad("top_logprobs", "needs logprobs: true")
+            raise bad_param("top_logprobs", "needs logprobs: true")
         return await self._run(request, served, worker, args, prompts, max_tokens, lp, "chat", [""])
 
     async def attention(self, request: Request) -> Response:
         """Attention of every token over the text, for one layer and head (from the hook site)."""
         self._auth(request)
-        body = await _json_body(request, self.state.cfg.max_body_bytes)
-        args = _check(body, {"model": (_str, None), "text": (_str, ""), "layer": (_int(0), 0),
-                             "head": (_int(0), 0)})
+        body = await read_json_body(request, self.state.cfg.max_body_bytes)
+        args = check_body(body, attention_spec())
         self._worker()
         served = self._model(args["model"])
         cfg = served.model.config
         if args["layer"] >= cfg.n_layer:
-            raise _bad("layer", f"the model has {cfg.n_layer} layers (0..{cfg.n_layer - 1})")
+            raise bad_param("layer", f"the model has {cfg.n_layer} layers (0..{cfg.n_layer - 1})")
         if args["head"] >= cfg.n_head:
-            raise _bad("head", f"the model has {cfg.n_head} heads (0..{cfg.n_head - 1})")
+            raise bad_param("head", f"the model has {cfg.n_head} heads (0..{cfg.n_head - 1})")
         ids = prompt_ids(served.tokenizer, args["text"])[: served.context]
 
         def run() -> list[list[float]]:
@@ -680,11 +376,11 @@ class Api:
             text, entries = c.take()
             offset = len(echo[c.index // n])
             if kind == "completion":
-                lp = _completion_logprobs(entries, offset) if c.want_logprobs else None
+                lp = completion_logprobs(entries, offset) if c.want_logprobs else None
                 out.append({"index": c.index, "text": echo[c.index // n] + text, "logprobs": lp,
                             "finish_reason": c.finish})
             else:
-                lp = _chat_logprobs(entries) if c.want_logprobs else None
+                lp = chat_logprobs(entries) if c.want_logprobs else None
                 out.append({"index": c.index, "message": {"role": "assistant", "content": text}, "logprobs": lp,
                             "finish_reason": c.finish})
         obj = "text_completion" if kind == "completion" else "chat.completion"
@@ -743,11 +439,11 @@ class Api:
                     if not c.want_logprobs:
                         out.append(text_chunk(c.index, text, c.finish))
                     elif kind == "completion":
-                        lp = _completion_logprobs(entries, len(echo[c.index // n]))
+                        lp = completion_logprobs(entries, len(echo[c.index // n]))
                         out.append(chunk({"index": c.index, "text": text, "logprobs": lp,
                                           "finish_reason": c.finish}))
                     else:
-                        lp = _chat_logprobs(entries)
+                        lp = chat_logprobs(entries)
                         delta = {"content": text} if text or c.finish is None else {}
                         out.append(chunk({"index": c.index, "delta": delta, "logprobs": lp,
                                           "finish_reason": c.finish}))
