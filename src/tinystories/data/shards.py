@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,27 @@ class Dataset:
 
     def tokenizer(self) -> Tokenizer:
         return load_tokenizer(self.path)
+
+    def split(self, name: str, *, nonempty: bool = False) -> Split:
+        """The split called `name`; a UserError when it is missing (or, with `nonempty`, has no documents)."""
+        if name not in self.splits:
+            raise UserError(f"dataset {self.path} has no {name!r} split (has: {', '.join(self.splits)})")
+        split = self.splits[name]
+        if nonempty and split.n_documents == 0:
+            raise UserError(f"the {name!r} split of {self.path} has no documents")
+        return split
+
+    def stories(self, name: str) -> Iterator[str]:
+        """The documents of split `name` decoded back to text, in stored order."""
+        split = self.split(name)
+        tok = self.tokenizer()
+        for i in range(split.n_documents):
+            yield tok.decode(split.document(i)[1:].tolist())  # stored as [eot] + tokens
+
+
+def is_dataset(path: str | os.PathLike) -> bool:
+    """Whether `path` is a dataset folder (it holds a meta.json) rather than story files."""
+    return (Path(path) / "meta.json").is_file()
 
 
 def open_dataset(folder: str | os.PathLike) -> Dataset:

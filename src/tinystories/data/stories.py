@@ -16,11 +16,12 @@ from __future__ import annotations
 import glob
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tinystories.data.shards import is_dataset, open_dataset
 from tinystories.errors import UserError
 
 SEPARATOR = "<|endoftext|>"
@@ -100,6 +101,16 @@ def iter_stories(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> Ite
     for source in resolve(inputs):
         for record in read_source(source):
             yield record["story"]
+
+
+def corpus_stories(data: Sequence[str | os.PathLike], split: str = "train") -> Iterator[str]:
+    """Stories of story files, or the documents of one dataset folder's `split` decoded back to text."""
+    if len(data) == 1 and is_dataset(data[0]):
+        yield from open_dataset(data[0]).stories(split)
+        return
+    if any(is_dataset(d) for d in data):
+        raise UserError("give either one dataset folder or story files, not both")
+    yield from iter_stories(list(data))
 
 
 def read_source(source: Source) -> Iterator[dict[str, Any]]:
@@ -194,6 +205,18 @@ def normalize_record(record: Any, where: str) -> dict[str, Any] | None:
                 out[key] = instruction[key]
     out["story"] = out["story"].strip()
     return out if out["story"] else None
+
+
+def json_lines(lines: Iterable[str], where: str) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of JSON lines; a bad line is a UserError naming `where:line`."""
+    for line_no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}:{line_no}: not JSON ({e.msg})") from None
+        yield line_no, value
 
 
 def _key(key: str) -> str:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from tinystories.data import stories as story_io
-from tinystories.data.shards import open_dataset
+from tinystories.data.shards import is_dataset, open_dataset
 from tinystories.errors import UserError
 from tinystories.io import atomic_save, atomic_write_json, sha256_file
 
@@ -491,18 +491,12 @@ def open_corpus(data: Sequence[str], split: str = "train", max_stories: int = 0)
         raise UserError("no training corpus: give --data (story files or a dataset folder)")
     if max_stories < 0:
         raise UserError(f"--max-stories must be >= 0, got {max_stories}")
-    if len(data) == 1 and (Path(data[0]) / "meta.json").is_file():
+    if len(data) == 1 and is_dataset(data[0]):
         ds = open_dataset(data[0])
-        if split not in ds.splits:
-            raise UserError(f"dataset {data[0]} has no {split!r} split (has: {', '.join(ds.splits)})")
-        sp = ds.splits[split]
-        if sp.n_documents == 0:
-            raise UserError(f"the {split!r} split of {data[0]} has no documents")
+        ds.split(split, nonempty=True)
 
         def read() -> Iterator[str]:
-            tok = ds.tokenizer()
-            for i in range(sp.n_documents):
-                yield tok.decode(sp.document(i)[1:].tolist())  # stored as [eot] + tokens
+            return ds.stories(split)
 
         info: dict[str, Any] = {"dataset": data[0], "split": split, "content_hash": ds.content_hash}
     else:

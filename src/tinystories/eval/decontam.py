@@ -28,12 +28,16 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tinystories.config import check
+from tinystories.data.stories import corpus_stories, json_lines
 from tinystories.errors import UserError
+from tinystories.io import atomic_write_json, sha256_file
+from tinystories.rundir import read_config
 
 WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 SKIP_KEYS = {"id", "category", "source", "wrong", "accept", "kind", "features", "words"}
@@ -51,7 +55,7 @@ class DecontamConfig:
     """Run folder: its dataset is the default corpus, and the report is written to <run>/eval/decontam.json."""
     sets: tuple[str, ...] = ()
     """Eval item files to check (JSONL, YAML, JSON, text); default: every file in the package's eval/sets."""
-    n: int = 6
+    n: int = field(default=6, metadata={"min": 1})
     """Length of the word n-grams compared."""
     threshold: float = 0.5
     """An item counts as contaminated when at least this fraction of its n-grams occurs in the corpus."""
@@ -128,13 +132,7 @@ def read_items(path: str | os.PathLike) -> list[tuple[str, str]]:
     suffix = path.suffix.lower()
     records: list[Any]
     if suffix in (".jsonl", ".ndjson"):
-        records = []
-        for line_no, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{line_no}: not JSON ({e.msg})") from None
+        records = [value for _, value in json_lines(text.splitlines(), str(path))]
     elif suffix == ".json":
         try:
             data = json.loads(text)
@@ -163,26 +161,6 @@ def default_sets() -> list[Path]:
 # --- the corpus ---------------------------------------------------------------------------
 
 
-def corpus_texts(data: Sequence[str]) -> Iterator[str]:
-    """Stories of story files, or the decoded documents of a dataset folder's train split."""
-    if len(data) == 1 and (Path(data[0]) / "meta.json").is_file():
-        from tinystories.data.shards import open_dataset
-
-        ds = open_dataset(data[0])
-        if "train" not in ds.splits:
-            raise UserError(f"dataset {data[0]} has no train split (has: {', '.join(ds.splits)})")
-        tok = ds.tokenizer()
-        split = ds.splits["train"]
-        for i in range(split.n_documents):
-            yield tok.decode(split.document(i)[1:].tolist())  # documents are stored as [eot] + tokens
-        return
-    if any((Path(d) / "meta.json").is_file() for d in data):
-        raise UserError("give either one dataset folder or story files, not both")
-    from tinystories.data.stories import iter_stories
-
-    yield from iter_stories(list(data))
-
-
 def scan(texts: Iterator[str], grams: set[tuple[str, ...]], n: int) -> tuple[dict[tuple[str, ...], int], int, int]:
     """How often each of `grams` occurs in `texts`; also the number of texts and of words read."""
     firsts = {g[0] for g in grams}
@@ -206,18 +184,13 @@ def scan(texts: Iterator[str], grams: set[tuple[str, ...]], n: int) -> tuple[dic
 
 def decontam(cfg: DecontamConfig) -> dict[str, Any]:
     """Report eval items whose word n-grams occur in the corpus; writes the report where asked."""
-    from tinystories.io import atomic_write_json, sha256_file
-
-    if cfg.n < 1:
-        raise UserError(f"--n must be >= 1, got {cfg.n}")
+    check(cfg)
     if not 0.0 < cfg.threshold <= 1.0:
         raise UserError(f"--threshold must be in (0, 1], got {cfg.threshold}")
     data = [os.fspath(d) for d in cfg.data]
     if not data:
         if not cfg.run:
             raise UserError("give --data (the training corpus) or --run (whose dataset is the corpus)")
-        from tinystories.rundir import read_config
-
         if not Path(cfg.run).is_dir():
             raise UserError(f"no run folder at {cfg.run}")
         default = read_config(cfg.run).data.get("path")
@@ -231,7 +204,7 @@ def decontam(cfg: DecontamConfig) -> dict[str, Any]:
             items.append((f, iid, text, ngrams(text, cfg.n)))
     grams = {x for *_, g in items for x in g}
     t0 = time.perf_counter()
-    found, stories, n_words = scan(corpus_texts(data), grams, cfg.n)
+    found, stories, n_words = scan(corpus_stories(data, "train"), grams, cfg.n)
     seconds = time.perf_counter() - t0
 
     hits = []

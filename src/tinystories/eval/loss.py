@@ -23,23 +23,28 @@ import math
 import os
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from tinystories.config import check
+from tinystories.data.shards import is_dataset, open_dataset
+from tinystories.data.stories import SEPARATOR, read_source, resolve
 from tinystories.errors import UserError
+from tinystories.io import atomic_write_json
 from tinystories.model import GPT, IGNORE_INDEX
+from tinystories.options import RunOptions
+from tinystories.rundir import load_run, with_device
 
 
 @dataclass
-class LossConfig:
+class LossConfig(RunOptions):
     """`tinystories eval loss`: how well a run's model predicts a set of stories."""
 
-    run: str = ""
-    """Run folder whose model is evaluated."""
+    run: str = field(default="", metadata={"required": True})
     data: tuple[str, ...] = ()
     """Story files (.txt, .jsonl, .json, .parquet, globs, folders) or one dataset folder; default: the run's dataset."""
     split: str = "val"
@@ -48,14 +53,10 @@ class LossConfig:
     """Score only the first this many stories (0 = all)."""
     stride: int = 0
     """Sliding-window stride for stories longer than the context; 0 = half the context."""
-    batch: int = 16
+    batch: int = field(default=16, metadata={"min": 1})
     """Windows per forward."""
     separator: str = ""
     """How .txt files separate stories: default <|endoftext|> (as the released files); blank (empty lines between stories), line (one story per line), none (each file is one story), or any other text (\\n for a newline)."""
-    step: int | None = None
-    """Checkpoint step to evaluate; default = the latest."""
-    device: str = "auto"
-    """Torch device: auto (CUDA when present, else the CPU), cpu, cuda, cuda:1."""
     write: bool = True
     """Write eval/loss.json in the run folder."""
 
@@ -90,26 +91,47 @@ def stream_windows(docs: Sequence[Sequence[int]], eot_id: int, context: int) -> 
         yield chunk[:-1], chunk[1:]
 
 
-@torch.inference_mode()
-def summed_nll(
-    model: GPT, windows: Sequence[tuple[list[int], list[int]]], batch: int, device: torch.device | str
-) -> tuple[float, int]:
-    """Total NLL in nats and the number of scored targets over `windows`.
+Window = tuple[list[int], list[int]]
+"""(inputs, targets) of one forward row: targets[t] is the token after inputs[..t], or IGNORE_INDEX."""
 
-    Windows of similar length are batched together (sorted by length), right
-    padded with IGNORE_INDEX targets; the model's chunked loss keeps B x T x V
-    from ever existing for a large vocabulary.
+
+def _padded_groups(
+    windows: Sequence[Window], batch: int, vocab: int = 0, max_logits: int = 0
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """Windows in groups of similar length (sorted by length): (their indices, inputs (B, T), targets (B, T)).
+
+    Rows are right padded, inputs with id 0 (causally invisible to the real
+    tokens), targets with IGNORE_INDEX. With `max_logits`, a group has fewer
+    than `batch` rows when B x T x `vocab` logits would exceed it.
     """
     order = sorted(range(len(windows)), key=lambda i: len(windows[i][0]))
-    total, count = 0.0, 0
-    for s in range(0, len(order), batch):
-        group = [windows[i] for i in order[s : s + batch]]
-        T = max(len(inp) for inp, _ in group)
-        idx = torch.zeros(len(group), T, dtype=torch.long)  # (B, T); padding id 0 is causally invisible
-        tgt = torch.full((len(group), T), IGNORE_INDEX, dtype=torch.long)
-        for r, (inp, out) in enumerate(group):
+    s = 0
+    while s < len(order):
+        b = batch
+        if max_logits:
+            longest = len(windows[order[min(s + batch, len(order)) - 1]][0])
+            b = max(1, min(batch, max_logits // max(1, longest * vocab)))
+        group = order[s : s + b]
+        T = max(len(windows[i][0]) for i in group)
+        idx = torch.zeros(len(group), T, dtype=torch.long)  # (B, T)
+        tgt = torch.full((len(group), T), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+        for r, i in enumerate(group):
+            inp, out = windows[i]
             idx[r, : len(inp)] = torch.as_tensor(inp)
             tgt[r, : len(out)] = torch.as_tensor(out)
+        yield group, idx, tgt
+        s += len(group)
+
+
+@torch.inference_mode()
+def summed_nll(model: GPT, windows: Sequence[Window], batch: int, device: torch.device | str) -> tuple[float, int]:
+    """Total NLL in nats and the number of scored targets over `windows`.
+
+    The model's chunked loss keeps B x T x V from ever existing for a large
+    vocabulary.
+    """
+    total, count = 0.0, 0
+    for _, idx, tgt in _padded_groups(windows, batch):
         n = int((tgt != IGNORE_INDEX).sum())
         if n == 0:
             continue
@@ -117,6 +139,27 @@ def summed_nll(
         total += float(loss) * n
         count += n
     return total, count
+
+
+LOGITS_PER_FORWARD = 1 << 26
+"""B x T x V logits at most in one forward of `target_logprobs` (256 MB in fp32)."""
+
+
+@torch.inference_mode()
+def target_logprobs(model: GPT, windows: Sequence[Window], batch: int, device: torch.device | str) -> list[float]:
+    """Summed log-probability of each window's targets (IGNORE_INDEX ones skipped), in order.
+
+    Groups hold fewer than `batch` windows when their logits would pass
+    LOGITS_PER_FORWARD.
+    """
+    scores = [0.0] * len(windows)
+    groups = _padded_groups(windows, batch, model.config.vocab_size, LOGITS_PER_FORWARD)
+    for group, idx, tgt in groups:
+        logp = torch.log_softmax(model(idx.to(device), logits="all").logits.float(), dim=-1)  # (B, T, V)
+        for r, i in enumerate(group):
+            pos = torch.nonzero(tgt[r] != IGNORE_INDEX)[:, 0].to(logp.device)  # positions with a target
+            scores[i] = float(logp[r, pos, tgt[r].to(logp.device)[pos]].sum())
+    return scores
 
 
 def _summary(nll: float, tokens: int, n_bytes: int) -> dict[str, float]:
@@ -133,26 +176,16 @@ def _summary(nll: float, tokens: int, n_bytes: int) -> dict[str, float]:
 # --- inputs -------------------------------------------------------------------------
 
 
-def _is_dataset(path: str) -> bool:
-    return (Path(path) / "meta.json").is_file()
-
-
 def _dataset_docs(path: str, split: str, tokenizer: Any, limit: int) -> tuple[list[np.ndarray], int]:
     """Documents (`[eot] + tokens`) of a dataset folder's split, and their text bytes."""
-    from tinystories.data.shards import open_dataset
-
     ds = open_dataset(path)
     if ds.vocab_size != tokenizer.vocab_size or ds.meta.get("tokenizer_sha256") not in (None, tokenizer.sha256):
         raise UserError(
             f"dataset {path} was tokenized with a different tokenizer ({ds.vocab_size} tokens) than the run's "
             f"({tokenizer.vocab_size} tokens)"
         )
-    if split not in ds.splits:
-        raise UserError(f"dataset {path} has no {split!r} split (has: {', '.join(ds.splits)})")
-    sp = ds.splits[split]
+    sp = ds.split(split, nonempty=True)
     n = sp.n_documents if limit <= 0 else min(limit, sp.n_documents)
-    if n == 0:
-        raise UserError(f"the {split!r} split of {path} has no documents")
     docs = [sp.document(i).astype(np.int64) for i in range(n)]
     if n == sp.n_documents and "bytes" in ds.meta["splits"][split]:
         n_bytes = int(ds.meta["splits"][split]["bytes"])
@@ -168,8 +201,6 @@ UNSEPARATED_BYTES = 16 << 10
 
 def _check_separated(path: str) -> None:
     """UserError when a big .txt file has no `<|endoftext|>`: it would be scored as one story."""
-    from tinystories.data.stories import SEPARATOR
-
     size = os.path.getsize(path)
     if size <= UNSEPARATED_BYTES:
         return
@@ -209,8 +240,6 @@ def _split_txt(path: str, separator: str) -> list[str]:
 
 def _read_stories(paths: list[str], separator: str) -> Iterator[str]:
     """Story texts from files; .txt files cut at `separator` (default `<|endoftext|>`)."""
-    from tinystories.data.stories import read_source, resolve
-
     for source in resolve(paths):
         if source.format == "txt" and separator:
             yield from _split_txt(source.path, separator)
@@ -238,14 +267,8 @@ def _story_docs(paths: list[str], tokenizer: Any, limit: int, separator: str = "
 
 def evaluate_loss(cfg: LossConfig) -> dict[str, Any]:
     """Per-story and stream loss / perplexity / bits per byte; writes eval/loss.json in the run."""
-    from tinystories.io import atomic_write_json
-    from tinystories.rundir import load_run, with_device
-
-    if not cfg.run:
-        raise UserError("--run is required: the run folder to evaluate")
+    check(cfg)
     cfg = with_device(cfg)
-    if cfg.batch < 1:
-        raise UserError(f"--batch must be >= 1, got {cfg.batch}")
     loaded = load_run(cfg.run, step=cfg.step, device=cfg.device)
     model, tok = loaded.model, loaded.tokenizer
     context = model.config.max_seq_len
@@ -259,11 +282,11 @@ def evaluate_loss(cfg: LossConfig) -> dict[str, Any]:
         if not default:
             raise UserError(f"no --data given and run {cfg.run} names no dataset")
         data = [str(default)]
-    if len(data) == 1 and _is_dataset(data[0]):
+    if len(data) == 1 and is_dataset(data[0]):
         docs, n_bytes = _dataset_docs(data[0], cfg.split, tok, cfg.max_stories)
         source = {"dataset": data[0], "split": cfg.split}
     else:
-        if any(_is_dataset(d) for d in data):
+        if any(is_dataset(d) for d in data):
             raise UserError("give either one dataset folder or story files, not both")
         docs, n_bytes = _story_docs(data, tok, cfg.max_stories, cfg.separator)
         source = {"files": data}

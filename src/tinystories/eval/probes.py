@@ -41,13 +41,31 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tinystories import __version__
+from tinystories.config import check
+from tinystories.data.stories import json_lines
 from tinystories.errors import UserError
+from tinystories.eval.loss import target_logprobs
+from tinystories.io import atomic_save, atomic_write_json, sha256_file
+from tinystories.model import IGNORE_INDEX
+from tinystories.options import RunOptions
+from tinystories.rundir import (
+    MODEL_FILE,
+    config_dict,
+    environment,
+    list_checkpoints,
+    load_run,
+    read_state,
+    with_device,
+)
+from tinystories.sample import SampleParams, complete, prompt_ids
+from tinystories.synth.probes import KINDS, make_probes, mentions
 
 CATEGORIES = ("fact", "reasoning", "context")
 Z95 = 1.959963984540054
@@ -61,28 +79,23 @@ SET_NAMES = ("builtin", *CATEGORIES, "procedural")
 
 
 @dataclass
-class ProbesConfig:
+class ProbesConfig(RunOptions):
     """`tinystories eval probes`: multiple-choice probes scored by the model's log-likelihood."""
 
-    run: str = ""
-    """Run folder whose model is probed."""
+    run: str = field(default="", metadata={"required": True})
     sets: str = ""
     """Item sets, comma-separated: builtin (the hand-written fact, reasoning and context sets), fact, reasoning, context, procedural (--n items); default: builtin, unless --probes or --n asks for other items."""
     probes: str | None = None
     """Probe items of your own (JSONL, the item format of docs/probes.md), scored beside any --sets."""
-    n: int = 0
+    n: int = field(default=0, metadata={"min": 0})
     """Procedural items to make (rounded up to whole mirrored pairs); > 0 adds them (default with --sets procedural: 1000)."""
     seed: int = 1
     """Seed of the procedural items (drawn from their own random stream, never the corpus's)."""
-    step: int | None = None
-    """Checkpoint step to probe; default = the latest."""
     checkpoints: str = ""
     """Score several checkpoints for an emergence curve: all, or steps like 100,200 (default: just --step / the latest)."""
-    max_new_tokens: int = 16
+    max_new_tokens: int = field(default=16, metadata={"min": 0})
     """Greedy completion length (tokens) for the accept-string measure; 0 = skip that measure."""
-    device: str = "auto"
-    """Torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps."""
-    batch: int = 64
+    batch: int = field(default=64, metadata={"min": 1})
     """Sequences per forward at most (fewer when the vocabulary is large)."""
     write: bool = True
     """Write eval/probes.json (and eval/probes_curve.png for several checkpoints) in the run folder."""
@@ -98,13 +111,7 @@ def read_probes(path: str | os.PathLike) -> list[dict[str, Any]]:
         raise UserError(f"no probe file at {path}")
     items = []
     with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{line_no}: not JSON ({e.msg})") from None
+        for line_no, item in json_lines(f, str(path)):
             check_item(item, f"{path}:{line_no}")
             items.append(item)
     if not items:
@@ -238,8 +245,6 @@ def summarize(outcomes: Sequence[float], chances: Sequence[float] | None) -> dic
 
 def _kind(item: dict[str, Any]) -> str | None:
     # Procedural ids end in their kind ("proc-1-000012-names"); other sets have none.
-    from tinystories.synth.probes import KINDS
-
     kind = str(item.get("id", "")).rsplit("-", 1)[-1]
     return kind if kind in KINDS else None
 
@@ -277,15 +282,11 @@ def rule_outcomes(items: Sequence[dict[str, Any]], rule: Callable[[str, str], fl
 
 def most_mentioned(prompt: str, option: str) -> float:
     """Rule: the option named most often in the context wins."""
-    from tinystories.synth.probes import mentions
-
     return len(mentions(prompt, option.strip()))
 
 
 def last_mentioned(prompt: str, option: str) -> float:
     """Rule: the option named last in the context wins."""
-    from tinystories.synth.probes import mentions
-
     found = mentions(prompt, option.strip())
     return found[-1] if found else -1
 
@@ -314,7 +315,6 @@ def continuation_ids(tokenizer: Any, prompt: str, option: str) -> tuple[list[int
     return [tokenizer.eot_id, *ctx], cont
 
 
-@torch.inference_mode()
 def option_logprobs(
     model: Any, pairs: Sequence[tuple[list[int], list[int]]], batch: int, device: str | torch.device
 ) -> list[float]:
@@ -326,35 +326,14 @@ def option_logprobs(
     if device == "auto":  # wherever the model is
         device = next(model.parameters()).device
     context = model.config.max_seq_len
-    vocab = model.config.vocab_size
-    seqs = []
+    windows = []
     for ctx, cont in pairs:
         if len(cont) >= context:
             raise UserError(f"a probe option of {len(cont)} tokens does not fit the model's context of {context}")
         seq = (ctx + cont)[-(context + 1) :]
-        seqs.append((seq, len(cont)))
-    # Sorting by length keeps padding small; the batch shrinks so B x T x V logits stay near 64M floats.
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
-    scores = [0.0] * len(seqs)
-    s = 0
-    while s < len(order):
-        T = len(seqs[order[min(s + batch, len(order)) - 1]][0]) - 1
-        b = max(1, min(batch, (1 << 26) // max(1, T * vocab)))
-        group = order[s : s + b]
-        T = max(len(seqs[i][0]) for i in group) - 1
-        idx = torch.zeros(len(group), T, dtype=torch.long)  # (B, T), right padded; padding is causally invisible
-        for r, i in enumerate(group):
-            seq = seqs[i][0]
-            idx[r, : len(seq) - 1] = torch.as_tensor(seq[:-1])
-        logp = torch.log_softmax(model(idx.to(device), logits="all").logits.float(), dim=-1)  # (B, T, V)
-        for r, i in enumerate(group):
-            seq, k = seqs[i]
-            n = len(seq) - 1
-            pos = torch.arange(n - k, n, device=logp.device)  # positions that predict the continuation
-            tgt = torch.as_tensor(seq[n - k + 1 : n + 1], device=logp.device)
-            scores[i] = float(logp[r, pos, tgt].sum())
-        s += len(group)
-    return scores
+        n, k = len(seq) - 1, len(cont)  # predictions, of which the last k are the continuation's
+        windows.append((seq[:-1], [IGNORE_INDEX] * (n - k) + seq[n - k + 1 :]))
+    return target_logprobs(model, windows, batch, device)
 
 
 def score_items(
@@ -411,8 +390,6 @@ def greedy_completions(
     model: Any, tokenizer: Any, items: Sequence[dict[str, Any]], max_new_tokens: int, batch: int = 64
 ) -> list[str]:
     """The first sentence of each prompt's greedy (argmax) completion, at most `max_new_tokens` tokens."""
-    from tinystories.sample import SampleParams, complete, prompt_ids
-
     keep = model.config.max_seq_len - max_new_tokens
     if keep < 2:
         raise UserError(f"--max-new-tokens {max_new_tokens} leaves no room in the model's context")
@@ -434,14 +411,11 @@ def _sha256_items(items: Sequence[dict[str, Any]]) -> str:
 
 def load_items(cfg: ProbesConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The items `cfg` asks for, and one record per set: its name, file, item count and sha256."""
-    from tinystories.io import sha256_file
-
     names = [s.strip() for s in cfg.sets.split(",") if s.strip()]
     for name in names:
         if name not in SET_NAMES:
             raise UserError(f"unknown probe set {name!r}; --sets takes {', '.join(SET_NAMES)}")
-    if cfg.n < 0:
-        raise UserError(f"--n must be >= 0, got {cfg.n}")
+    check(cfg)
     if cfg.n > 0 and "procedural" not in names:
         names.append("procedural")
     if not names and not cfg.probes:
@@ -455,8 +429,6 @@ def load_items(cfg: ProbesConfig) -> tuple[list[dict[str, Any]], list[dict[str, 
                      "sha256": sha256_file(BUILTIN_SETS[c])})
         items += part
     if "procedural" in names:
-        from tinystories.synth.probes import make_probes
-
         part = make_probes(cfg.n or 1000, seed=cfg.seed)
         sets.append({"name": "procedural", "n": len(part), "seed": cfg.seed, "sha256": _sha256_items(part)})
         items += part
@@ -489,8 +461,6 @@ def probe_model(model: Any, tokenizer: Any, items: Sequence[dict[str, Any]], cfg
 
 def _steps(cfg: ProbesConfig) -> list[int | None]:
     """The checkpoint steps `cfg` asks for (None = the latest)."""
-    from tinystories.rundir import list_checkpoints
-
     spec = cfg.checkpoints.strip()
     if not spec:
         return [cfg.step]
@@ -528,19 +498,10 @@ def _curve_point(step: int, tokens: Any, r: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate_probes(cfg: ProbesConfig) -> dict[str, Any]:
     """Score the probe items with the run's model; writes eval/probes.json in the run folder."""
-    from tinystories import __version__
-    from tinystories.io import atomic_write_json, sha256_file
-    from tinystories.rundir import MODEL_FILE, config_dict, environment, load_run, read_state, with_device
-
     cfg = with_device(cfg)
-    if not cfg.run:
-        raise UserError("--run is required: the run folder to probe")
+    check(cfg)
     if not Path(cfg.run).is_dir():
         raise UserError(f"no run folder at {cfg.run}")
-    if cfg.batch < 1:
-        raise UserError(f"--batch must be >= 1, got {cfg.batch}")
-    if cfg.max_new_tokens < 0:
-        raise UserError(f"--max-new-tokens must be >= 0, got {cfg.max_new_tokens}")
     items, sets = load_items(cfg)
     curve, result = [], {}
     for step in _steps(cfg):
@@ -593,8 +554,6 @@ def plot_curve(curve: Sequence[dict[str, Any]], path: Path, chance: dict[str, An
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    from tinystories.io import atomic_save
-
     steps = [p["step"] for p in curve]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, measure in zip(axes, ("log_likelihood", "greedy")):
