@@ -170,7 +170,7 @@ def run(argv: list[str]) -> typing.Any:
     if over_cls is not None:
         add_options(parser, over_cls, prefix=cmd.overrides_prefix, all_optional=True)
     ns = parser.parse_args(rest)
-    cfg = build(cls, options_from(ns, cls))
+    cfg: typing.Any = build(cls, options_from(ns, cls))
     kwargs = {}
     if over_cls is not None:
         kwargs[cmd.overrides_kw] = options_from(ns, over_cls, prefix=cmd.overrides_prefix)

@@ -134,7 +134,7 @@ def _wrap(conv: Any, name: str) -> Any:
         except ValueError:
             raise argparse.ArgumentTypeError(f"invalid value for --{name}: {text!r}") from None
 
-    convert.__name__ = name  # type: ignore[attr-defined]
+    convert.__name__ = name
     return convert
 
 
@@ -255,7 +255,7 @@ def check(cfg: Any) -> None:
 
 def build(cls: type[T], values: dict[str, Any]) -> T:
     """Construct `cls` from a dict, rejecting unknown keys and values its fields declare invalid."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # cls is a dataclass type
     unknown = sorted(set(values) - names)
     if unknown:
         raise UserError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}")
@@ -295,7 +295,7 @@ def to_toml(sections: dict[str, Any]) -> str:
     """
     lines: list[str] = []
     for name, obj in sections.items():
-        data = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
+        data = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) and not isinstance(obj, type) else dict(obj)
         lines.append(f"[{name}]")
         for key, value in data.items():
             if value is None:

@@ -16,7 +16,6 @@ so a kill at any moment leaves either a complete checkpoint or none.
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import json
 import os
@@ -25,22 +24,21 @@ import random
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from tinystories import kernels
 from tinystories.config import build, from_toml, to_toml
+from tinystories.data.tokenizer import load_tokenizer
 from tinystories.errors import UserError
-from tinystories.io import atomic_save, atomic_write_json, atomic_write_text
-
-if TYPE_CHECKING:
-    from tinystories.model import GPT, ModelConfig
+from tinystories.io import atomic_folder, atomic_save, atomic_write_json, atomic_write_text
+from tinystories.model import GPT, ModelConfig
 
 CONFIG_FILE = "config.toml"
 ENV_FILE = "env.json"
@@ -115,8 +113,6 @@ def write_config(
 
 def read_config(run_dir: str | os.PathLike) -> RunConfig:
     """Read a run's `config.toml`; a missing or malformed file is a `UserError`."""
-    from tinystories.model import ModelConfig
-
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise UserError(f"no run at {run_dir} (no {CONFIG_FILE})")
@@ -246,7 +242,7 @@ def _unb64(s: str) -> torch.Tensor:
 
 def rng_state() -> dict[str, Any]:
     """All RNG states (torch CPU and CUDA, numpy, python) as JSON-able values."""
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = np.random.get_state(legacy=True)  # type: ignore[assignment]  # a tuple when legacy
     py_state = random.getstate()
     state: dict[str, Any] = {
         "torch": _b64(torch.get_rng_state()),
@@ -302,33 +298,14 @@ def save_checkpoint(
     `state.json` (step, tokens, elapsed, RNG states, data position, config hash).
     An existing checkpoint of the same step is replaced.
     """
-    from safetensors.torch import save_file
-
     final = checkpoint_dir(run_dir, step)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+    with atomic_folder(final) as tmp:
         tensors = model_tensors(model)
         atomic_save(tmp / MODEL_FILE, lambda name: save_file(tensors, name, metadata={"format": "pt"}))
         if optimizer is not None:
             opt_state = optimizer.state_dict()
             atomic_save(tmp / OPTIM_FILE, lambda name: torch.save(opt_state, name))
         atomic_write_json(tmp / STATE_FILE, {"step": step, **(state or {})})
-        old = None
-        if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(final, old)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        fd = os.open(final.parent, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
     return final
 
 
@@ -346,8 +323,6 @@ def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
 
 def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
     """Load `model.safetensors` into `model`, with a clear error for corrupt or mismatched files."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint weights {path} are missing")
@@ -441,8 +416,6 @@ def find_checkpoint(run_dir: str | os.PathLike, step: int | None = None) -> Path
 
 def load_tokenizer_checked(run_dir: str | os.PathLike, vocab_size: int) -> Any:
     """The run folder's tokenizer; an error when its vocabulary does not fit the model."""
-    from tinystories.data.tokenizer import load_tokenizer
-
     if not (Path(run_dir) / "tokenizer.json").is_file():
         raise UserError(f"run {run_dir} has no tokenizer.json")
     tok = load_tokenizer(str(run_dir))
@@ -456,8 +429,6 @@ def load_tokenizer_checked(run_dir: str | os.PathLike, vocab_size: int) -> Any:
 
 def load_run(run_dir: str | os.PathLike, step: int | None = None, device: str | torch.device = "cpu") -> LoadedRun:
     """Load a run's model (eval mode) at `step` (default: newest), its tokenizer and config; device may be `auto`."""
-    from tinystories.model import GPT
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"no run folder at {run_dir}")

@@ -17,6 +17,7 @@ from typing import Any
 
 from tinystories.errors import UserError
 from tinystories.model import ModelConfig, count_params
+from tinystories.rundir import read_config
 
 
 def _read_json(path: Path) -> Any:
@@ -47,8 +48,6 @@ def _metrics(run: Path) -> list[dict[str, Any]]:
 
 
 def _training_rows(run: Path, step: int | None) -> list[tuple[str, str]]:
-    from tinystories.rundir import read_config
-
     rows: list[tuple[str, str]] = []
     try:
         config = read_config(run)
@@ -74,8 +73,6 @@ def _training_rows(run: Path, step: int | None) -> list[tuple[str, str]]:
 
 
 def _data_rows(run: Path) -> list[tuple[str, str]]:
-    from tinystories.rundir import read_config
-
     try:
         data = read_config(run).data
     except UserError:
@@ -117,7 +114,7 @@ def _eval_rows(run: Path) -> list[tuple[str, str]]:
                 if isinstance(block, dict) and "accuracy" in block:
                     rows.append((f"probes: {cat}", f"accuracy {_fmt(block['accuracy'])} ({_fmt(block.get('n'))} items)"))
         else:
-            scores = result.get("scores") if isinstance(result.get("scores"), dict) else result
+            scores = result["scores"] if isinstance(result.get("scores"), dict) else result
             for key, value in scores.items():
                 if isinstance(value, dict) and isinstance(value.get("mean"), int | float):
                     value = value["mean"]

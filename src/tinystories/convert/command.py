@@ -14,16 +14,29 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
+from tinystories.convert.card import model_card
+from tinystories.convert.gguf import write_gguf
+from tinystories.convert.hf import read_hf_folder, write_hf_folder
+from tinystories.convert.hub import download, hub_token, is_hub_id, push
+from tinystories.convert.llama2c import BOS_ID, llama2c_v0_bytes, read_llama2c
+from tinystories.data.llama2c_tokenizer import tokenizer_to_llama2c
+from tinystories.data.tokenizer import load_tokenizer, tokenizer_in_folder
 from tinystories.errors import UserError
+from tinystories.io import (
+    atomic_folder,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    sha256_file,
+)
 from tinystories.model import GPT, ModelConfig, count_params
+from tinystories.rundir import is_run, load_run, save_checkpoint, write_config, write_env
 
 
 @dataclass
@@ -69,10 +82,8 @@ class Source:
 
 def _default_tokenizer(source: Path, kind: str) -> Any:
     """The tokenizer that comes with a source, or None."""
-    from tinystories.data.tokenizer import _from_folder, load_tokenizer
-
     if kind == "hf":
-        tok = _from_folder(source)
+        tok = tokenizer_in_folder(source)
         if tok is None and (source / "tokenizer.model").is_file():
             tok = load_tokenizer(source / "tokenizer.model")
         return tok
@@ -85,12 +96,6 @@ def _default_tokenizer(source: Path, kind: str) -> Any:
 def read_source(path: str | os.PathLike, tokenizer: str = "", step: int | None = None,
                 offline: bool = False) -> Source:
     """Model config, weights (ours) and tokenizer of a run folder, an HF folder, a llama2.c .bin or a Hub model."""
-    from tinystories.convert.hf import read_hf_folder
-    from tinystories.convert.hub import download, is_hub_id
-    from tinystories.convert.llama2c import read_llama2c
-    from tinystories.data.tokenizer import load_tokenizer
-    from tinystories.rundir import is_run, load_run
-
     if is_hub_id(os.fspath(path)):
         path = download(os.fspath(path), offline)
     path = Path(path)
@@ -136,37 +141,13 @@ def _check_free(out: Path, overwrite: bool) -> None:
         raise UserError(f"{out} already exists (pass --overwrite to replace it)")
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Move a finished temporary folder to `out`, replacing what was there only now."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(out, old)
-    os.rename(tmp, out)
-    if old is not None:
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
-
-
 def _write_folder(out: Path, fill: Any) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         fill(tmp)
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_run(out: Path, src: Source, origin: dict[str, Any]) -> None:
     """A run folder holding the model as checkpoint step 0, its tokenizer and where it came from."""
-    from tinystories.io import atomic_write_json
-    from tinystories.rundir import save_checkpoint, write_config, write_env
-
     model = _model(src)
 
     def fill(tmp: Path) -> None:
@@ -181,18 +162,11 @@ def write_run(out: Path, src: Source, origin: dict[str, Any]) -> None:
 
 def convert(cfg: ConvertConfig) -> dict[str, Any]:
     """Read `--from`, write `--out` in `--format`; returns a summary."""
-    from tinystories.convert.hf import write_hf_folder
-    from tinystories.convert.llama2c import BOS_ID, llama2c_v0_bytes
-    from tinystories.data.llama2c_tokenizer import tokenizer_to_llama2c
-    from tinystories.io import atomic_write_bytes, sha256_file
-
     if not cfg.source or not cfg.out:
         raise UserError("give both --from (what to convert) and --out (where to write)")
     out = Path(cfg.out)
     _check_free(out, cfg.overwrite)
     if cfg.push_to_hub:
-        from tinystories.convert.hub import hub_token
-
         if cfg.format not in ("hf", "gguf"):
             raise UserError("--push-to-hub uploads an export: use it with --format hf or --format gguf")
         token = hub_token()  # before any work: a missing token should not cost a conversion
@@ -209,16 +183,11 @@ def convert(cfg: ConvertConfig) -> dict[str, Any]:
     if cfg.format == "run":
         write_run(out, src, origin)
     elif cfg.format == "gguf":
-        from tinystories.convert.gguf import write_gguf
-
         notes += write_gguf(out, src.config, src.state, src.tokenizer, cfg.gguf_type, name=out.stem)
     elif cfg.format == "hf":
         run_dir = source if src.kind == "run" else None
 
         def fill(tmp: Path) -> None:
-            from tinystories.convert.card import model_card
-            from tinystories.io import atomic_write_text
-
             arch = write_hf_folder(tmp, src.config, src.state, src.tokenizer)
             card = model_card(src.config, arch, run_dir, repo=cfg.push_to_hub, step=cfg.step, origin=cfg.source)
             atomic_write_text(tmp / "README.md", card)
@@ -237,8 +206,6 @@ def convert(cfg: ConvertConfig) -> dict[str, Any]:
                          f"{src.tokenizer.eot_id}, so run.c will not sample it as `tinystories sample` does")
     pushed = {}
     if cfg.push_to_hub:
-        from tinystories.convert.hub import push
-
         pushed = {"pushed_to": push(out, cfg.push_to_hub, token, f"tinystories convert --from {cfg.source}")}
     return {
         "from": os.fspath(source),

@@ -39,7 +39,10 @@ import numpy as np
 import torch
 
 from tinystories.convert.llama2c import llama_family_problems, rope_rows
+from tinystories.data.llama2c_tokenizer import BYTE, CONTROL, NORMAL, UNKNOWN, is_sentencepiece_json
+from tinystories.data.tokenizer import is_gpt2_pretokenizer
 from tinystories.errors import UserError
+from tinystories.io import atomic_save
 from tinystories.model import ModelConfig
 
 StateDict = dict[str, torch.Tensor]
@@ -99,9 +102,6 @@ def gguf_tensors(cfg: ModelConfig, sd: StateDict) -> dict[str, np.ndarray]:
 
 def gguf_vocab(tokenizer: Any) -> dict[str, Any]:
     """The tokenizer.ggml.* fields for one of our tokenizers (SentencePiece-style or GPT-2-style byte-level BPE)."""
-    from tinystories.data.llama2c_tokenizer import BYTE, CONTROL, NORMAL, UNKNOWN, is_sentencepiece_json
-    from tinystories.data.tokenizer import _is_gpt2_pretokenizer
-
     if tokenizer.pruned:
         raise UserError("a pruned tokenizer (vocab_map.json) cannot be written into a GGUF: llama.cpp's tokenizers "
                         "cannot erase tokens as the pruned vocabulary does")
@@ -138,7 +138,7 @@ def gguf_vocab(tokenizer: Any) -> dict[str, Any]:
             scores.append(-float(rank[text]) if text in rank else (0.0 if kind != NORMAL else -float(len(rank) + i)))
         return {"model": "llama", "tokens": tokens, "scores": scores, "types": types,
                 "bos": eot, "eos": eot, "unk": vocab["<unk>"], "add_space_prefix": True}
-    if not (_is_gpt2_pretokenizer(spec.get("pre_tokenizer")) and tokenizer._byte_level):
+    if not (is_gpt2_pretokenizer(spec.get("pre_tokenizer")) and tokenizer._byte_level):
         raise UserError("this tokenizer cannot be written into a GGUF: only SentencePiece-style (llama2.c) and "
                         "GPT-2-style byte-level BPE vocabularies map onto llama.cpp's tokenizers")
     types = [CONTROL if i in added else NORMAL for i in range(n)]
@@ -152,8 +152,6 @@ def gguf_vocab(tokenizer: Any) -> dict[str, Any]:
 def write_gguf(path: str | os.PathLike, cfg: ModelConfig, sd: StateDict, tokenizer: Any, gguf_type: str = "f32",
                name: str = "") -> list[str]:
     """Write a llama.cpp GGUF file atomically; returns notes (tensors that could not take the type asked for)."""
-    from tinystories.io import atomic_save
-
     gguf = _gguf()
     if gguf_type not in GGUF_TYPES:
         raise UserError(f"--gguf-type must be one of {', '.join(GGUF_TYPES)}, got {gguf_type!r}")

@@ -24,8 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
+from tinystories.data.llama2c_tokenizer import is_sentencepiece_json
+from tinystories.data.tokenizer import Tokenizer
 from tinystories.errors import UserError
+from tinystories.io import atomic_save, atomic_write_text
 from tinystories.model import ModelConfig
 
 StateDict = dict[str, torch.Tensor]
@@ -60,9 +64,36 @@ def _check_all_used(sd: StateDict, used: set[str]) -> None:
         raise UserError(f"checkpoint has weights this configuration does not use: {', '.join(left[:5])}{more}")
 
 
-def _split_qkv(w: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    q, kv = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
-    return w[:q], w[q : q + kv], w[q + kv :]
+Rename = tuple[str, tuple[str, ...], tuple[int, ...]]
+"""One of our weights, the HF weights it is cut into along dim 0 (in order), and their sizes (none when one)."""
+
+
+def _to_hf(sd: StateDict, names: list[Rename], tied: bool) -> StateDict:
+    """Our state dict renamed (fused weights cut) as `names` says; lm_head.weight is the embedding when tied."""
+    used: set[str] = set()
+    out: StateDict = {}
+    for ours, theirs, sizes in names:
+        w = _take(sd, ours, used)
+        out |= dict(zip(theirs, torch.split(w, list(sizes)))) if sizes else {theirs[0]: w}
+    embedding = names[0][1][0]
+    out["lm_head.weight"] = out[embedding] if tied else _take(sd, "lm_head.weight", used)
+    _check_all_used(sd, used)
+    return out
+
+
+def _from_hf(sd: StateDict, names: list[Rename], tied: bool) -> StateDict:
+    """An HF state dict renamed back (cut weights joined) as `names` says; a tied lm_head.weight is dropped."""
+    used: set[str] = set()
+    out: StateDict = {}
+    for ours, theirs, _ in names:
+        parts = [_take(sd, name, used) for name in theirs]
+        out[ours] = torch.cat(parts) if len(parts) > 1 else parts[0]
+    if tied:
+        used.add("lm_head.weight")
+    else:
+        out["lm_head.weight"] = _take(sd, "lm_head.weight", used)
+    _check_all_used(sd, used)
+    return out
 
 
 # --- GPT-Neo -------------------------------------------------------------------
@@ -147,71 +178,38 @@ def neo_config_from_hf(hf_config: Any) -> ModelConfig:
     )
 
 
-def neo_state_dict_to_hf(sd: StateDict, cfg: ModelConfig) -> StateDict:
-    """Our GPT state dict -> GPTNeoForCausalLM's (lm_head.weight included, shared when tied)."""
-    used: set[str] = set()
-    out = {
-        "transformer.wte.weight": _take(sd, "tok_emb.weight", used),
-        "transformer.wpe.weight": _take(sd, "pos_emb.weight", used),
-    }
+def _neo_names(cfg: ModelConfig) -> list[Rename]:
+    q, kv = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    names: list[Rename] = [("tok_emb.weight", ("transformer.wte.weight",), ()),
+                           ("pos_emb.weight", ("transformer.wpe.weight",), ())]
     for layer in range(cfg.n_layer):
         ours, theirs = f"blocks.{layer}.", f"transformer.h.{layer}."
-        q, k, v = _split_qkv(_take(sd, ours + "attn.qkv.weight", used), cfg)
-        out |= {
-            theirs + "ln_1.weight": _take(sd, ours + "ln1.weight", used),
-            theirs + "ln_1.bias": _take(sd, ours + "ln1.bias", used),
-            theirs + "attn.attention.q_proj.weight": q,
-            theirs + "attn.attention.k_proj.weight": k,
-            theirs + "attn.attention.v_proj.weight": v,
-            theirs + "attn.attention.out_proj.weight": _take(sd, ours + "attn.out.weight", used),
-            theirs + "attn.attention.out_proj.bias": _take(sd, ours + "attn.out.bias", used),
-            theirs + "ln_2.weight": _take(sd, ours + "ln2.weight", used),
-            theirs + "ln_2.bias": _take(sd, ours + "ln2.bias", used),
-            theirs + "mlp.c_fc.weight": _take(sd, ours + "mlp.fc.weight", used),
-            theirs + "mlp.c_fc.bias": _take(sd, ours + "mlp.fc.bias", used),
-            theirs + "mlp.c_proj.weight": _take(sd, ours + "mlp.proj.weight", used),
-            theirs + "mlp.c_proj.bias": _take(sd, ours + "mlp.proj.bias", used),
-        }
-    out["transformer.ln_f.weight"] = _take(sd, "ln_final.weight", used)
-    out["transformer.ln_f.bias"] = _take(sd, "ln_final.bias", used)
-    out["lm_head.weight"] = out["transformer.wte.weight"] if cfg.tie_embeddings else _take(sd, "lm_head.weight", used)
-    _check_all_used(sd, used)
-    return out
+        attn = theirs + "attn.attention."
+        names += [
+            (ours + "ln1.weight", (theirs + "ln_1.weight",), ()),
+            (ours + "ln1.bias", (theirs + "ln_1.bias",), ()),
+            (ours + "attn.qkv.weight", tuple(attn + f"{p}_proj.weight" for p in "qkv"), (q, kv, kv)),
+            (ours + "attn.out.weight", (attn + "out_proj.weight",), ()),
+            (ours + "attn.out.bias", (attn + "out_proj.bias",), ()),
+            (ours + "ln2.weight", (theirs + "ln_2.weight",), ()),
+            (ours + "ln2.bias", (theirs + "ln_2.bias",), ()),
+            (ours + "mlp.fc.weight", (theirs + "mlp.c_fc.weight",), ()),
+            (ours + "mlp.fc.bias", (theirs + "mlp.c_fc.bias",), ()),
+            (ours + "mlp.proj.weight", (theirs + "mlp.c_proj.weight",), ()),
+            (ours + "mlp.proj.bias", (theirs + "mlp.c_proj.bias",), ()),
+        ]
+    return [*names, ("ln_final.weight", ("transformer.ln_f.weight",), ()),
+            ("ln_final.bias", ("transformer.ln_f.bias",), ())]
+
+
+def neo_state_dict_to_hf(sd: StateDict, cfg: ModelConfig) -> StateDict:
+    """Our GPT state dict -> GPTNeoForCausalLM's (lm_head.weight included, shared when tied)."""
+    return _to_hf(sd, _neo_names(cfg), cfg.tie_embeddings)
 
 
 def neo_state_dict_from_hf(sd: StateDict, cfg: ModelConfig) -> StateDict:
     """GPTNeoForCausalLM's state dict -> ours (a tied lm_head.weight is dropped)."""
-    used: set[str] = set()
-    out = {
-        "tok_emb.weight": _take(sd, "transformer.wte.weight", used),
-        "pos_emb.weight": _take(sd, "transformer.wpe.weight", used),
-    }
-    for layer in range(cfg.n_layer):
-        ours, theirs = f"blocks.{layer}.", f"transformer.h.{layer}."
-        attn = theirs + "attn.attention."
-        out |= {
-            ours + "ln1.weight": _take(sd, theirs + "ln_1.weight", used),
-            ours + "ln1.bias": _take(sd, theirs + "ln_1.bias", used),
-            ours + "attn.qkv.weight": torch.cat(
-                [_take(sd, attn + f"{p}_proj.weight", used) for p in ("q", "k", "v")]
-            ),
-            ours + "attn.out.weight": _take(sd, attn + "out_proj.weight", used),
-            ours + "attn.out.bias": _take(sd, attn + "out_proj.bias", used),
-            ours + "ln2.weight": _take(sd, theirs + "ln_2.weight", used),
-            ours + "ln2.bias": _take(sd, theirs + "ln_2.bias", used),
-            ours + "mlp.fc.weight": _take(sd, theirs + "mlp.c_fc.weight", used),
-            ours + "mlp.fc.bias": _take(sd, theirs + "mlp.c_fc.bias", used),
-            ours + "mlp.proj.weight": _take(sd, theirs + "mlp.c_proj.weight", used),
-            ours + "mlp.proj.bias": _take(sd, theirs + "mlp.c_proj.bias", used),
-        }
-    out["ln_final.weight"] = _take(sd, "transformer.ln_f.weight", used)
-    out["ln_final.bias"] = _take(sd, "transformer.ln_f.bias", used)
-    if cfg.tie_embeddings:
-        used.add("lm_head.weight")
-    else:
-        out["lm_head.weight"] = _take(sd, "lm_head.weight", used)
-    _check_all_used(sd, used)
-    return out
+    return _from_hf(sd, _neo_names(cfg), cfg.tie_embeddings)
 
 
 # --- Llama ---------------------------------------------------------------------
@@ -231,7 +229,7 @@ def llama_config_to_hf(cfg: ModelConfig, bos_id: int | None = 1, eos_id: int | N
     _require(cfg.attn_scale == "sqrt", family, "attn_scale must be 'sqrt'")
     _require(all(w is None for w in cfg.windows), family, "all layers must be global (no windows)")
     _require(cfg.qkv_bias == cfg.attn_out_bias, family, "qkv_bias and attn_out_bias must be equal")
-    return LlamaConfig(
+    return LlamaConfig(  # type: ignore[call-arg]  # rope_theta: transformers 4 takes it, 5 keeps it in kwargs
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.d_model,
         intermediate_size=cfg.ff_dim,
@@ -296,69 +294,37 @@ def llama_config_from_hf(hf_config: Any) -> ModelConfig:
     )
 
 
-def llama_state_dict_to_hf(sd: StateDict, cfg: ModelConfig) -> StateDict:
-    """Our GPT state dict -> LlamaForCausalLM's (lm_head.weight included, shared when tied)."""
-    used: set[str] = set()
-    out = {"model.embed_tokens.weight": _take(sd, "tok_emb.weight", used)}
-    ff = cfg.ff_dim
+def _llama_names(cfg: ModelConfig) -> list[Rename]:
+    q, kv, ff = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.ff_dim
+    names: list[Rename] = [("tok_emb.weight", ("model.embed_tokens.weight",), ())]
     for layer in range(cfg.n_layer):
         ours, theirs = f"blocks.{layer}.", f"model.layers.{layer}."
-        q, k, v = _split_qkv(_take(sd, ours + "attn.qkv.weight", used), cfg)
-        fc = _take(sd, ours + "mlp.fc.weight", used)
-        out |= {
-            theirs + "input_layernorm.weight": _take(sd, ours + "ln1.weight", used),
-            theirs + "self_attn.q_proj.weight": q,
-            theirs + "self_attn.k_proj.weight": k,
-            theirs + "self_attn.v_proj.weight": v,
-            theirs + "self_attn.o_proj.weight": _take(sd, ours + "attn.out.weight", used),
-            theirs + "post_attention_layernorm.weight": _take(sd, ours + "ln2.weight", used),
-            theirs + "mlp.gate_proj.weight": fc[:ff],
-            theirs + "mlp.up_proj.weight": fc[ff:],
-            theirs + "mlp.down_proj.weight": _take(sd, ours + "mlp.proj.weight", used),
-        }
+        attn, mlp = theirs + "self_attn.", theirs + "mlp."
+        names += [
+            (ours + "ln1.weight", (theirs + "input_layernorm.weight",), ()),
+            (ours + "attn.qkv.weight", tuple(attn + f"{p}_proj.weight" for p in "qkv"), (q, kv, kv)),
+            (ours + "attn.out.weight", (attn + "o_proj.weight",), ()),
+            (ours + "ln2.weight", (theirs + "post_attention_layernorm.weight",), ()),
+            (ours + "mlp.fc.weight", (mlp + "gate_proj.weight", mlp + "up_proj.weight"), (ff, ff)),
+            (ours + "mlp.proj.weight", (mlp + "down_proj.weight",), ()),
+        ]
         if cfg.qkv_bias:
-            q, k, v = _split_qkv(_take(sd, ours + "attn.qkv.bias", used), cfg)
-            out |= {theirs + "self_attn.q_proj.bias": q, theirs + "self_attn.k_proj.bias": k,
-                    theirs + "self_attn.v_proj.bias": v,
-                    theirs + "self_attn.o_proj.bias": _take(sd, ours + "attn.out.bias", used)}
+            names += [(ours + "attn.qkv.bias", tuple(attn + f"{p}_proj.bias" for p in "qkv"), (q, kv, kv)),
+                      (ours + "attn.out.bias", (attn + "o_proj.bias",), ())]
         if cfg.mlp_bias:
-            fc_bias = _take(sd, ours + "mlp.fc.bias", used)
-            out |= {theirs + "mlp.gate_proj.bias": fc_bias[:ff], theirs + "mlp.up_proj.bias": fc_bias[ff:],
-                    theirs + "mlp.down_proj.bias": _take(sd, ours + "mlp.proj.bias", used)}
-    out["model.norm.weight"] = _take(sd, "ln_final.weight", used)
-    out["lm_head.weight"] = out["model.embed_tokens.weight"] if cfg.tie_embeddings else _take(sd, "lm_head.weight", used)
-    _check_all_used(sd, used)
-    return out
+            names += [(ours + "mlp.fc.bias", (mlp + "gate_proj.bias", mlp + "up_proj.bias"), (ff, ff)),
+                      (ours + "mlp.proj.bias", (mlp + "down_proj.bias",), ())]
+    return [*names, ("ln_final.weight", ("model.norm.weight",), ())]
+
+
+def llama_state_dict_to_hf(sd: StateDict, cfg: ModelConfig) -> StateDict:
+    """Our GPT state dict -> LlamaForCausalLM's (lm_head.weight included, shared when tied)."""
+    return _to_hf(sd, _llama_names(cfg), cfg.tie_embeddings)
 
 
 def llama_state_dict_from_hf(sd: StateDict, cfg: ModelConfig) -> StateDict:
     """LlamaForCausalLM's state dict -> ours (a tied lm_head.weight is dropped)."""
-    used: set[str] = set()
-    out = {"tok_emb.weight": _take(sd, "model.embed_tokens.weight", used)}
-    for layer in range(cfg.n_layer):
-        ours, theirs = f"blocks.{layer}.", f"model.layers.{layer}."
-        attn, mlp = theirs + "self_attn.", theirs + "mlp."
-        out |= {
-            ours + "ln1.weight": _take(sd, theirs + "input_layernorm.weight", used),
-            ours + "attn.qkv.weight": torch.cat([_take(sd, attn + f"{p}_proj.weight", used) for p in "qkv"]),
-            ours + "attn.out.weight": _take(sd, attn + "o_proj.weight", used),
-            ours + "ln2.weight": _take(sd, theirs + "post_attention_layernorm.weight", used),
-            ours + "mlp.fc.weight": torch.cat([_take(sd, mlp + f"{p}_proj.weight", used) for p in ("gate", "up")]),
-            ours + "mlp.proj.weight": _take(sd, mlp + "down_proj.weight", used),
-        }
-        if cfg.qkv_bias:
-            out[ours + "attn.qkv.bias"] = torch.cat([_take(sd, attn + f"{p}_proj.bias", used) for p in "qkv"])
-            out[ours + "attn.out.bias"] = _take(sd, attn + "o_proj.bias", used)
-        if cfg.mlp_bias:
-            out[ours + "mlp.fc.bias"] = torch.cat([_take(sd, mlp + f"{p}_proj.bias", used) for p in ("gate", "up")])
-            out[ours + "mlp.proj.bias"] = _take(sd, mlp + "down_proj.bias", used)
-    out["ln_final.weight"] = _take(sd, "model.norm.weight", used)
-    if cfg.tie_embeddings:
-        used.add("lm_head.weight")
-    else:
-        out["lm_head.weight"] = _take(sd, "lm_head.weight", used)
-    _check_all_used(sd, used)
-    return out
+    return _from_hf(sd, _llama_names(cfg), cfg.tie_embeddings)
 
 
 # --- model folders -------------------------------------------------------------
@@ -389,8 +355,6 @@ def _read_json(path: Path) -> Any:
 def _load_weight_file(path: Path) -> StateDict:
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             return load_file(str(path))
         # weights_only: a checkpoint from the internet must not run code when unpickled.
         sd = torch.load(path, map_location="cpu", weights_only=True)
@@ -438,8 +402,6 @@ def read_hf_folder(folder: str | os.PathLike) -> tuple[ModelConfig, StateDict]:
 
 def _special_tokens(tokenizer: Any) -> dict[str, tuple[str, int]]:
     """bos/eos/unk/pad token (text, id) for the HF tokenizer files; pad is our end-of-text."""
-    from tinystories.data.llama2c_tokenizer import is_sentencepiece_json
-
     spec = json.loads(tokenizer.to_str())
     by_text = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
     vocab = spec["model"].get("vocab")
@@ -463,8 +425,6 @@ def renumbered_for_pruning(tokenizer: Any) -> Any:
     through them. A tokenizer.json cannot erase tokens from its output, so text that the base
     vocabulary encodes with an erased token gets an id >= K, which the model does not have.
     """
-    from tinystories.data.tokenizer import Tokenizer
-
     base = tokenizer.base
     kept = tokenizer.base_ids
     kept_set = set(kept)
@@ -490,10 +450,6 @@ def write_hf_folder(folder: str | os.PathLike, cfg: ModelConfig, sd: StateDict, 
     Returns the architecture name. The end-of-text token of our tokenizer is
     where generation stops (for llama2.c models that is BOS, as in run.c).
     """
-    from safetensors.torch import save_file
-
-    from tinystories.io import atomic_save, atomic_write_text
-
     folder = Path(folder)
     pruned = tokenizer.pruned
     if pruned:

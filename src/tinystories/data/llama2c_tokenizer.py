@@ -58,19 +58,24 @@ class Piece:
 # --- readers ------------------------------------------------------------------------
 
 
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+
+
 def read_llama2c_vocab(path: str | os.PathLike) -> list[Piece]:
     """The pieces of a llama2.c `tokenizer.bin`; a clear error for a truncated or foreign file."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"llama2.c tokenizer not found: {path}") from None
+    data = _read(path, "llama2.c tokenizer")
     if len(data) < 4:
         raise UserError(f"{path} is too short to be a llama2.c tokenizer")
     (max_len,) = struct.unpack_from("<i", data, 0)
     if not 0 < max_len < 1 << 16:
         raise UserError(f"{path}: not a llama2.c tokenizer (max token length {max_len})")
-    pieces, at = [], 4
+    pieces: list[Piece] = []
+    at = 4
     while at < len(data):
         if at + 8 > len(data):
             raise UserError(f"{path} is truncated (token {len(pieces)} cut short)")
@@ -111,10 +116,12 @@ def _varint(data: bytes, at: int) -> tuple[int, int]:
 
 def _fields(data: bytes) -> list[tuple[int, int, Any]]:
     """(field number, wire type, value) of one protobuf message; bytes fields stay bytes."""
-    out, at = [], 0
+    out: list[tuple[int, int, Any]] = []
+    at = 0
     while at < len(data):
         key, at = _varint(data, at)
         number, wire = key >> 3, key & 7
+        value: int | bytes
         if wire == 0:
             value, at = _varint(data, at)
         elif wire == 1:
@@ -135,10 +142,7 @@ def _fields(data: bytes) -> list[tuple[int, int, Any]]:
 def read_sentencepiece_model(path: str | os.PathLike) -> list[Piece]:
     """The pieces of a SentencePiece BPE `.model` file (ModelProto field 1; trainer_spec.model_type checked)."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"SentencePiece model not found: {path}") from None
+    data = _read(path, "SentencePiece model")
     pieces: list[Piece] = []
     model_type = 1  # UNIGRAM is the proto default
     try:

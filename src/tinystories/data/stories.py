@@ -47,7 +47,7 @@ class Source:
     """txt | jsonl | json | parquet | hf."""
 
 
-def resolve(inputs: Sequence[str | os.PathLike]) -> list[Source]:
+def resolve(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> list[Source]:
     """Expand globs and folders (their story files, sorted) into a list of sources."""
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
@@ -207,15 +207,17 @@ def normalize_record(record: Any, where: str) -> dict[str, Any] | None:
     return out if out["story"] else None
 
 
-def json_lines(lines: Iterable[str], where: str) -> Iterator[tuple[int, Any]]:
-    """(line number, value) of each non-blank line of JSON lines; a bad line is a UserError naming `where:line`."""
+def json_lines(
+    lines: Iterable[str], where: str, error: str = "{where}:{line}: not JSON ({msg})"
+) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of JSON lines; a bad line is a UserError (`error` filled in)."""
     for line_no, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             value = json.loads(line)
         except json.JSONDecodeError as e:
-            raise UserError(f"{where}:{line_no}: not JSON ({e.msg})") from None
+            raise UserError(error.format(where=where, line=line_no, msg=e.msg)) from None
         yield line_no, value
 
 
@@ -223,21 +225,20 @@ def _key(key: str) -> str:
     return "prompt" if key == "prompt:" else key
 
 
-def _read_jsonl(path: str) -> Iterator[dict[str, Any]]:
+def _text_lines(path: str) -> Iterator[str]:
+    """The lines of a UTF-8 file; an error names the byte offset of a bad byte."""
     offset = 0
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            line = _decode(raw, path, offset)
+        for raw in f:
+            yield _decode(raw, path, offset)
             offset += len(raw)
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path} line {lineno}: invalid JSON ({e.msg})") from None
-            record = normalize_record(obj, f"{path} line {lineno}")
-            if record is not None:
-                yield record
+
+
+def _read_jsonl(path: str) -> Iterator[dict[str, Any]]:
+    for lineno, obj in json_lines(_text_lines(path), path, "{where} line {line}: invalid JSON ({msg})"):
+        record = normalize_record(obj, f"{path} line {lineno}")
+        if record is not None:
+            yield record
 
 
 def _read_json(path: str) -> Iterator[dict[str, Any]]:
@@ -261,7 +262,7 @@ def _read_json(path: str) -> Iterator[dict[str, Any]]:
 
 def _read_parquet(path: str) -> Iterator[dict[str, Any]]:
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # type: ignore[import-untyped]
     except ImportError:
         raise UserError("reading parquet needs pyarrow: pip install 'tinystories[parquet]'") from None
     try:
@@ -285,7 +286,7 @@ def _read_hf(spec: str) -> Iterator[dict[str, Any]]:
     if not name:
         raise UserError(f"{spec}: expected hf:owner/name[:split]")
     try:
-        import datasets
+        import datasets  # type: ignore[import-not-found]
     except ImportError:
         raise UserError(
             f"reading {spec} needs the `datasets` package: pip install 'tinystories[hf]'"

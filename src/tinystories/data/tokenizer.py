@@ -21,12 +21,16 @@ import functools
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tiktoken
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from tinystories.data.llama2c_tokenizer import is_sentencepiece_json, llama2c_json
 from tinystories.errors import UserError
@@ -113,8 +117,6 @@ class Tokenizer:
     @functools.cached_property
     def _hf(self) -> Any:
         """The HF `tokenizers` object; built only when needed (tiktoken does the encoding when it can)."""
-        from tokenizers import Tokenizer as HFTokenizer
-
         return HFTokenizer.from_str(self._json)
 
     def _set_base_ids(self, base_ids: Sequence[int]) -> None:
@@ -223,8 +225,6 @@ class Tokenizer:
     @functools.cached_property
     def _hf_plain(self) -> Any:
         """An HF tokenizer that reads special-token text as ordinary text."""
-        from tokenizers import Tokenizer as HFTokenizer
-
         hf = HFTokenizer.from_str(self._json)
         hf.encode_special_tokens = True
         return hf
@@ -364,12 +364,13 @@ def _find_eot(spec: dict) -> int:
     raise UserError(f"tokenizer has no end-of-text token (looked for {', '.join(_EOT_NAMES)})")
 
 
-def _is_gpt2_pretokenizer(pre: dict | None) -> bool:
+def is_gpt2_pretokenizer(pre: dict | None) -> bool:
+    """Whether a tokenizer.json pre-tokenizer splits text as GPT-2's byte-level BPE does."""
     if not pre:
         return False
     if pre.get("type") == "Sequence":
         steps = pre.get("pretokenizers", [])
-        return len(steps) == 1 and _is_gpt2_pretokenizer(steps[0])
+        return len(steps) == 1 and is_gpt2_pretokenizer(steps[0])
     return pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space")
 
 
@@ -385,7 +386,7 @@ def _tiktoken_encoding(spec: dict, name: str) -> Any:
     model = spec.get("model") or {}
     if model.get("type") != "BPE" or spec.get("normalizer") is not None:
         return None
-    if not _is_gpt2_pretokenizer(spec.get("pre_tokenizer")):
+    if not is_gpt2_pretokenizer(spec.get("pre_tokenizer")):
         return None
     if model.get("dropout") or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
         return None
@@ -410,15 +411,13 @@ def _tiktoken_encoding(spec: dict, name: str) -> Any:
     merged = 0
     for m in model.get("merges", []):
         a, b = m.split(" ", 1) if isinstance(m, str) else m
-        i = vocab.get(a + b)
-        if i is None or i <= last:
+        joined = vocab.get(a + b)
+        if joined is None or joined <= last:
             return None
-        last = i
+        last = joined
         merged += 1
     if merged != len(ranks) - 256:
         return None
-    import tiktoken
-
     specials = {t["content"]: t["id"] for t in added}
     return tiktoken.Encoding(
         f"tinystories-{name or 'bpe'}", pat_str=GPT2_SPLIT, mergeable_ranks=ranks, special_tokens=specials
@@ -429,9 +428,6 @@ def _tiktoken_encoding(spec: dict, name: str) -> Any:
 
 
 def _byte_level_json(model: Any) -> str:
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, pre_tokenizers
-
     hf = HFTokenizer(model)
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.decoder = decoders.ByteLevel()
@@ -445,9 +441,6 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     The vocabulary may come out smaller than `vocab_size` when the text runs
     out of pairs to merge.
     """
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
     if not MIN_VOCAB <= vocab_size <= MAX_VOCAB:
         raise UserError(
             f"vocab size {vocab_size} out of range {MIN_VOCAB}..{MAX_VOCAB} (256 bytes + end-of-text at least)"
@@ -469,8 +462,6 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
 
 def from_gpt2_files(encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLike) -> Tokenizer:
     """GPT-2 / GPT-Neo tokenizer from OpenAI's `encoder.json` + `vocab.bpe` (or HF `vocab.json` + `merges.txt`)."""
-    from tokenizers import models
-
     for p in (encoder_json, vocab_bpe):
         if not Path(p).is_file():
             raise UserError(f"tokenizer file not found: {p}")
@@ -519,7 +510,7 @@ _HF_GPT2_REPOS = (
 )
 
 
-def _from_folder(folder: Path) -> Tokenizer | None:
+def tokenizer_in_folder(folder: Path) -> Tokenizer | None:
     """Tokenizer from a folder holding `tokenizer.json`, or GPT-2 style vocabulary files."""
     if (folder / "tokenizer.json").is_file():
         return from_tokenizer_json(folder / "tokenizer.json")
@@ -543,8 +534,6 @@ def _gpt2_candidates() -> list[Path]:
 
 def _tiktoken_cache_gpt2() -> Tokenizer | None:
     # tiktoken caches downloads under the sha1 of their URL.
-    import tempfile
-
     cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
     folder = Path(cache) if cache else Path(tempfile.gettempdir()) / "data-gym-cache"
     enc, bpe = (folder / hashlib.sha1(u.encode()).hexdigest() for u in _GPT2_URLS)
@@ -561,7 +550,7 @@ def load_gpt2() -> Tokenizer:
     """
     env = os.environ.get("TINYSTORIES_GPT2")
     if env:
-        tok = _from_folder(Path(env)) if Path(env).is_dir() else None
+        tok = tokenizer_in_folder(Path(env)) if Path(env).is_dir() else None
         if tok is None:
             raise UserError(
                 f"TINYSTORIES_GPT2={env} is not a folder with encoder.json + vocab.bpe or tokenizer.json"
@@ -569,7 +558,7 @@ def load_gpt2() -> Tokenizer:
         tok.name = "gpt2"
         return tok
     for folder in _gpt2_candidates():
-        tok = _from_folder(folder)
+        tok = tokenizer_in_folder(folder)
         if tok is not None:
             tok.name = "gpt2"
             return tok
@@ -591,7 +580,7 @@ def load_tokenizer(spec: str | os.PathLike) -> Tokenizer:
         return load_gpt2()
     path = Path(text).expanduser()
     if path.is_dir():
-        tok = _from_folder(path)
+        tok = tokenizer_in_folder(path)
         if tok is None:
             raise UserError(f"no tokenizer.json (or encoder.json + vocab.bpe) in {path}")
         return tok

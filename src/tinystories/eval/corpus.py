@@ -16,6 +16,7 @@ taken. Hash collisions (of words or k-grams) are the only approximation: with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -209,9 +210,9 @@ class CorpusIndex:
         parts, lens = [], []
         it = iter(stories)
         while chunk := list(itertools.islice(it, batch)):
-            w, n = word_keys(chunk)
+            w, per_text = word_keys(chunk)
             parts.append(w)
-            lens.append(n)
+            lens.append(per_text)
         wkeys = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)  # (W,) every word of the corpus
         del parts
         lengths = np.concatenate(lens) if lens else np.zeros(0, dtype=np.int64)
@@ -226,11 +227,11 @@ class CorpusIndex:
         for n, k in enumerate(todo):
             keys = _distinct_grams(wkeys, starts, k)
             if k in posting_orders:
-                df, occ, parts = _posting_parts(wkeys, starts, keys, k)
+                df, occ, pieces = _posting_parts(wkeys, starts, keys, k)
                 if n == len(todo) - 1:
                     del wkeys
-                postings[k] = _place(keys, df, parts)
-                del df, parts
+                postings[k] = _place(keys, df, pieces)
+                del df, pieces
             else:
                 occ = _gram_counts(wkeys, starts, keys, k)
             if k in orders:
@@ -302,7 +303,7 @@ class CorpusIndex:
             for name in ("keys", "offsets", "docs", "tf"):
                 arrays[f"post{k}_{name}"] = getattr(p, name)
         for name, a in arrays.items():
-            atomic_save(folder / f"{name}.npy", lambda tmp, a=a: _save_npy(tmp, a))
+            atomic_save(folder / f"{name}.npy", functools.partial(_save_npy, a=a))
         meta = {
             "format": INDEX_FORMAT,
             "fingerprint": self.fingerprint,

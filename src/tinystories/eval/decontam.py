@@ -99,7 +99,7 @@ def _record_text(record: Any) -> str:
 
 def _yaml_items(text: str) -> list[Any]:
     try:
-        import yaml
+        import yaml  # type: ignore[import-untyped]
     except ImportError:
         yaml = None
     if yaml is not None:
@@ -207,7 +207,7 @@ def decontam(cfg: DecontamConfig) -> dict[str, Any]:
     found, stories, n_words = scan(corpus_stories(data, "train"), grams, cfg.n)
     seconds = time.perf_counter() - t0
 
-    hits = []
+    hits: list[dict[str, Any]] = []
     per_file: dict[str, dict[str, Any]] = {}
     for f, iid, text, g in items:
         stats = per_file.setdefault(f.name, {"items": 0, "with_hits": 0, "contaminated": 0, "sha256": sha256_file(f)})

@@ -136,7 +136,7 @@ def _summary(values: Sequence[float]) -> dict[str, Any]:
             "p90": float(q[2]), "max": float(a.max())}
 
 
-def histogram(values: Sequence[float], lo: float, hi: float, bins: int) -> dict[str, Any]:
+def histogram(values: Sequence[float] | np.ndarray, lo: float, hi: float, bins: int) -> dict[str, Any]:
     """Counts of `values` in `bins` equal bins over [lo, hi] (the last bin includes hi)."""
     counts, edges = np.histogram(np.clip(np.asarray(values, dtype=np.float64), lo, hi), bins=bins, range=(lo, hi))
     return {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()}
@@ -411,7 +411,7 @@ def evaluate_diversity(cfg: DiversityConfig) -> dict[str, Any]:
 def _brief(result: dict[str, Any]) -> dict[str, Any]:
     # What the command prints: the headline of each measure (the JSON has the histograms and items).
     def head(block: dict[str, Any]) -> dict[str, Any]:
-        out = {k: round(block[k], 4) for k in ("mean", "median", "p90", "max") if k in block}
+        out: dict[str, Any] = {k: round(block[k], 4) for k in ("mean", "median", "p90", "max") if k in block}
         if "reference" in block:
             out["reference_mean"] = round(block["reference"]["mean"], 4)
         return out

@@ -64,7 +64,7 @@ class LossConfig(RunOptions):
 # --- scoring ---------------------------------------------------------------------
 
 
-def story_windows(doc: Sequence[int], eot_id: int, context: int, stride: int) -> Iterator[tuple[list[int], list[int]]]:
+def story_windows(doc: Sequence[int] | np.ndarray, eot_id: int, context: int, stride: int) -> Iterator[tuple[list[int], list[int]]]:
     """(inputs, targets) windows that score one story stored as `[eot] + tokens`.
 
     The story is `doc + [eot]`: n = len(doc) predictions. Window k reads inputs
@@ -83,7 +83,7 @@ def story_windows(doc: Sequence[int], eot_id: int, context: int, stride: int) ->
         begin += stride
 
 
-def stream_windows(docs: Sequence[Sequence[int]], eot_id: int, context: int) -> Iterator[tuple[list[int], list[int]]]:
+def stream_windows(docs: Sequence[Sequence[int] | np.ndarray], eot_id: int, context: int) -> Iterator[tuple[list[int], list[int]]]:
     """(inputs, targets) non-overlapping windows of `context` tokens over the joined stories + a final eot."""
     stream = np.concatenate([np.asarray(d, dtype=np.int64) for d in docs] + [np.asarray([eot_id])])
     for begin in range(0, len(stream) - 1, context):
@@ -284,7 +284,7 @@ def evaluate_loss(cfg: LossConfig) -> dict[str, Any]:
         data = [str(default)]
     if len(data) == 1 and is_dataset(data[0]):
         docs, n_bytes = _dataset_docs(data[0], cfg.split, tok, cfg.max_stories)
-        source = {"dataset": data[0], "split": cfg.split}
+        source: dict[str, Any] = {"dataset": data[0], "split": cfg.split}
     else:
         if any(is_dataset(d) for d in data):
             raise UserError("give either one dataset folder or story files, not both")

@@ -340,7 +340,8 @@ def score_items(
     model: Any, tokenizer: Any, items: Sequence[dict[str, Any]], batch: int = 64, device: str | torch.device = "cpu"
 ) -> tuple[list[float], list[list[float]]]:
     """Per item: its outcome (1, 1/k, 0) and the summed log-probabilities of [answer, *wrong]."""
-    pairs, spans = [], []
+    pairs: list[tuple[list[int], list[int]]] = []
+    spans: list[tuple[int, int]] = []
     for it in items:
         options = [it["answer"], *it["wrong"]]
         spans.append((len(pairs), len(options)))
@@ -448,9 +449,10 @@ def probe_model(model: Any, tokenizer: Any, items: Sequence[dict[str, Any]], cfg
     completions: list[str | None] = [None] * len(items)
     greedy: list[float | None] = [None] * len(items)
     if cfg.max_new_tokens > 0:
-        completions = greedy_completions(model, tokenizer, items, cfg.max_new_tokens, cfg.batch)
-        greedy = [accept_outcome(c, it) for c, it in zip(completions, items)]
-        result["greedy"] = report(items, greedy, open_ended=True)
+        texts = greedy_completions(model, tokenizer, items, cfg.max_new_tokens, cfg.batch)
+        right = [accept_outcome(c, it) for c, it in zip(texts, items)]
+        result["greedy"] = report(items, right, open_ended=True)
+        completions, greedy = list(texts), list(right)
     result["items"] = [
         {"id": it.get("id", str(i)), "category": it["category"], "outcome": o, "outcome_byte_normalised": on,
          "scores": s, "completion": c, "outcome_greedy": g}
@@ -459,7 +461,7 @@ def probe_model(model: Any, tokenizer: Any, items: Sequence[dict[str, Any]], cfg
     return result
 
 
-def _steps(cfg: ProbesConfig) -> list[int | None]:
+def _steps(cfg: ProbesConfig) -> Sequence[int | None]:
     """The checkpoint steps `cfg` asks for (None = the latest)."""
     spec = cfg.checkpoints.strip()
     if not spec:

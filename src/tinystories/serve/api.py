@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import hmac
 import json
@@ -33,6 +34,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from tinystories.errors import UserError
+from tinystories.interp.hooks import capture
+from tinystories.rundir import find_checkpoint, load_run
 from tinystories.sample import (
     IncrementalDecoder,
     SampleParams,
@@ -93,8 +96,6 @@ class State:
 
 
 def _run_names(runs: tuple[str, ...]) -> dict[str, Path]:
-    from tinystories.rundir import find_checkpoint
-
     if not runs:
         raise UserError("--run is required: the run folder(s) to serve")
     out: dict[str, Path] = {}
@@ -112,8 +113,6 @@ def _run_names(runs: tuple[str, ...]) -> dict[str, Path]:
 
 def _load(state: State, loop: asyncio.AbstractEventLoop) -> None:
     """Load every run on a thread (/health answers 503 meanwhile), then start the worker on the loop."""
-    from tinystories.rundir import load_run
-
     try:
         samplers = {}
         for name, path in state.runs.items():
@@ -135,6 +134,11 @@ def _load(state: State, loop: asyncio.AbstractEventLoop) -> None:
         log.info("serving %s", ", ".join(state.models))
 
     loop.call_soon_threadsafe(start)
+
+
+def _put(queue: asyncio.Queue, index: int, events: list[StepEvent] | BaseException) -> None:
+    # A job's delivery, run on the event loop: its events (or the error that ended it), tagged with its choice.
+    queue.put_nowait((index, events))
 
 
 def _sse(obj: dict[str, Any]) -> str:
@@ -301,8 +305,6 @@ class Api:
         ids = prompt_ids(served.tokenizer, args["text"])[: served.context]
 
         def run() -> list[list[float]]:
-            from tinystories.interp.hooks import capture
-
             site = f"blocks.{args['layer']}.attn.hook_pattern"
             pattern = capture(served.model, [ids], [site])[site][0][args["head"]]  # (T, T)
             return [[round(x, 4) for x in row[: i + 1]] for i, row in enumerate(pattern.tolist())]
@@ -332,7 +334,7 @@ class Api:
                 except UserError as e:
                     raise ApiError(400, str(e)) from None
                 choices.append(Choice(i, served.tokenizer, ids, args["stop"], logprobs is not None))
-                jobs.append(Job(ids, params, lambda events, i=i: queue.put_nowait((i, events))))
+                jobs.append(Job(ids, params, functools.partial(_put, queue, i)))
         try:
             worker.submit(served.name, jobs)
         except QueueFull as e:
