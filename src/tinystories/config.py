@@ -246,7 +246,7 @@ def check(cfg: Any) -> None:
     """Enforce the `min` and `required` declarations of `cfg`'s fields (UserError naming the option)."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        if f.metadata.get("required") and value in (None, ""):
+        if f.metadata.get("required") and (value is None or (isinstance(value, str | tuple | list) and not value)):
             raise UserError(f"{_flag(f.name)} is required")
         low = f.metadata.get("min")
         if low is not None and value is not None and value < low:

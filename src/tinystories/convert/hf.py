@@ -98,6 +98,14 @@ def _from_hf(sd: StateDict, names: list[Rename], tied: bool) -> StateDict:
 
 # --- GPT-Neo -------------------------------------------------------------------
 
+_NEO_FIELDS = (
+    ("vocab_size", "vocab_size", None), ("max_position_embeddings", "max_seq_len", None),
+    ("hidden_size", "d_model", None), ("num_layers", "n_layer", None), ("num_heads", "n_head", None),
+    ("intermediate_size", "d_ff", None), ("layer_norm_epsilon", "norm_eps", 1e-5),
+    ("initializer_range", "init_std", 0.02), ("tie_word_embeddings", "tie_embeddings", True),
+)
+"""(GPTNeoConfig key, our ModelConfig field, default when config.json lacks it) of the fields read one to one."""
+
 
 def neo_attention_types(windows: tuple[int | None, ...], n_layer: int) -> list:
     """GPT-Neo's run-length `attention_types` for per-layer windows (None = global)."""
@@ -126,22 +134,15 @@ def neo_config_to_hf(cfg: ModelConfig, eot_id: int | None = None) -> Any:
     if eot_id is None and cfg.vocab_size > 50256:
         eot_id = 50256
     _require(len(local) <= 1, family, f"all local layers must share one window, got {sorted(local)}")
+    # A d_ff of None means 4 * hidden_size in GPT-Neo too, as the released configs say.
     return GPTNeoConfig(
-        vocab_size=cfg.vocab_size,
-        max_position_embeddings=cfg.max_seq_len,
-        hidden_size=cfg.d_model,
-        num_layers=cfg.n_layer,
-        num_heads=cfg.n_head,
+        **{theirs: getattr(cfg, ours) for theirs, ours, _ in _NEO_FIELDS},
         attention_types=neo_attention_types(cfg.windows, cfg.n_layer),
         window_size=local.pop() if local else 256,
-        intermediate_size=cfg.d_ff,  # None means 4 * hidden_size in GPT-Neo too, as the released configs say
         activation_function="gelu_new",
-        layer_norm_epsilon=cfg.norm_eps,
         resid_dropout=cfg.dropout,
         embed_dropout=cfg.dropout,
         attention_dropout=cfg.dropout,
-        initializer_range=cfg.init_std,
-        tie_word_embeddings=cfg.tie_embeddings,
         bos_token_id=eot_id,
         eos_token_id=eot_id,
     )
@@ -158,14 +159,8 @@ def neo_config_from_hf(hf_config: Any) -> ModelConfig:
         raise UserError(f"GPT-Neo attention_types give {len(kinds)} layers, num_layers is {n_layer}")
     window = _get(hf_config, "window_size", 256)
     return ModelConfig(
-        vocab_size=_get(hf_config, "vocab_size"),
-        max_seq_len=_get(hf_config, "max_position_embeddings"),
-        d_model=_get(hf_config, "hidden_size"),
-        n_layer=n_layer,
-        n_head=_get(hf_config, "num_heads"),
-        d_ff=_get(hf_config, "intermediate_size"),
+        **{ours: _get(hf_config, theirs, default) for theirs, ours, default in _NEO_FIELDS},
         norm="layer",
-        norm_eps=_get(hf_config, "layer_norm_epsilon", 1e-5),
         pos="learned",
         mlp="gelu_tanh",
         attn_scale="none",
@@ -173,8 +168,6 @@ def neo_config_from_hf(hf_config: Any) -> ModelConfig:
         qkv_bias=False,
         attn_out_bias=True,
         mlp_bias=True,
-        tie_embeddings=_get(hf_config, "tie_word_embeddings", True),
-        init_std=_get(hf_config, "initializer_range", 0.02),
     )
 
 
@@ -214,6 +207,14 @@ def neo_state_dict_from_hf(sd: StateDict, cfg: ModelConfig) -> StateDict:
 
 # --- Llama ---------------------------------------------------------------------
 
+_LLAMA_FIELDS = (
+    ("vocab_size", "vocab_size", None), ("max_position_embeddings", "max_seq_len", None),
+    ("hidden_size", "d_model", None), ("num_hidden_layers", "n_layer", None),
+    ("num_attention_heads", "n_head", None), ("rms_norm_eps", "norm_eps", 1e-6),
+    ("initializer_range", "init_std", 0.02),
+)
+"""(LlamaConfig key, our ModelConfig field, default when config.json lacks it) of the fields read one to one."""
+
 
 def llama_config_to_hf(cfg: ModelConfig, bos_id: int | None = 1, eos_id: int | None = 2) -> Any:
     """A `transformers.LlamaConfig` for cfg; UserError when a switch has no Llama equivalent.
@@ -230,21 +231,15 @@ def llama_config_to_hf(cfg: ModelConfig, bos_id: int | None = 1, eos_id: int | N
     _require(all(w is None for w in cfg.windows), family, "all layers must be global (no windows)")
     _require(cfg.qkv_bias == cfg.attn_out_bias, family, "qkv_bias and attn_out_bias must be equal")
     return LlamaConfig(  # type: ignore[call-arg]  # rope_theta: transformers 4 takes it, 5 keeps it in kwargs
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.d_model,
+        **{theirs: getattr(cfg, ours) for theirs, ours, _ in _LLAMA_FIELDS},
         intermediate_size=cfg.ff_dim,
-        num_hidden_layers=cfg.n_layer,
-        num_attention_heads=cfg.n_head,
         num_key_value_heads=cfg.kv_heads,
         head_dim=cfg.head_dim,
         hidden_act="silu",
-        max_position_embeddings=cfg.max_seq_len,
-        rms_norm_eps=cfg.norm_eps,
         rope_theta=cfg.rope_theta,
         attention_bias=cfg.qkv_bias,
         mlp_bias=cfg.mlp_bias,
         attention_dropout=cfg.dropout,
-        initializer_range=cfg.init_std,
         tie_word_embeddings=cfg.tie_embeddings,
         bos_token_id=bos_id,
         eos_token_id=eos_id,
@@ -272,15 +267,10 @@ def llama_config_from_hf(hf_config: Any) -> ModelConfig:
         raise UserError(f"Llama head_dim {head_dim} x {n_head} heads != hidden_size {d_model}; not supported")
     bias = bool(_get(hf_config, "attention_bias", False))
     return ModelConfig(
-        vocab_size=_get(hf_config, "vocab_size"),
-        max_seq_len=_get(hf_config, "max_position_embeddings"),
-        d_model=d_model,
-        n_layer=_get(hf_config, "num_hidden_layers"),
-        n_head=n_head,
+        **{ours: _get(hf_config, theirs, default) for theirs, ours, default in _LLAMA_FIELDS},
         n_kv_head=_get(hf_config, "num_key_value_heads") or n_head,
         d_ff=_get(hf_config, "intermediate_size"),
         norm="rms",
-        norm_eps=_get(hf_config, "rms_norm_eps", 1e-6),
         pos="rope",
         rope_theta=_llama_rope_theta(hf_config),
         mlp="swiglu",
@@ -290,7 +280,6 @@ def llama_config_from_hf(hf_config: Any) -> ModelConfig:
         attn_out_bias=bias,
         mlp_bias=bool(_get(hf_config, "mlp_bias", False)),
         tie_embeddings=bool(_get(hf_config, "tie_word_embeddings", False)),
-        init_std=_get(hf_config, "initializer_range", 0.02),
     )
 
 

@@ -20,12 +20,13 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from tinystories.config import OPERATIONAL, check
 from tinystories.data import stories as story_io
 from tinystories.data.shards import FORMAT, SPLITS, open_dataset, token_dtype
 from tinystories.data.tokenizer import MAX_VOCAB, MIN_VOCAB, Tokenizer, load_tokenizer, top_k_ids, train_bpe
@@ -39,9 +40,11 @@ _REMAP_BLOCK = 1 << 24  # tokens per step when rewriting shards in pruned ids
 
 @dataclass
 class TokenizeConfig:
-    data: tuple[str, ...] = ()
+    """`tinystories tokenize`: stories in, a dataset folder of token shards out."""
+
+    data: tuple[str, ...] = field(default=(), metadata={"required": True})
     """Story inputs: .txt / .jsonl / .json / .parquet files, globs, folders, or hf:owner/name[:split]."""
-    out: str = ""
+    out: str = field(default="", metadata={"required": True, **OPERATIONAL})
     """Dataset folder to create."""
     val_data: tuple[str, ...] = ()
     """Separate validation inputs; when given, all of --data is training data and --val-fraction is ignored."""
@@ -49,19 +52,18 @@ class TokenizeConfig:
     """Vocabulary size of the BPE trained when no --tokenizer is given (257..65536)."""
     tokenizer: str | None = None
     """Use this tokenizer instead of training one: gpt2, a tokenizer.json, or a folder holding one."""
-    top_k: int | None = None
+    top_k: int | None = field(default=None, metadata={"min": 2})
     """Keep only the K most frequent tokens (end-of-text always kept), erasing the rest, as the paper did with GPT-Neo's 10K."""
     val_fraction: float = 0.05
     """Share of stories held out for validation, chosen by a seeded hash of each story's text."""
     seed: int = 0
     """Seed of the train/validation split."""
-    workers: int = 0
+    workers: int = field(default=0, metadata={"min": 0, **OPERATIONAL})
     """Encoding processes (0 = all cores); inputs under 16 MB are encoded in-process."""
-    shard_tokens: int = 100_000_000
+    shard_tokens: int = field(default=100_000_000, metadata={"min": 1})
     """Largest number of tokens in one shard file (a document is never split)."""
     train_bytes: int = 0
     """Train the BPE on at most this many bytes of training stories, taken in input order (0 = all)."""
-
 
 
 class _ShardWriter:
@@ -214,20 +216,11 @@ def _source_info(sources: list, role: str) -> list[dict[str, Any]]:
 
 
 def _check_config(cfg: TokenizeConfig) -> None:
-    if not cfg.data:
-        raise UserError("no input stories: give --data FILE...")
-    if not cfg.out:
-        raise UserError("no output folder: give --out FOLDER")
+    check(cfg)
     if not 0 <= cfg.val_fraction < 1:
         raise UserError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
     if cfg.tokenizer is None and not MIN_VOCAB <= cfg.vocab_size <= MAX_VOCAB:
         raise UserError(f"--vocab-size must be in {MIN_VOCAB}..{MAX_VOCAB}, got {cfg.vocab_size}")
-    if cfg.top_k is not None and cfg.top_k < 2:
-        raise UserError(f"--top-k must be at least 2, got {cfg.top_k}")
-    if cfg.shard_tokens < 1:
-        raise UserError(f"--shard-tokens must be positive, got {cfg.shard_tokens}")
-    if cfg.workers < 0:
-        raise UserError(f"--workers must be 0 (all cores) or more, got {cfg.workers}")
 
 
 def _request_hash(cfg: TokenizeConfig, sources: list[dict], tokenizer: Tokenizer | None) -> str:
