@@ -33,9 +33,9 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from tinystories import rundir
 from tinystories.errors import UserError
 from tinystories.interp.hooks import capture
-from tinystories.rundir import find_checkpoint, load_run
 from tinystories.sample import (
     IncrementalDecoder,
     SampleParams,
@@ -103,7 +103,7 @@ def _run_names(runs: tuple[str, ...]) -> dict[str, Path]:
         path = Path(r)
         if not path.is_dir():
             raise UserError(f"no run folder at {path}")
-        find_checkpoint(path)  # a clear error now rather than after the server started
+        rundir.find_checkpoint(path)  # a clear error now rather than after the server started
         name = path.resolve().name
         if name in out:
             raise UserError(f"two runs are named {name!r} (models are named after their folders)")
@@ -116,7 +116,7 @@ def _load(state: State, loop: asyncio.AbstractEventLoop) -> None:
     try:
         samplers = {}
         for name, path in state.runs.items():
-            loaded = load_run(path, step=state.cfg.step, device=state.cfg.device)
+            loaded = rundir.load_run(path, step=state.cfg.step, device=state.cfg.device)
             state.models[name] = Served(name, loaded.model, loaded.tokenizer, loaded.step, int(time.time()))
             samplers[name] = Sampler(loaded.model, state.cfg.max_streams, eot_id=loaded.tokenizer.eot_id)
     except Exception as e:  # reported by /health and every request
