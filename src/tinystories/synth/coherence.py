@@ -242,9 +242,9 @@ def _characters(sents: list[str], annotations: dict[str, Any], known_names: Sequ
                 prefix = text
                 for o in [*gender, *PARENT_WORDS]:
                     if o != n:
-                        m = re.search(rf"\b{o}\b", prefix, re.IGNORECASE)
-                        if m:
-                            prefix = prefix[: m.start()]
+                        named = re.search(rf"\b{o}\b", prefix, re.IGNORECASE)
+                        if named:
+                            prefix = prefix[: named.start()]
                 other = MALE if gender[n] == "female" else FEMALE
                 if n != hero:  # "Tim came to help her": an object pronoun may be someone else
                     other = {"he", "himself"} if gender[n] == "female" else {"she", "herself"}
@@ -313,7 +313,7 @@ def name_consistency(texts: Sequence[str], known: Iterable[str]) -> dict[str, An
     The share counts the stories with a protagonist (a name in the first sentence).
     """
     known = list(known)
-    per = []
+    per: list[dict[str, Any]] = []
     for t in texts:
         names = story_names(t, known)
         hero, kept = protagonist_kept(t, names)
