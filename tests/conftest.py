@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tinystories.convert.command import ConvertConfig, convert
 from tinystories.data.tokenizer import Tokenizer, train_bpe
 from tinystories.io import sha256_file
 from tinystories.model import GPT, ModelConfig
@@ -120,8 +121,6 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def import_s260k(out: Path, tokenizer: str = "llama2c/tok512.bin") -> Path:
     """llama2.c's stories260K imported as the run folder `out`, as `tinystories convert` does."""
-    from tinystories.convert.command import ConvertConfig, convert
-
     convert(ConvertConfig(source=str(testdata_path("llama2c/stories260K.bin")), out=str(out),
                           tokenizer=str(testdata_path(tokenizer))))
     return out
