@@ -18,7 +18,7 @@ LLAMA_CMAKE := -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=
   -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF
 TIME   := scripts/timed
 
-.PHONY: setup test test-slow lint demo bench clean
+.PHONY: setup test test-slow lint typecheck demo bench clean
 
 setup: $(STAMP)
 
@@ -37,7 +37,11 @@ $(VENV)/.llama: $(STAMP)
 lint: $(STAMP)
 	@$(TIME) ruff $(BIN)/ruff check src tests benchmarks
 
-test: lint $(LLAMA_STAMP)
+# mypy on src/ (settings in pyproject.toml)
+typecheck: $(STAMP)
+	@$(TIME) mypy $(BIN)/mypy
+
+test: lint typecheck $(LLAMA_STAMP)
 	@$(TIME) pytest $(BIN)/python -m pytest
 
 test-slow: $(STAMP) $(LLAMA_STAMP)
@@ -50,4 +54,4 @@ bench: $(STAMP)
 	@$(TIME) bench sh benchmarks/run.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

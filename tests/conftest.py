@@ -8,14 +8,22 @@ from the pin below.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from tinystories.convert.command import ConvertConfig, convert
+from tinystories.data.tokenizer import Tokenizer, train_bpe
 from tinystories.io import sha256_file
+from tinystories.model import GPT, ModelConfig
+from tinystories.rundir import save_checkpoint, write_config
+from tinystories.synth.lexicon import load_lexicon
+from tinystories.synth.procedural import story_record
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTDATA = Path(os.environ.get("TINYSTORIES_TESTDATA", ROOT.parent / "shared" / "data"))
@@ -64,10 +72,55 @@ def gpt2_dir() -> Path:
 from llm_server import llm_server  # noqa: E402, F401  (the real LLM server fixture)
 
 
+@contextlib.contextmanager
+def torch_threads(n: int = 1) -> Iterator[None]:
+    """Torch on `n` threads inside the block; module fixtures use it, as they start before `one_thread`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def one_thread():
-    """Tiny models run fastest on one torch thread, and a busy machine's thread pool only adds waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    """Tiny models run fastest on one torch thread, and a busy machine's thread pool only adds waiting.
+
+    A test file asks for it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    with torch_threads(1):
+        yield
+
+
+def write_tiny_run(folder: Path, texts: list[str] | None = None, vocab_size: int = 400, step: int = 0,
+                   **model: object) -> tuple[Path, GPT, Tokenizer]:
+    """A run folder `folder / "run"` with an untrained model (torch seed 0) saved at `step` and a BPE tokenizer
+    fit on `texts` (default: 60 procedural stories); `model` changes the tiny default shape.
+    Returns the folder, the model (in eval mode) and the tokenizer."""
+    if texts is None:
+        lex = load_lexicon()
+        texts = [story_record(0, i, lex)["story"] for i in range(60)]
+    tok = train_bpe(texts, vocab_size)
+    torch.manual_seed(0)
+    shape = {"max_seq_len": 128, "d_model": 32, "n_layer": 2, "n_head": 4} | model
+    cfg = ModelConfig(vocab_size=tok.vocab_size, **shape)
+    net = GPT(cfg).eval()
+    run = folder / "run"
+    run.mkdir()
+    write_config(run, cfg)
+    tok.save(run)
+    save_checkpoint(run, step, net)
+    return run, net, tok
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder with an untrained model and a BPE tokenizer fit on procedural stories (one per test file)."""
+    return write_tiny_run(tmp_path_factory.mktemp("tiny"))[0]
+
+
+def import_s260k(out: Path, tokenizer: str = "llama2c/tok512.bin") -> Path:
+    """llama2.c's stories260K imported as the run folder `out`, as `tinystories convert` does."""
+    convert(ConvertConfig(source=str(testdata_path("llama2c/stories260K.bin")), out=str(out),
+                          tokenizer=str(testdata_path(tokenizer))))
+    return out

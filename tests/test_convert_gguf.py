@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import import_s260k, torch_threads
 from conftest import testdata_path as data_file
 from tinystories.cli import run as cli_run
 from tinystories.data.stories import iter_stories
@@ -33,10 +34,7 @@ def stories() -> list[str]:
 @pytest.fixture(scope="module")
 def s260k(tmp_path_factory):
     """llama2.c's stories260K with tok512, imported as a run."""
-    out = tmp_path_factory.mktemp("gguf") / "s260k"
-    cli_run(["convert", "--from", str(data_file("llama2c/stories260K.bin")),
-             "--tokenizer", str(data_file("llama2c/tok512.bin")), "--out", str(out)])
-    return out
+    return import_s260k(tmp_path_factory.mktemp("gguf") / "s260k")
 
 
 @pytest.fixture(scope="module")
@@ -46,17 +44,13 @@ def trained(tmp_path_factory):
     from tinystories.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("gguf-trained")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         tokenize(TokenizeConfig(data=(str(data_file("tinystories/TinyStories-valid.first201.txt")),),
                                 out=str(root / "ds"), vocab_size=512, val_fraction=0.1, workers=1))
         train(TrainConfig(data=str(root / "ds"), run=str(root / "run"), preset="llama-260k", seq_len=128,
                           batch_size=8, lr=1e-2, max_steps=150, log_interval=50, eval_interval=0, ckpt_interval=0,
                           progress=False, seed=3),
               {"d_model": 64, "n_layer": 2, "n_head": 4, "n_kv_head": 2, "max_seq_len": 256})
-    finally:
-        torch.set_num_threads(threads)
     return root / "run"
 
 

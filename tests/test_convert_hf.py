@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import testdata_path as data_file
+from conftest import torch_threads
 from tinystories.cli import main
 from tinystories.convert.command import Source, write_run
 from tinystories.data.stories import iter_stories
@@ -27,10 +28,8 @@ def offline_one_thread(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     # Token-by-token decoding of tiny models is ten times slower with threads fighting over 2 cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def randomize(model: torch.nn.Module, seed: int) -> None:

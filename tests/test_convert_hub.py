@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import testdata_path as data_file
+from conftest import torch_threads
 from test_convert_hf import released_neo_folder
 from tinystories.cli import main
 from tinystories.rundir import load_run
@@ -32,10 +33,8 @@ def hub_env(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def cache_model(cache: Path, repo: str, folder: Path, commit: str = COMMIT) -> Path:
@@ -125,9 +124,7 @@ def trained(tmp_path_factory):
     from tinystories.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("card")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         stories = str(data_file("tinystories/TinyStories-valid.first201.txt"))
         tokenize(TokenizeConfig(data=(stories,), out=str(root / "ds"), vocab_size=400, val_fraction=0.1, workers=1))
         run = root / "run"
@@ -136,8 +133,6 @@ def trained(tmp_path_factory):
               {"d_model": 32, "n_layer": 2, "n_head": 4, "n_kv_head": 2, "max_seq_len": 64})
         evaluate_loss(LossConfig(run=str(run), data=(stories,), max_stories=20))
         evaluate_probes(ProbesConfig(run=str(run), sets="fact"))
-    finally:
-        torch.set_num_threads(threads)
     return run
 
 

@@ -9,8 +9,8 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
+from conftest import import_s260k
 from conftest import testdata_path as data_file
 from tinystories.data.stories import iter_stories
 from tinystories.errors import UserError
@@ -48,12 +48,7 @@ def real() -> list[str]:
     return list(iter_stories(data_file("tinystories/TinyStories-valid.first201.txt")))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _reference(n: int):
@@ -261,12 +256,7 @@ def test_corpus_fingerprint_follows_bytes_not_paths(tmp_path):
 
 @pytest.fixture(scope="module")
 def s260k(tmp_path_factory):
-    from tinystories.cli import run
-
-    out = tmp_path_factory.mktemp("div") / "s260k"
-    run(["convert", "--from", str(data_file("llama2c/stories260K.bin")),
-         "--tokenizer", str(data_file("llama2c/tok512.bin")), "--out", str(out)])
-    return out
+    return import_s260k(tmp_path_factory.mktemp("div") / "s260k")
 
 
 def test_cli_end_to_end_on_stories260k(s260k, real, tmp_path, capsys):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
+from conftest import torch_threads
 from tinystories.data.instruct import parse_instruct
 from tinystories.errors import UserError
 from tinystories.eval.instruct import (
@@ -24,13 +24,7 @@ from tinystories.eval.instruct import (
 from tinystories.llm.base import Completion
 from tinystories.synth.lexicon import POS, load_lexicon
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +35,13 @@ def instruct_run(tmp_path_factory):
     from tinystories.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("instruct")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # module fixtures start before the one_thread fixture; a busy machine crawls otherwise
-    synth(SynthConfig(n=300, out=str(root / "corpus"), instruct=True, backend="procedural"))
-    tokenize(TokenizeConfig(data=(str(root / "corpus" / "stories.txt"),), out=str(root / "data"), vocab_size=400,
-                            val_fraction=0.1, workers=1))  # fmt: skip
-    train(TrainConfig(data=str(root / "data"), run=str(root / "run"), seq_len=128, batch_size=8, lr=3e-3,
-                      max_steps=60, eval_interval=0, ckpt_interval=0, log_interval=1000, progress=False, seed=3),
-          {"d_model": 32, "n_layer": 2, "n_head": 4, "n_kv_head": 2, "max_seq_len": 256})  # fmt: skip
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        synth(SynthConfig(n=300, out=str(root / "corpus"), instruct=True, backend="procedural"))
+        tokenize(TokenizeConfig(data=(str(root / "corpus" / "stories.txt"),), out=str(root / "data"),
+                                vocab_size=400, val_fraction=0.1, workers=1))
+        train(TrainConfig(data=str(root / "data"), run=str(root / "run"), seq_len=128, batch_size=8, lr=3e-3,
+                          max_steps=60, eval_interval=0, ckpt_interval=0, log_interval=1000, progress=False, seed=3),
+              {"d_model": 32, "n_layer": 2, "n_head": 4, "n_kv_head": 2, "max_seq_len": 256})
     return root
 
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from tinystories import cli
-from tinystories.data.tokenizer import train_bpe
 from tinystories.errors import UserError
 from tinystories.eval.judge import (
     PAPER_FIGURE4,
@@ -30,34 +29,8 @@ from tinystories.eval.judge import (
     summarize_grades,
 )
 from tinystories.llm.base import Completion, LLMError
-from tinystories.model import GPT, ModelConfig
-from tinystories.rundir import save_checkpoint, write_config
-from tinystories.synth.lexicon import load_lexicon
-from tinystories.synth.procedural import story_record
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A run folder with an untrained model and a BPE tokenizer fit on procedural stories."""
-    root = tmp_path_factory.mktemp("judge")
-    lex = load_lexicon()
-    tok = train_bpe([story_record(0, i, lex)["story"] for i in range(60)], 400)
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=tok.vocab_size, max_seq_len=128, d_model=32, n_layer=2, n_head=4)
-    run = root / "run"
-    run.mkdir()
-    write_config(run, cfg)
-    tok.save(run)
-    save_checkpoint(run, 0, GPT(cfg).eval())
-    return run
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Scripted:

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinystories.data.tokenizer import train_bpe
+from conftest import write_tiny_run
 from tinystories.errors import UserError
 from tinystories.eval.loss import LossConfig, evaluate_loss, story_windows
 from tinystories.model import GPT, IGNORE_INDEX, ModelConfig
@@ -29,12 +29,7 @@ STORIES = [
 CONTEXT = 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +38,8 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalloss")
     stories = root / "stories.txt"
     stories.write_text("".join(f"{s}\n<|endoftext|>\n" for s in STORIES), encoding="utf-8")
-    tok = train_bpe(STORIES * 10, 300)
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=tok.vocab_size, max_seq_len=CONTEXT, d_model=32, n_layer=2, n_head=4,
-                      windows=(None, 8), init_std=0.2)
-    model = GPT(cfg).eval()
-    run = root / "run"
-    run.mkdir()
-    write_config(run, cfg)
-    tok.save(run)
-    save_checkpoint(run, 3, model)
+    run, model, tok = write_tiny_run(root, STORIES * 10, 300, step=3, max_seq_len=CONTEXT, windows=(None, 8),
+                                     init_std=0.2)
     return run, stories, model, tok
 
 

@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
+from conftest import write_tiny_run
 from tinystories import cli
-from tinystories.data.tokenizer import train_bpe
 from tinystories.errors import UserError
 from tinystories.eval.probes import (
     BUILTIN_SETS,
@@ -42,31 +42,15 @@ from tinystories.synth.lexicon import load_lexicon
 from tinystories.synth.probes import make_probes
 from tinystories.synth.procedural import story_record
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def untrained(tmp_path_factory):
     """A run folder with an untrained model and a BPE tokenizer fit on procedural stories and probes."""
-    root = tmp_path_factory.mktemp("probes")
     lex = load_lexicon()
     texts = [story_record(0, i, lex)["story"] for i in range(60)] + [p["prompt"] for p in make_probes(40)]
-    tok = train_bpe(texts, 400)
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=tok.vocab_size, max_seq_len=128, d_model=32, n_layer=2, n_head=4)
-    model = GPT(cfg).eval()
-    run = root / "run"
-    run.mkdir()
-    write_config(run, cfg)
-    tok.save(run)
-    save_checkpoint(run, 0, model)
-    return run, model, tok
+    return write_tiny_run(tmp_path_factory.mktemp("probes"), texts)
 
 
 def test_wilson_interval_by_hand():

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from conftest import testdata_path as data_file
 from tinystories.convert.llama2c import BOS_ID, decode_llama2c, load_llama2c, load_llama2c_vocab
 from tinystories.sample import SampleParams, complete
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_stories260k_greedy_200_steps_matches_llama2c():

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from conftest import testdata_path as data_file
+from conftest import import_s260k
 from tinystories.interp.heads import (
     HeadsConfig,
     LayerStats,
@@ -36,12 +36,7 @@ class WordTokenizer:
         return "".join((w if w == "." else " " + w) for w in (self.vocab[i] for i in ids if i)).lstrip()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_stories(n=12, seed=0):
@@ -122,12 +117,9 @@ def test_semantic_targets_mark_earlier_copies_of_the_same_word_and_entities():
 @pytest.fixture(scope="module")
 def s260k(tmp_path_factory):
     """stories260K imported as a run folder, and 8 procedural stories (first 160 tokens) in its tokenizer."""
-    from tinystories.convert.command import ConvertConfig, convert
     from tinystories.rundir import load_run
 
-    out = tmp_path_factory.mktemp("heads") / "s260k"
-    convert(ConvertConfig(source=str(data_file("llama2c/stories260K.bin")), out=str(out),
-                          tokenizer=str(data_file("llama2c/tok512.bin"))))
+    out = import_s260k(tmp_path_factory.mktemp("heads") / "s260k")
     loaded = load_run(out)
     stories = prepare(procedural_records(8, seed=3), loaded.tokenizer, 160)
     return out, loaded.model, stories

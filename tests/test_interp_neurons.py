@@ -22,13 +22,7 @@ from tinystories.interp.neurons import (
 )
 from tinystories.interp.text import prepare, procedural_records
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def corpus(n=600, seed=0):

@@ -12,7 +12,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-import torch
 
 from tinystories import rundir
 from tinystories.config import to_toml
@@ -27,13 +26,7 @@ from tinystories.pipeline import (
     run_pipeline,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def micro(**changes: dict) -> dict:

@@ -14,9 +14,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
 
 from browser import Chromium, chromium_or_skip, console_errors
+from conftest import import_s260k
 from conftest import testdata_path as data_file
 from tinystories.report import ReportConfig, report
 
@@ -24,23 +24,13 @@ SECTIONS = ("headline", "config", "training", "samples", "eval", "heads", "neuro
 REAL = "tinystories/TinyStories-valid.first201.txt"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def bare_run(tmp_path_factory):
     """stories260K imported as a run folder: a config and a checkpoint, no other stage run."""
-    from tinystories.convert.command import ConvertConfig, convert
-
-    run = tmp_path_factory.mktemp("report") / "s260k"
-    convert(ConvertConfig(source=str(data_file("llama2c/stories260K.bin")), out=str(run),
-                          tokenizer=str(data_file("llama2c/tok512.bin"))))
-    return run
+    return import_s260k(tmp_path_factory.mktemp("report") / "s260k")
 
 
 @pytest.fixture(scope="module")

@@ -30,13 +30,7 @@ from tinystories.sample import (
 GREEDY = SampleParams(temperature=0.0, max_new_tokens=40)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a busy machine's thread pool only adds waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(shape: str, vocab: int = 61, max_seq_len: int = 48, seed: int = 0) -> GPT:

@@ -14,6 +14,7 @@ import time
 import pytest
 import torch
 
+from conftest import import_s260k
 from conftest import testdata_path as data_file
 
 pytest.importorskip("starlette", reason="the [serve] extra (starlette, uvicorn) is not installed")
@@ -30,13 +31,7 @@ PROMPT = "Once upon a time"
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """llama2.c's stories260K imported as a run folder, as `tinystories convert` does."""
-    from tinystories.cli import run
-
-    out = tmp_path_factory.mktemp("serve") / "s260k"
-    with contextlib.redirect_stdout(None):
-        run(["convert", "--from", str(data_file("llama2c/stories260K.bin")),
-             "--tokenizer", str(data_file("llama2c/tok512.model")), "--out", str(out)])
-    return out
+    return import_s260k(tmp_path_factory.mktemp("serve") / "s260k", tokenizer="llama2c/tok512.model")
 
 
 @contextlib.contextmanager

@@ -57,13 +57,7 @@ def dataset(tmp_path: Path, valid_stories: Path) -> Path:
     return make_dataset(tmp_path / "data", valid_stories)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: reductions in a fixed order, and no stalls when other work shares the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def open_split(dataset: Path, name: str):

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tinystories.data.instruct import sentences
+from tinystories.synth.world import BOY_NAMES, GIRL_NAMES
 
 RULES = ("order", "idea", "early_closure", "object_state", "introduction", "stranger", "pronoun", "protagonist")
 
@@ -104,7 +105,7 @@ def names_in(text: str, names: Iterable[str]) -> list[str]:
     for m in re.finditer(r"\b[A-Z][a-z]+\b", text):
         if m.group() in known and m.group() not in seen:
             seen[m.group()] = m.start()
-    return sorted(seen, key=seen.get)  # type: ignore[arg-type]
+    return sorted(seen, key=seen.__getitem__)
 
 
 def check_coherence(
@@ -112,8 +113,6 @@ def check_coherence(
 ) -> list[Violation]:
     """The coherence violations of one story; `known_names` defaults to the engine world's name lists."""
     if known_names is None:
-        from tinystories.synth.world import BOY_NAMES, GIRL_NAMES
-
         known_names = GIRL_NAMES + BOY_NAMES
     sents = sentences(story)
     out: list[Violation] = []
@@ -242,9 +241,9 @@ def _characters(sents: list[str], annotations: dict[str, Any], known_names: Sequ
                 prefix = text
                 for o in [*gender, *PARENT_WORDS]:
                     if o != n:
-                        m = re.search(rf"\b{o}\b", prefix, re.IGNORECASE)
-                        if m:
-                            prefix = prefix[: m.start()]
+                        named = re.search(rf"\b{o}\b", prefix, re.IGNORECASE)
+                        if named:
+                            prefix = prefix[: named.start()]
                 other = MALE if gender[n] == "female" else FEMALE
                 if n != hero:  # "Tim came to help her": an object pronoun may be someone else
                     other = {"he", "himself"} if gender[n] == "female" else {"she", "herself"}
@@ -313,7 +312,7 @@ def name_consistency(texts: Sequence[str], known: Iterable[str]) -> dict[str, An
     The share counts the stories with a protagonist (a name in the first sentence).
     """
     known = list(known)
-    per = []
+    per: list[dict[str, Any]] = []
     for t in texts:
         names = story_names(t, known)
         hero, kept = protagonist_kept(t, names)
