@@ -43,8 +43,8 @@ from tinystories.sample import (
     StepEvent,
     prompt_ids,
 )
-from tinystories.serve import ServeConfig, api_key
 from tinystories.serve.choices import Choice, chat_logprobs, completion_logprobs
+from tinystories.serve.config import ServeConfig, api_key
 from tinystories.serve.engine import Job, QueueFull, Worker
 from tinystories.serve.requests import (
     ApiError,

@@ -14,7 +14,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from tinystories.serve import ServeConfig
+from tinystories.serve.config import ServeConfig
 
 MAX_STOP = 4
 """Stop strings per request at most (as OpenAI's API)."""
