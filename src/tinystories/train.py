@@ -40,6 +40,7 @@ import torch
 
 from tinystories import rundir
 from tinystories.config import OPERATIONAL, is_operational, parse_duration, result_fields
+from tinystories.data.curriculum import Curriculum
 from tinystories.data.loader import Layout, TrainBatches, split_of, to_device, val_windows
 from tinystories.data.shards import Dataset, open_dataset
 from tinystories.errors import UserError
@@ -111,6 +112,20 @@ class TrainConfig:
     """Also log to TensorBoard (in RUN/tb; needs the tensorboard package)."""
     resume: bool = field(default=False, metadata=OPERATIONAL)
     """Continue the run in --run from its newest checkpoint."""
+    init: str | None = None
+    """Start from the weights of another run, RUN or RUN:step (its model; fresh optimizer, step 0; the dataset must use its tokenizer)."""
+    curriculum: str | None = None
+    """Draw the first windows from the easiest stories: length, rare, diversity, compress, or a file of one score per training story (default: uniform random order)."""
+    curriculum_steps: int | None = None
+    """Steps over which the curriculum's pool grows from the easiest windows to all; uniform random order after (default: half the run)."""
+    curriculum_start: float = 0.1
+    """Fraction of the windows, the easiest, that the curriculum draws from at step 0."""
+    curriculum_reverse: bool = False
+    """Order the curriculum hard to easy (a control)."""
+
+
+# Fields added after runs existed: left out of the config hash while at their defaults, so those runs still resume.
+_LATER_FIELDS = ("init", "curriculum", "curriculum_steps", "curriculum_start", "curriculum_reverse")
 
 
 # --- setup ------------------------------------------------------------------------
@@ -196,7 +211,14 @@ def resolve(cfg: TrainConfig, seq_len: int) -> TrainConfig:
     if warmup is None:
         warmup = 100 if horizon is None else min(100, horizon // 10)
     min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10
-    return dataclasses.replace(cfg, seq_len=seq_len, decay_steps=decay, warmup=warmup, min_lr=min_lr)
+    span = cfg.curriculum_steps
+    if cfg.curriculum and span is None:
+        if planned is None:
+            raise UserError("--curriculum needs a length: give --max-steps, --max-tokens or --curriculum-steps")
+        span = max(1, planned // 2)
+    return dataclasses.replace(
+        cfg, seq_len=seq_len, decay_steps=decay, warmup=warmup, min_lr=min_lr, curriculum_steps=span
+    )
 
 
 def _check_basic(cfg: TrainConfig, dist: Dist) -> None:
@@ -228,8 +250,12 @@ def build_model_config(preset_name: str, overrides: dict[str, Any], vocab_size: 
 
 def config_hash(model_cfg: Any, cfg: TrainConfig, content_hash: str) -> str:
     """Hash of everything that determines the trajectory (stored in each checkpoint)."""
+    defaults = TrainConfig()
+    train = {
+        k: v for k, v in result_fields(cfg).items() if not (k in _LATER_FIELDS and v == getattr(defaults, k))
+    }
     blob = json.dumps(
-        {"model": rundir.config_dict(model_cfg), "train": result_fields(cfg), "data": content_hash},
+        {"model": rundir.config_dict(model_cfg), "train": train, "data": content_hash},
         sort_keys=True,
         default=str,
     )
@@ -589,7 +615,10 @@ def _prepare_run(cfg: TrainConfig, model_overrides: dict[str, Any], dist: Dist) 
     if not cfg.data:
         raise UserError("--data is required: a dataset folder made by `tinystories tokenize`")
     dataset = open_dataset(cfg.data)
-    model_cfg = build_model_config(cfg.preset, model_overrides, dataset.vocab_size)
+    if cfg.init:
+        cfg, model_cfg = _init_source(cfg, model_overrides, dataset)
+    else:
+        model_cfg = build_model_config(cfg.preset, model_overrides, dataset.vocab_size)
     seq_len = cfg.seq_len or model_cfg.max_seq_len
     if seq_len > model_cfg.max_seq_len:
         raise UserError(
@@ -609,6 +638,51 @@ def _prepare_run(cfg: TrainConfig, model_overrides: dict[str, Any], dist: Dist) 
         "tokenizer_sha256": dataset.meta.get("tokenizer_sha256"),
     }
     return run_dir, resolved, model_cfg, data, None
+
+
+def _split_init(spec: str) -> tuple[Path, int | None]:
+    """`RUN` or `RUN:step` -> (run folder, step or None for the newest)."""
+    head, sep, tail = spec.rpartition(":")
+    return (Path(head), int(tail)) if sep and tail.isdigit() else (Path(spec), None)
+
+
+def _init_source(cfg: TrainConfig, overrides: dict[str, Any], dataset: Dataset) -> tuple[TrainConfig, Any]:
+    """Check --init against the dataset; returns cfg with --init pinned to `RUN:step` and the run's model config."""
+    from tinystories.data.tokenizer import load_tokenizer
+
+    assert cfg.init is not None
+    src, step = _split_init(cfg.init)
+    if not rundir.is_run(src):
+        raise UserError(f"--init {cfg.init}: {src} is not a run folder (no {rundir.CONFIG_FILE})")
+    ckpt = rundir.find_checkpoint(src, step)
+    source = rundir.read_config(src)
+    if source.model.vocab_size != dataset.vocab_size:
+        raise UserError(
+            f"--init {cfg.init}: the run's vocabulary has {source.model.vocab_size} tokens, the dataset's "
+            f"{dataset.vocab_size}: the weights belong to another tokenizer"
+        )
+    theirs = rundir.load_tokenizer_checked(src, source.model.vocab_size)
+    if theirs.sha256 != load_tokenizer(dataset.path).sha256:
+        raise UserError(
+            f"--init {cfg.init}: the run's tokenizer differs from the dataset's ({dataset.path}): "
+            "the same ids would mean other tokens"
+        )
+    fields = {f.name for f in dataclasses.fields(source.model)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise UserError(f"unknown model option(s): {', '.join(unknown)}")
+    values = {k: tuple(v) if k == "windows" and v is not None else v for k, v in overrides.items()}
+    model_cfg = dataclasses.replace(source.model, **values)
+    pinned = f"{src.resolve()}:{int(rundir.read_state(ckpt)['step'])}"
+    return dataclasses.replace(cfg, init=pinned), model_cfg
+
+
+def _load_init(model: torch.nn.Module, spec: str) -> None:
+    src, step = _split_init(spec)
+    try:
+        rundir.load_weights(model, rundir.find_checkpoint(src, step) / rundir.MODEL_FILE)
+    except UserError as e:
+        raise UserError(f"--init {spec} does not fit this model: {e}") from None
 
 
 def train(cfg: TrainConfig, model_overrides: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -652,7 +726,17 @@ def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str,
                 file=sys.stderr,
             )
     layout = Layout(cfg.batch_size // (cfg.grad_accum * dist.world_size), cfg.grad_accum, dist.world_size)
-    batches = TrainBatches(split_of(dataset, "train"), cfg.seq_len, cfg.seed)
+    train_split = split_of(dataset, "train")
+    curriculum = None
+    if cfg.curriculum:
+        assert cfg.curriculum_steps is not None
+        curriculum = Curriculum(
+            train_split, cfg.seq_len, cfg.curriculum, cfg.seed, cfg.curriculum_steps * cfg.batch_size,
+            cfg.curriculum_start, cfg.curriculum_reverse,
+        )
+        if ckpt is not None and state.get("data", {}).get("curriculum") != curriculum.fingerprint:
+            raise UserError(f"the curriculum's scores differ from those the run in {run_dir} was trained with")
+    batches = TrainBatches(train_split, cfg.seq_len, cfg.seed, curriculum)
     has_val = "val" in dataset.splits and dataset.splits["val"].n_tokens > cfg.seq_len
     val = val_windows(dataset.splits["val"], cfg.seq_len, cfg.eval_tokens) if has_val else None
 
@@ -661,6 +745,8 @@ def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str,
     raw = GPT(model_cfg)
     if ckpt is not None:
         rundir.load_weights(raw, ckpt / rundir.MODEL_FILE)
+    elif cfg.init:
+        _load_init(raw, cfg.init)
     raw.to(device)
     optimizer = _make_optimizer(raw, cfg, device)
     if ckpt is not None:
@@ -734,6 +820,7 @@ def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str,
                         "next_window": step * cfg.batch_size,
                         "windows_per_epoch": batches.windows_per_epoch,
                         "epoch": step * cfg.batch_size / batches.windows_per_epoch,
+                        **({"curriculum": curriculum.fingerprint} if curriculum is not None else {}),
                     },
                     "rng": rundir.rng_state(),
                     "val_loss": last_val[0] if last_val else None,
