@@ -473,6 +473,7 @@ def test_readme_torchrun_line_passes_every_check(dataset: Path, tmp_path: Path, 
     """The line's own arguments, as two processes would see them, get through every check before training."""
     import tinystories.train as trainlib
     from tinystories.cli import run
+    from tinystories.train_setup import Dist, prepare_run
 
     words = readme_torchrun_line()
     args = words[words.index("tinystories") + 1 :]
@@ -481,8 +482,8 @@ def test_readme_torchrun_line_passes_every_check(dataset: Path, tmp_path: Path, 
     monkeypatch.setenv("RANK", "0")
     checked = {}
 
-    def prepare_only(cfg: TrainConfig, overrides: dict, dist: trainlib.Dist) -> None:
-        checked["run"] = trainlib._prepare_run(cfg, overrides, dist)
+    def prepare_only(cfg: TrainConfig, overrides: dict, dist: Dist) -> None:
+        checked["run"] = prepare_run(cfg, overrides, dist)
 
     monkeypatch.setattr(trainlib, "_train", prepare_only)
     run(args)

@@ -19,16 +19,8 @@ import conftest
 from test_train import MICRO, losses, make_dataset, micro_cfg, open_split, weights
 from tinystories import rundir
 from tinystories.data.loader import Layout, TrainBatches, to_device
-from tinystories.train import (
-    BatchLoader,
-    TrainConfig,
-    _make_optimizer,
-    compute_dtype,
-    make_scaler,
-    optimizer_step,
-    peak_flops,
-    train,
-)
+from tinystories.train import BatchLoader, TrainConfig, optimizer_step, peak_flops, train
+from tinystories.train_setup import compute_dtype, make_optimizer, make_scaler
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +94,7 @@ def test_scaler_skips_a_step_with_an_inf_gradient_and_lowers_the_scale() -> None
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
     cfg = TrainConfig(lr=1e-2)
-    optimizer = _make_optimizer(model, cfg, torch.device("cpu"))
+    optimizer = make_optimizer(model, cfg, torch.device("cpu"))
     scaler = make_scaler(torch.device("cpu"))
     x = torch.randn(4, 8)
 

@@ -39,6 +39,7 @@ from tinystories.data.tokenizer import load_tokenizer
 from tinystories.errors import UserError
 from tinystories.io import atomic_folder, atomic_save, atomic_write_json, atomic_write_text
 from tinystories.model import GPT, ModelConfig
+from tinystories.train_config import TrainConfig
 
 CONFIG_FILE = "config.toml"
 ENV_FILE = "env.json"
@@ -91,7 +92,7 @@ class RunConfig:
 
     model: ModelConfig
     """Architecture the checkpoints were saved from."""
-    train: Any | None
+    train: TrainConfig | None
     """`TrainConfig` (None for a run folder made by `convert`)."""
     data: dict[str, Any]
     """`path` and `content_hash` of the dataset folder (empty when unknown)."""
@@ -125,8 +126,6 @@ def read_config(run_dir: str | os.PathLike) -> RunConfig:
     model = _build_section(ModelConfig, data["model"], path)
     train = None
     if "train" in data:
-        from tinystories.train import TrainConfig
-
         train = _build_section(TrainConfig, data["train"], path)
     return RunConfig(model=model, train=train, data=dict(data.get("data", {})))
 

@@ -20,266 +20,44 @@ checkpoint intervals may change.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import datetime
-import hashlib
-import importlib
 import json
 import math
-import os
 import queue
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm  # type: ignore[import-untyped]
 
 from tinystories import rundir
-from tinystories.config import OPERATIONAL, is_operational, parse_duration, result_fields
-from tinystories.data.loader import Layout, TrainBatches, split_of, to_device, val_windows
+from tinystories.data.loader import Layout, TrainBatches, to_device, val_windows
 from tinystories.data.shards import Dataset, open_dataset
 from tinystories.errors import UserError
-from tinystories.io import atomic_write_text
+from tinystories.train_config import TrainConfig, lr_at, resolve
+from tinystories.train_setup import (
+    Dist,
+    barrier,
+    build_model,
+    compute_dtype,
+    config_hash,
+    dist_from_env,
+    make_optimizer,
+    make_scaler,
+    pick_device,
+    prepare_run,
+    resume_state,
+    start_process_group,
+    step_seed,
+    train_batches,
+    write_run_files,
+)
 
-
-@dataclass
-class TrainConfig:
-    data: str | None = field(default=None, metadata=OPERATIONAL)
-    """Dataset folder (from `tinystories tokenize`); on --resume, defaults to the run's."""
-    run: str | None = field(default=None, metadata={"aliases": ("--run-dir",), **OPERATIONAL})
-    """Run folder to create (default: runs/<preset>-<date>-<time>), or to continue with --resume."""
-    preset: str = "llama-260k"
-    """Model preset; any model field can be overridden with --model-<field>."""
-    seq_len: int | None = None
-    """Tokens per training window (default: the model's max_seq_len)."""
-    batch_size: int = 32
-    """Windows per optimizer step over all processes and micro-steps (the global batch)."""
-    # Operational: micro-steps and processes only regroup the same global batch (equal up to rounding).
-    grad_accum: int = field(default=1, metadata=OPERATIONAL)
-    """Micro-steps per optimizer step on each process; micro-batch = batch_size / (grad_accum x processes)."""
-    lr: float = 5e-4
-    """Peak learning rate (the paper: 5e-4)."""
-    min_lr: float | None = None
-    """Learning rate at the end of the cosine decay (default: lr / 10)."""
-    schedule: Literal["cosine", "constant"] = "cosine"
-    """Learning rate after warmup: cosine decay to min_lr, or constant (the paper)."""
-    warmup: int | None = None
-    """Linear warmup steps (default: min(100, a tenth of the run))."""
-    decay_steps: int | None = None
-    """Length of the schedule in steps, warmup included; lr stays at min_lr after it (default: the run's max_steps or max_tokens)."""
-    weight_decay: float = 0.1
-    """AdamW weight decay, applied to matrices and embeddings only (parameters with >= 2 dims)."""
-    beta1: float = 0.9
-    """AdamW beta1."""
-    beta2: float = 0.95
-    """AdamW beta2."""
-    eps: float = 1e-8
-    """AdamW epsilon."""
-    grad_clip: float = 1.0
-    """Clip the global gradient norm to this (0 = no clipping)."""
-    seed: int = 1337
-    """Seed for initialisation, data order and dropout."""
-    max_steps: int | None = field(default=None, metadata=OPERATIONAL)
-    """Stop after this many optimizer steps."""
-    max_tokens: int | None = field(default=None, metadata=OPERATIONAL)
-    """Stop once this many training tokens were seen (e.g. 20M)."""
-    time: float | None = field(default=None, metadata={"parse": parse_duration, **OPERATIONAL})
-    """Stop after this much training wall-clock time, summed over resumes (e.g. 90s, 10m, 2h)."""
-    eval_interval: int = field(default=250, metadata=OPERATIONAL)
-    """Validate every this many steps, and at the end (0 = only at the end)."""
-    eval_tokens: int = field(default=100_000, metadata=OPERATIONAL)
-    """Validation tokens scored per evaluation, evenly spread over the split (0 = the whole split)."""
-    ckpt_interval: int = field(default=1000, metadata=OPERATIONAL)
-    """Save a checkpoint every this many steps, and at the end (0 = only at the end)."""
-    keep_ckpts: int = field(default=3, metadata=OPERATIONAL)
-    """Keep only the newest this many checkpoints (0 = keep all)."""
-    log_interval: int = field(default=10, metadata=OPERATIONAL)
-    """Write a metrics line every this many steps."""
-    device: str = "auto"
-    """cpu, cuda, cuda:N, or auto (cuda when available)."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Autocast dtype for forward/backward; weights stay fp32 (auto: bfloat16 on CUDA where supported, else float16 with a gradient scaler; float32 on CPU)."""
-    compile: bool = False
-    """Compile the model with torch.compile (slower start, faster steps on a GPU)."""
-    progress: bool = field(default=True, metadata=OPERATIONAL)
-    """Show a progress bar (only on a terminal, only on rank 0)."""
-    tensorboard: bool = field(default=False, metadata=OPERATIONAL)
-    """Also log to TensorBoard (in RUN/tb; needs the tensorboard package)."""
-    resume: bool = field(default=False, metadata=OPERATIONAL)
-    """Continue the run in --run from its newest checkpoint."""
-
-
-# --- setup ------------------------------------------------------------------------
-
-
-@dataclass
-class Dist:
-    """Where this process sits in a (possibly single-process) job."""
-
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world_size > 1
-
-
-def _dist_from_env() -> Dist:
-    # torchrun sets these; a plain `python -m tinystories train` has none.
-    return Dist(
-        rank=int(os.environ.get("RANK", "0")),
-        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-        world_size=int(os.environ.get("WORLD_SIZE", "1")),
-    )
-
-
-def _pick_device(name: str, dist: Dist) -> torch.device:
-    device = rundir.resolve_device(name, dist.local_rank if dist.active else None)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        # TF32 tensor cores for the fp32 matmuls left outside autocast (and all of them at --dtype float32).
-        torch.set_float32_matmul_precision("high")
-    return device
-
-
-def compute_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype that `--dtype name` means on `device` (float32: no autocast)."""
-    if name == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def _step_seed(seed: int, step: int, rank: int) -> int:
-    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate for optimizer step `step` (0-based) of a resolved config."""
-    warmup = cfg.warmup or 0
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    if cfg.schedule == "constant":
-        return cfg.lr
-    assert cfg.decay_steps is not None and cfg.min_lr is not None
-    span = max(1, cfg.decay_steps - warmup)
-    progress = min(1.0, (step - warmup) / span)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-def resolve(cfg: TrainConfig, seq_len: int) -> TrainConfig:
-    """Fill in the defaults that depend on the run (seq_len, min_lr, schedule length, warmup)."""
-    tokens_per_step = cfg.batch_size * seq_len
-    planned = cfg.max_steps
-    if planned is None and cfg.max_tokens is not None:
-        planned = math.ceil(cfg.max_tokens / tokens_per_step)
-    decay = cfg.decay_steps
-    if cfg.schedule == "cosine" and decay is None:
-        if planned is None:
-            raise UserError(
-                "the cosine schedule needs a length: give --max-steps, --max-tokens or --decay-steps "
-                "(or use --schedule constant)"
-            )
-        decay = planned
-    horizon = decay if decay is not None else planned
-    warmup = cfg.warmup
-    if warmup is None:
-        warmup = 100 if horizon is None else min(100, horizon // 10)
-    min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10
-    return dataclasses.replace(cfg, seq_len=seq_len, decay_steps=decay, warmup=warmup, min_lr=min_lr)
-
-
-def _check_basic(cfg: TrainConfig, dist: Dist) -> None:
-    for name in ("batch_size", "grad_accum"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if cfg.batch_size % (cfg.grad_accum * dist.world_size):
-        raise UserError(
-            f"--batch-size {cfg.batch_size} is not divisible by grad_accum x processes = "
-            f"{cfg.grad_accum} x {dist.world_size}"
-        )
-    if cfg.max_steps is None and cfg.max_tokens is None and cfg.time is None:
-        raise UserError("no budget: give --max-steps, --max-tokens or --time")
-    if cfg.log_interval < 1:
-        raise UserError("--log-interval must be at least 1")
-
-
-def build_model_config(preset_name: str, overrides: dict[str, Any], vocab_size: int) -> Any:
-    """The preset with overrides applied; the vocabulary size always comes from the dataset."""
-    from tinystories.presets import preset
-
-    given = overrides.get("vocab_size")
-    if given is not None and given != vocab_size:
-        raise UserError(
-            f"--model-vocab-size {given} differs from the dataset's tokenizer ({vocab_size} tokens)"
-        )
-    return preset(preset_name, **{**overrides, "vocab_size": vocab_size})
-
-
-def config_hash(model_cfg: Any, cfg: TrainConfig, content_hash: str) -> str:
-    """Hash of everything that determines the trajectory (stored in each checkpoint)."""
-    blob = json.dumps(
-        {"model": rundir.config_dict(model_cfg), "train": result_fields(cfg), "data": content_hash},
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _merge_resume(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
-    """The saved config with the given budget; other settings must not change."""
-    defaults = TrainConfig()
-    changes = {}
-    for f in dataclasses.fields(TrainConfig):
-        new, old, default = getattr(given, f.name), getattr(saved, f.name), getattr(defaults, f.name)
-        if new in (default, old):
-            continue
-        if is_operational(f):
-            changes[f.name] = new
-        else:
-            flag = "--" + f.name.replace("_", "-")
-            raise UserError(
-                f"cannot resume with {flag} {new} (the run used {old}): it would change the trajectory; "
-                f"only the budget and intervals may change, or start a new --run"
-            )
-    return dataclasses.replace(saved, **changes)
-
-
-def _check_model_resume(saved: Any, overrides: dict[str, Any]) -> None:
-    for name, value in overrides.items():
-        old = getattr(saved, name)
-        if name == "windows":
-            value = tuple(value)
-        if value != old:
-            flag = "--model-" + name.replace("_", "-")
-            raise UserError(
-                f"cannot resume with {flag} {value} (the run used {old}): the checkpoint belongs to the saved model"
-            )
-
-
-def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    kwargs = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps}
-    # The fused kernel makes one pass over each parameter's state (4-5x faster than foreach on CPU).
-    try:
-        return torch.optim.AdamW(groups, fused=device.type in ("cuda", "cpu"), **kwargs)
-    except (RuntimeError, TypeError):  # a device or torch build without the fused kernel
-        return torch.optim.AdamW(groups, **kwargs)
+__all__ = ["TrainConfig", "compute_dtype", "lr_at", "make_optimizer", "make_scaler", "peak_flops", "resolve", "train"]
 
 
 # --- throughput -------------------------------------------------------------------
@@ -357,14 +135,6 @@ def train_flops_per_token(model: Any, seq_len: int) -> float:
 
 
 # --- one step -------------------------------------------------------------------
-
-
-def make_scaler(device: torch.device) -> Any:
-    """A loss scaler for float16 autocast (torch.amp.GradScaler; torch.cuda.amp's on old torch)."""
-    try:
-        return torch.amp.GradScaler(device.type)
-    except (AttributeError, TypeError):  # torch < 2.3
-        return torch.cuda.amp.GradScaler()
 
 
 def optimizer_step(
@@ -506,8 +276,6 @@ class _Log:
             except ImportError:
                 raise UserError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
             self.tb = SummaryWriter(str(run_dir / "tb"))
-        from tqdm import tqdm
-
         show = self.main and cfg.progress and sys.stderr.isatty()
         self.bar = tqdm(total=cfg.max_steps, initial=start, disable=not show, unit="step", dynamic_ncols=True)
 
@@ -532,88 +300,12 @@ class _Log:
             self.tb.close()
 
 
-def _truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop metrics lines past `step` (written after the checkpoint we resume from)."""
-    path = run_dir / rundir.METRICS_FILE
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a kill
-        if row.get("step", 0) <= step:
-            keep.append(line)
-    atomic_write_text(path, "".join(k + "\n" for k in keep))
-
-
 # --- the loop ----------------------------------------------------------------------
-
-
-def _barrier(dist: Dist) -> None:
-    if dist.active:
-        torch.distributed.barrier()
-
-
-def _prepare_run(cfg: TrainConfig, model_overrides: dict[str, Any], dist: Dist) -> tuple[Path, TrainConfig, Any, dict, Path | None]:
-    """Check the run folder and settings; returns (run_dir, resolved cfg, model cfg, data section, checkpoint)."""
-    if cfg.resume:
-        if not cfg.run:
-            raise UserError("--resume needs --run (the run folder to continue)")
-        run_dir = Path(cfg.run)
-        if not rundir.is_run(run_dir):
-            raise UserError(f"nothing to resume: {run_dir} is not a run folder (no {rundir.CONFIG_FILE})")
-        ckpt = rundir.latest_checkpoint(run_dir)
-        if ckpt is None:
-            raise UserError(f"nothing to resume: run {run_dir} has no checkpoint yet")
-        saved = rundir.read_config(run_dir)
-        if saved.train is None:
-            raise UserError(f"run {run_dir} was not made by training ({rundir.CONFIG_FILE} has no [train]); it cannot be resumed")
-        merged = _merge_resume(saved.train, cfg)
-        _check_model_resume(saved.model, model_overrides)
-        data_path = cfg.data or saved.data.get("path")
-        if not data_path:
-            raise UserError(f"{run_dir / rundir.CONFIG_FILE} names no dataset; pass --data")
-        dataset = open_dataset(data_path)
-        if dataset.content_hash != saved.data.get("content_hash"):
-            raise UserError(
-                f"dataset {data_path} has content hash {dataset.content_hash}, but the run was trained on "
-                f"{saved.data.get('content_hash')}: resuming on other data would change the trajectory"
-            )
-        merged = dataclasses.replace(merged, data=str(data_path), run=str(run_dir), resume=True)
-        _check_basic(merged, dist)
-        data = {**saved.data, "path": str(Path(data_path).resolve())}
-        return run_dir, merged, saved.model, data, ckpt
-
-    if not cfg.data:
-        raise UserError("--data is required: a dataset folder made by `tinystories tokenize`")
-    dataset = open_dataset(cfg.data)
-    model_cfg = build_model_config(cfg.preset, model_overrides, dataset.vocab_size)
-    seq_len = cfg.seq_len or model_cfg.max_seq_len
-    if seq_len > model_cfg.max_seq_len:
-        raise UserError(
-            f"--seq-len {seq_len} exceeds the model's max_seq_len {model_cfg.max_seq_len} "
-            "(raise it with --model-max-seq-len)"
-        )
-    if cfg.run is None and dist.active:
-        raise UserError("--run is required with several processes (each would pick its own default name)")
-    run_dir = Path(cfg.run or Path("runs") / f"{cfg.preset}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise UserError(f"run folder {run_dir} already exists; pass --resume to continue it, or choose another --run")
-    _check_basic(cfg, dist)
-    resolved = resolve(dataclasses.replace(cfg, run=str(run_dir)), seq_len)
-    data = {
-        "path": str(Path(cfg.data).resolve()),
-        "content_hash": dataset.content_hash,
-        "tokenizer_sha256": dataset.meta.get("tokenizer_sha256"),
-    }
-    return run_dir, resolved, model_cfg, data, None
 
 
 def train(cfg: TrainConfig, model_overrides: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Train (or resume) a run; returns a summary on rank 0 (None on other ranks)."""
-    dist = _dist_from_env()
+    dist = dist_from_env()
     try:
         return _train(cfg, dict(model_overrides or {}), dist)
     finally:
@@ -622,69 +314,34 @@ def train(cfg: TrainConfig, model_overrides: dict[str, Any] | None = None) -> di
 
 
 def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str, Any] | None:
-    from tinystories.model import GPT
-
     # Every rank makes the same read-only checks, so a user error stops all of them.
-    run_dir, cfg, model_cfg, data, ckpt = _prepare_run(cfg, overrides, dist)
+    run_dir, cfg, model_cfg, data, ckpt = prepare_run(cfg, overrides, dist)
     assert cfg.seq_len is not None and cfg.data is not None
-    device = _pick_device(cfg.device, dist)
-    if dist.active and not torch.distributed.is_initialized():
-        # DDP imports torch._dynamo. Imported while a process group exists, it keeps references to
-        # the group that outlive destroy_process_group, and the group's communication threads then run
-        # on into interpreter shutdown, where one that touches a Python object aborts the process
-        # ("terminate called without an active exception"). Imported before, it holds none.
-        importlib.import_module("torch._dynamo")
-        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    device = pick_device(cfg.device, dist)
+    start_process_group(dist, device)
     dataset = open_dataset(cfg.data)
     chash = config_hash(model_cfg, cfg, data["content_hash"])
-
-    state: dict[str, Any] = {}
-    if ckpt is not None:
-        state = rundir.read_state(ckpt)
-        if state.get("config_hash") != chash:
-            raise UserError(f"checkpoint {ckpt} does not belong to {run_dir / rundir.CONFIG_FILE} (config hash differs)")
-        rundir.load_tokenizer_checked(run_dir, model_cfg.vocab_size)
-        regrouped = state.get("world_size", 1) * state.get("grad_accum", cfg.grad_accum) != dist.world_size * cfg.grad_accum
-        if dist.main and regrouped:
-            print(
-                "tinystories: note: the global batch is now split differently over processes and micro-steps; "
-                "the continuation is the same up to floating-point rounding",
-                file=sys.stderr,
-            )
+    state = resume_state(run_dir, ckpt, chash, model_cfg.vocab_size, cfg.grad_accum, dist)
     layout = Layout(cfg.batch_size // (cfg.grad_accum * dist.world_size), cfg.grad_accum, dist.world_size)
-    batches = TrainBatches(split_of(dataset, "train"), cfg.seq_len, cfg.seed)
+    batches = train_batches(dataset, cfg, state)
     has_val = "val" in dataset.splits and dataset.splits["val"].n_tokens > cfg.seq_len
     val = val_windows(dataset.splits["val"], cfg.seq_len, cfg.eval_tokens) if has_val else None
 
-    # Model and optimizer; weights from the checkpoint when resuming.
-    torch.manual_seed(cfg.seed)
-    raw = GPT(model_cfg)
-    if ckpt is not None:
-        rundir.load_weights(raw, ckpt / rundir.MODEL_FILE)
-    raw.to(device)
-    optimizer = _make_optimizer(raw, cfg, device)
+    # Model and optimizer; weights from the checkpoint when resuming, or from --init.
+    raw = build_model(model_cfg, cfg, ckpt).to(device)
+    optimizer = make_optimizer(raw, cfg, device)
     if ckpt is not None:
         rundir.load_optimizer(optimizer, ckpt)
         rundir.set_rng_state(state["rng"])
     # Nothing is written before every check passed, so a refused run leaves the folder as it was.
-    _barrier(dist)
+    barrier(dist)
     if dist.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        rundir.write_config(run_dir, model_cfg, cfg, data)
-        rundir.write_env(run_dir, device, dist.world_size, resumed=ckpt is not None)
-        if ckpt is None:
-            from tinystories.data.tokenizer import load_tokenizer
-
-            load_tokenizer(cfg.data).save(run_dir)
-        else:
-            _truncate_metrics(run_dir, int(state["step"]))
-    _barrier(dist)
+        write_run_files(run_dir, model_cfg, cfg, data, device, dist, state)
+    barrier(dist)
 
     model: torch.nn.Module = raw
     ddp = None
     if dist.active:
-        from torch.nn.parallel import DistributedDataParallel
-
         ddp = DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
         model = ddp
     if cfg.compile:
@@ -734,6 +391,7 @@ def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str,
                         "next_window": step * cfg.batch_size,
                         "windows_per_epoch": batches.windows_per_epoch,
                         "epoch": step * cfg.batch_size / batches.windows_per_epoch,
+                        **({"curriculum": batches.curriculum.fingerprint} if batches.curriculum else {}),
                     },
                     "rng": rundir.rng_state(),
                     "val_loss": last_val[0] if last_val else None,
@@ -770,7 +428,7 @@ def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str,
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            torch.manual_seed(_step_seed(cfg.seed, step, dist.rank))
+            torch.manual_seed(step_seed(cfg.seed, step, dist.rank))
             loss_sum.zero_()
             for micro in range(layout.grad_accum):
                 x, y = loader.get(step, micro)
@@ -784,13 +442,15 @@ def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str,
             step += 1
             log.bar.update()
 
-            do_eval = val is not None and cfg.eval_interval > 0 and step % cfg.eval_interval == 0
+            # Validate every eval_interval steps and at the last step of a step or token budget.
+            due = cfg.eval_interval > 0 and step % cfg.eval_interval == 0
+            do_eval = val is not None and (due or out_of_budget(0.0, check_time=False))
             if step % cfg.log_interval == 0 or do_eval:
                 last_row = _metrics_row(
                     step, tokens_per_step, loss_sum, lr, grad_norm, t_mark, tokens_mark, flops_per_token, peak, dist,
                     elapsed_before + time.perf_counter() - t0,
                 )
-                if do_eval:
+                if val is not None and do_eval:
                     last_val = _validate(raw, val, layout.micro_batch, device, autocast, dist, bytes_per_token)
                     last_row.update(val_loss=last_val[0], val_bpb=last_val[1])
                 log.write(last_row)

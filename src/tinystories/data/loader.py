@@ -11,6 +11,10 @@ Step `s` uses global windows `[s * G, (s + 1) * G)` with
 the `micro_batch` windows starting at `(r * grad_accum + m) * micro_batch`.
 Nothing depends on what was read before, so a resumed run and any DDP split of
 the same global batch see exactly the same tokens.
+
+With a curriculum (`tinystories.data.curriculum`) the first `span` global
+windows are drawn from the easiest stories first; global window `g >= span`
+is then window `g - span` of the uniform order above.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tinystories.data.curriculum import Curriculum
 from tinystories.data.shards import Dataset, Split
 from tinystories.errors import UserError
 
@@ -50,10 +55,11 @@ class Layout:
 class TrainBatches:
     """Training windows of a split, a pure function of (seed, step, rank, micro-step)."""
 
-    def __init__(self, split: Split, seq_len: int, seed: int):
+    def __init__(self, split: Split, seq_len: int, seed: int, curriculum: Curriculum | None = None):
         self.split = split
         self.seq_len = seq_len
         self.seed = seed
+        self.curriculum = curriculum
         n = split.n_tokens
         if n < seq_len + 1:
             raise UserError(
@@ -77,6 +83,10 @@ class TrainBatches:
 
     def window_start(self, g: int) -> int:
         """Stream position of global window `g`."""
+        if self.curriculum is not None:
+            if g < self.curriculum.span:
+                return self.curriculum.window_start(g)
+            g -= self.curriculum.span
         epoch, i = divmod(g, self.windows_per_epoch)
         self._set_epoch(epoch)
         return self._offset + int(self._order[i]) * self.seq_len
