@@ -42,13 +42,14 @@ import math
 import os
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from tinystories.config import check
 from tinystories.errors import UserError
 from tinystories.interp.hooks import iter_activations
 from tinystories.interp.text import Story, load_records, prepare
@@ -75,7 +76,7 @@ class HeadsConfig(RunOptions):
 
     data: tuple[str, ...] = ()
     """Story files or a dataset folder; default: the run's dataset, else procedural stories."""
-    stories: int = 50
+    stories: int = field(default=50, metadata={"min": 1})
     """Number of stories to score the heads on."""
     text: str = PAPER_TEXT
     """Text whose attention maps are drawn (default: the paper's Figures 19-20 text)."""
@@ -340,8 +341,7 @@ def interpret_heads(cfg: HeadsConfig) -> dict[str, Any]:
     cfg = with_device(cfg)
     if not cfg.run:
         raise UserError("--run is required: the run folder whose heads are analysed")
-    if cfg.stories < 1:
-        raise UserError(f"--stories must be >= 1, got {cfg.stories}")
+    check(cfg)
     loaded = load_run(cfg.run, step=cfg.step, device=cfg.device)
     model, tok = loaded.model, loaded.tokenizer
     records, source = load_records(cfg.data, loaded.config, cfg.stories, cfg.seed)

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from tinystories.config import check
 from tinystories.errors import UserError
 from tinystories.interp.hooks import capture, resolve_layer
 from tinystories.interp.text import (
@@ -62,13 +63,13 @@ class NeuronsConfig(RunOptions):
     """Story files or a dataset folder; default: the run's dataset, else procedural stories."""
     layer: int = field(default=-2, metadata={"parse": int})  # a signed index, not a count
     """MLP layer; negative counts from the end (-2 = penultimate, as the paper)."""
-    stories: int = 20
+    stories: int = field(default=20, metadata={"min": 1})
     """Number of stories (the paper: 20 stories, about 8,000 tokens)."""
-    top_k: int = 20
+    top_k: int = field(default=20, metadata={"min": 1})
     """Top activations per neuron that its label and score are computed from."""
     examples: int = 6
     """Top-activating sentences kept per neuron for display."""
-    random_directions: int = 1000
+    random_directions: int = field(default=1000, metadata={"min": 1})
     """Random directions in the same space that every neuron's score is ranked against."""
     protagonist_stories: int = 40
     """Annotated procedural stories for the protagonist's-first-mention score when --data has no annotations (0 = skip)."""
@@ -249,8 +250,7 @@ def interpret_neurons(cfg: NeuronsConfig) -> dict[str, Any]:
     cfg = with_device(cfg)
     if not cfg.run:
         raise UserError("--run is required: the run folder whose neurons are analysed")
-    if cfg.stories < 1 or cfg.top_k < 1 or cfg.random_directions < 1:
-        raise UserError("--stories, --top-k and --random-directions must be >= 1")
+    check(cfg)
     loaded = load_run(cfg.run, step=cfg.step, device=cfg.device)
     model, tok = loaded.model, loaded.tokenizer
     layer = resolve_layer(model, cfg.layer)

@@ -356,20 +356,20 @@ def neurons_layer(data: NeuronsResult) -> str:
     summary.append(f'<div class="cards">{"".join(cards)}</div>')
     p = data.protagonist
     if p:
-        rows = [[b.neuron, b.average_precision, b.percentile, b.precision, b.recall, b.fires] for b in p.best]
+        best = [[b.neuron, b.average_precision, b.percentile, b.precision, b.recall, b.fires] for b in p.best]
         summary.append(f"<h4>Protagonist's first mention ({esc(p.source)})</h4>"
                        f"<p>{p.positives} of {p.tokens} tokens are the protagonist's first mention "
                        f"(base rate {p.base_rate:.4f}); random directions: median AP {p.random_ap.median:.4f}, "
                        f"99th percentile {p.random_ap.p99:.4f}. Precision / recall: the neuron fires when it "
                        "reaches half its largest activation.</p>"
-                       + table(rows, ["neuron", "average precision", "percentile", "precision", "recall", "fires"],
+                       + table(best, ["neuron", "average precision", "percentile", "precision", "recall", "fires"],
                                "fig"))
         if p.best and p.best[0].examples:
             b = p.best[0]
             summary.append(render_neuron(f"Layer {layer}, neuron {b.neuron}", "best protagonist detector",
                                          [("average precision", b.average_precision), ("percentile", b.percentile)],
                                          b.examples))
-    rows: list[list[Any]] = [[n.neuron, n.label, n.score, n.percentile] for n in ns]
+    rows = [[n.neuron, n.label, n.score, n.percentile] for n in ns]
     summary.append("<details><summary>all neurons</summary>" + table(rows, ["neuron", "label", "score", "percentile"],
                                                                        "num") + "</details>")
     detail = table([["site", data.site], ["source", data.source], ["stories", data.stories],
