@@ -18,6 +18,7 @@ import torch
 from tinystories import rundir
 from tinystories.config import to_toml
 from tinystories.errors import UserError
+from tinystories.interp.summary import read_interp
 from tinystories.pipeline import (
     STAGES,
     Pipeline,
@@ -35,7 +36,6 @@ from tinystories.summaries import (
     ProbesResult,
     read_eval,
     read_evals,
-    read_interp,
     read_samples,
     read_train,
 )

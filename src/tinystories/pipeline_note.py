@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from tinystories.interp.summary import read_interp
 from tinystories.summaries import (
     ConsistencyResult,
     DiversityResult,
@@ -20,7 +21,6 @@ from tinystories.summaries import (
     ProbesResult,
     Sample,
     read_eval,
-    read_interp,
     read_samples_file,
 )
 

@@ -18,15 +18,13 @@ a test instead of emptying a section.
                eval/diversity.json                                    DiversityResult
                eval/judge.json                                        JudgeResult
                eval/consistency.json                                  ConsistencyResult
-    interpret  interp/heads.json                                      HeadsResult
-               interp/neurons_layer*.json                             NeuronsResult
+    interpret  interp/heads.json, interp/neurons_layer*.json         (tinystories.interp.summary)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -138,7 +136,7 @@ def _convert(tp: Any, value: Any, path: str, missing: list[str], entries_with: s
     return (True, value) if isinstance(value, tp) else (False, None)
 
 
-def _summary(cls: type[S], name: str, data: Any) -> S:
+def summary_of(cls: type[S], name: str, data: Any) -> S:
     """`cls` read from a stage file's JSON (a non-object is read as an empty one)."""
     missing: list[str] = []
     obj = data if isinstance(data, dict) else {}
@@ -292,7 +290,7 @@ class Samples:
 def read_samples_file(path: Path) -> SampleFile:
     """One samples JSON file (`tinystories sample --out`); no samples when it is unreadable."""
     data, err = read_json(path)
-    return _summary(SampleFile, path.stem, data if err is None else {})
+    return summary_of(SampleFile, path.stem, data if err is None else {})
 
 
 def read_samples(run: Path) -> Samples:
@@ -305,7 +303,7 @@ def read_samples(run: Path) -> Samples:
             errors.append(err)
             continue
         if isinstance(data, dict):
-            s = _summary(SampleFile, f.stem, data)
+            s = summary_of(SampleFile, f.stem, data)
             items += [(f.name, x) for x in s.samples]
             missing += [f"{f.name}: {m}" for m in s.missing]
     txt = sorted(folder.glob("*.txt")) if folder.is_dir() else []
@@ -513,7 +511,7 @@ class EvalFile:
 def read_eval_file(path: Path) -> EvalFile:
     data, err = read_json(path)
     cls = LossResult if is_loss(path.stem) else EVAL_FILES.get(path.stem)
-    summary = _summary(cls, path.stem, data) if cls is not None and err is None and isinstance(data, dict) else None
+    summary = summary_of(cls, path.stem, data) if cls is not None and err is None and isinstance(data, dict) else None
     return EvalFile(path.name, data, err, summary)
 
 
@@ -532,196 +530,3 @@ def read_eval(run: Path, cls: type[S], name: str) -> S | None:
 def read_losses(run: Path) -> list[LossResult]:
     """eval/loss*.json of `run`, sorted by name."""
     return [f.summary for f in read_evals(run) if isinstance(f.summary, LossResult)]
-
-
-# --- interpret: interp/heads.json, interp/neurons_layer*.json ---------------------------------------------------
-
-
-@dataclass
-class Head:
-    layer: int = 0
-    head: int = 0
-    kind: str = "other"
-    """distance, semantic or other."""
-    positional: float = math.nan
-    semantic: float = math.nan
-    semantic_same_word: float | None = None
-    semantic_entity: float | None = None
-    mean_distance: float = math.nan
-    norm_entropy: float = math.nan
-    first_token: float | None = None
-    offsets: list[list[float]] = field(default_factory=list)
-    """[offset, mean attention] of the head's three most attended offsets."""
-
-
-@dataclass
-class HeadCounts:
-    distance: int | None = None
-    semantic: int | None = None
-    other: int | None = None
-
-
-@dataclass
-class RandomInitControl:
-    counts: HeadCounts | None = None
-    max_semantic: float | None = None
-
-
-@dataclass
-class ShuffledControl:
-    correlation_all: float | None = None
-    correlation_distance: float | None = None
-    counts: HeadCounts | None = None
-
-
-@dataclass
-class HeadControls:
-    random_init: RandomInitControl | None = None
-    shuffled: ShuffledControl | None = None
-
-
-@dataclass
-class AttentionText:
-    """The attention maps of one text: every layer's and head's pattern as uint8, base64."""
-
-    tokens: list[str] = field(default_factory=list)
-    shape: list[int] = field(default_factory=list)
-    patterns_u8: str = ""
-
-
-@dataclass
-class HeadsResult(StageFile):
-    """interp/heads.json: every head's scores and class, the controls and the attention maps."""
-
-    source: str | None = None
-    stories: int | None = None
-    tokens: int | None = None
-    thresholds: dict[str, float] = field(default_factory=dict)
-    counts: HeadCounts | None = None
-    heads: list[Head] = field(default_factory=list)
-    controls: HeadControls | None = field(default=None, metadata=OPTIONAL)
-    text: AttentionText | None = None
-
-
-@dataclass
-class Example:
-    activation: float = math.nan
-    token: str | None = None
-    sentence: str = ""
-    span: list[int] = field(default_factory=lambda: [0, 0])
-    """Character span of the token in `sentence`."""
-
-
-@dataclass
-class Neuron:
-    neuron: int = 0
-    label: str = ""
-    score: float = math.nan
-    percentile: float = math.nan
-    word_share: float | None = None
-    class_share: float | None = None
-    max_activation: float | None = None
-    examples: list[Example] = field(default_factory=list, metadata=OPTIONAL)
-    """Only for the neurons shown in full."""
-    strongest: bool = field(default=False, metadata=OPTIONAL)
-
-
-@dataclass
-class Detector:
-    """A neuron scored as a detector of the protagonist's first mention."""
-
-    neuron: int = 0
-    average_precision: float = math.nan
-    percentile: float = math.nan
-    precision: float = math.nan
-    recall: float = math.nan
-    fires: int = 0
-    examples: list[Example] = field(default_factory=list, metadata=OPTIONAL)
-
-
-@dataclass
-class RandomAP:
-    median: float = math.nan
-    p99: float = math.nan
-
-
-@dataclass
-class Protagonist:
-    source: str | None = None
-    positives: int = 0
-    tokens: int = 0
-    base_rate: float = math.nan
-    random_ap: RandomAP = field(default_factory=RandomAP)
-    best: list[Detector] = field(default_factory=list)
-
-
-@dataclass
-class NeuronCounts:
-    neurons: int = 0
-    above_random_p95: int = 0
-    median_percentile: float = math.nan
-    labels: dict[str, int] = field(default_factory=dict)
-    """Neurons per label, the most common first."""
-
-
-@dataclass
-class RandomDirections:
-    directions: int | None = None
-    scores: list[float] = field(default_factory=list)
-
-
-@dataclass
-class NeuronsResult(StageFile):
-    """interp/neurons_layer{L}.json: one layer's MLP neurons, labelled and scored against random directions."""
-
-    layer: int = 0
-    site: str | None = None
-    source: str | None = None
-    stories: int | None = None
-    tokens: int | None = None
-    top_k: int | None = None
-    summary: NeuronCounts = field(default_factory=NeuronCounts)
-    random: RandomDirections = field(default_factory=RandomDirections)
-    shown: list[int] = field(default_factory=list)
-    """Indices of the neurons shown in full."""
-    neurons: list[Neuron] = field(default_factory=list)
-    protagonist: Protagonist | None = None
-
-
-@dataclass
-class Interp:
-    """The interpretability stage's files of a run."""
-
-    heads: HeadsResult | None
-    """None when interp/heads.json is absent or cannot be shown (`heads_error` then says why)."""
-    heads_error: str | None
-    neuron_files: list[NeuronsResult | str]
-    """Each interp/neurons_layer*.json in name order: its summary, or why it cannot be shown."""
-
-    @property
-    def neurons(self) -> list[NeuronsResult]:
-        return [f for f in self.neuron_files if isinstance(f, NeuronsResult)]
-
-    @property
-    def missing(self) -> list[str]:
-        files = [*([self.heads] if self.heads else []), *self.neurons]
-        return [f"{f.name}: {m}" for f in files for m in f.missing]
-
-
-def read_interp(run: Path) -> Interp:
-    folder = run / "interp"
-    heads, heads_error = None, None
-    if (folder / "heads.json").is_file():
-        data, err = read_json(folder / "heads.json")
-        if err or not isinstance(data, dict) or not data.get("heads"):
-            heads_error = err or "interp/heads.json has no heads"
-        else:
-            heads = _summary(HeadsResult, "heads", data)
-    files: list[NeuronsResult | str] = []
-    for f in sorted(folder.glob("neurons_layer*.json")) if folder.is_dir() else []:
-        data, err = read_json(f)
-        if err or not isinstance(data, dict) or "neurons" not in data:
-            files.append(err or f.name + " has no neurons")
-        else:
-            files.append(_summary(NeuronsResult, f.stem, data))
-    return Interp(heads, heads_error, files)

@@ -26,6 +26,7 @@ from typing import Any
 
 from tinystories import plotting
 from tinystories.errors import UserError
+from tinystories.interp.summary import read_interp
 from tinystories.io import atomic_write_text
 from tinystories.plotting import pyplot
 from tinystories.report.evals import section_eval
@@ -40,7 +41,7 @@ from tinystories.report.sections import (
     section_samples,
     section_training,
 )
-from tinystories.summaries import read_evals, read_interp, read_samples, read_train
+from tinystories.summaries import read_evals, read_samples, read_train
 
 __all__ = ["ReportConfig", "compare_html", "compare_page", "headline", "pyplot", "render", "report"]
 

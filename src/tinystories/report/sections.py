@@ -8,23 +8,21 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tinystories.plotting import optional_pyplot
-from tinystories.report import plots
-from tinystories.report.html import Raw, esc, fmt, how_to_read, not_run, stage, table
-from tinystories.rundir import RunConfig
-from tinystories.summaries import (
+from tinystories.interp.summary import (
     Example,
     Head,
     HeadCounts,
     Interp,
-    ModelSizes,
     Neuron,
     NeuronsResult,
     RandomInitControl,
-    Samples,
     ShuffledControl,
-    TrainSummary,
 )
+from tinystories.plotting import optional_pyplot
+from tinystories.report import plots
+from tinystories.report.html import Raw, esc, fmt, how_to_read, not_run, stage, table
+from tinystories.rundir import RunConfig
+from tinystories.summaries import ModelSizes, Samples, TrainSummary
 
 # --- configuration --------------------------------------------------------------------------------
 
