@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 from tinystories import rundir
 from tinystories.config import to_toml
 from tinystories.errors import UserError
+from tinystories.interp.summary import read_interp
 from tinystories.pipeline import (
     STAGES,
     Pipeline,
@@ -24,6 +26,17 @@ from tinystories.pipeline import (
     closing_note,
     load_recipe,
     run_pipeline,
+)
+from tinystories.report import ReportConfig, render
+from tinystories.summaries import (
+    ConsistencyResult,
+    DiversityResult,
+    JudgeResult,
+    ProbesResult,
+    read_eval,
+    read_evals,
+    read_samples,
+    read_train,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -111,6 +124,60 @@ def test_every_stage_writes_its_outputs_and_a_rerun_skips_them(done):
     assert note.splitlines()[-1] == f"report: {root / 'report.html'}"
 
 
+def test_the_report_and_the_note_read_every_stage_file_of_a_real_run_with_no_key_missing(done):
+    root = done[0]
+    model = root / "model"
+    train = read_train(model)
+    assert train.config is not None and train.sizes is not None and train.environment is not None
+    assert train.sizes.params > train.sizes.non_embedding > 0 and train.sizes.flops_per_token > 0
+    assert [r.step for r in train.metrics] == [5, 10, 15, 20] and train.missing == []
+    samples = read_samples(model)
+    assert samples.items and samples.errors == [] and samples.missing == []
+    assert all(s.names is not None for _, s in samples.items)  # the pipeline marks the names
+    evals = {f.name: f for f in read_evals(model)}
+    assert sorted(evals) == ["consistency", "diversity", "loss_procedural", "loss_real", "probes"]
+    for name, f in evals.items():
+        assert f.error is None and f.summary is not None and f.summary.missing == [], (name, f.summary)
+    probes = evals["probes"].summary
+    assert isinstance(probes, ProbesResult) and probes.by_category and probes.byte_normalised and probes.baselines
+    diversity = evals["diversity"].summary
+    assert isinstance(diversity, DiversityResult)
+    assert sorted(diversity.kgrams_in_corpus) == ["2", "3", "4", "5"] and diversity.closest_training_story
+    consistency = evals["consistency"].summary
+    assert isinstance(consistency, ConsistencyResult) and consistency.reference is not None
+    interp = read_interp(model)
+    assert interp.heads is not None and len(interp.heads.heads) == 8 and interp.heads.controls is not None
+    assert [n.layer for n in interp.neurons] == [0] and interp.neurons[0].protagonist is not None
+    assert interp.missing == [] and interp.heads_error is None
+
+    page = render(model, ReportConfig())
+    sections = dict(re.findall(r'<section id="(\w+)"><h2>[^<]*</h2>(.*?)</section>', page, re.S))
+    assert list(sections) == ["headline", "config", "training", "samples", "eval", "heads", "neurons", "findings"]
+    for sid, content in sections.items():
+        text = re.sub(r"<[^>]+>", "", re.sub(r"<script.*?</script>", "", content, flags=re.S)).strip()
+        assert len(text) > 100, sid
+        assert "not run:" not in content.replace("not run: eval judge", ""), sid  # no judge in this recipe
+        assert "unexpected layout" not in content and "could not be read" not in content, sid
+    note = closing_note(root)
+    assert (len(note.splitlines()) == 20 and "[not above chance]" in note) or "probes:" in note
+
+
+def test_a_renamed_key_is_a_missing_key(done, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(done[0] / "model", model)
+    probes = json.loads((model / "eval" / "probes.json").read_text())
+    probes["by_cat"] = probes.pop("by_category")
+    probes["by_kind"]["names"]["acc"] = probes["by_kind"]["names"].pop("accuracy")
+    (model / "eval" / "probes.json").write_text(json.dumps(probes))
+    heads = json.loads((model / "interp" / "heads.json").read_text())
+    heads["heads"][3]["type"] = heads["heads"][3].pop("kind")
+    (model / "interp" / "heads.json").write_text(json.dumps(heads))
+    summary = read_eval(model, ProbesResult, "probes")
+    assert summary is not None and summary.missing == ["by_category", "by_kind.names.accuracy"]
+    assert read_interp(model).missing == ["heads: heads.3.kind"]
+    assert 'id="eval-probes"' in render(model, ReportConfig())  # the page still renders
+
+
 def test_a_changed_setting_redoes_only_the_stages_that_depend_on_it(done, tmp_path):
     root = copy_of(done, tmp_path)
     real = json.loads((done[0] / "model" / "eval" / "loss_real.json").read_text())["files"][0]
@@ -142,6 +209,8 @@ def test_a_judge_in_the_recipe_grades_in_the_eval_stage(done, llm_server, tmp_pa
     assert result["judge"]["model"] == llm_server.model and result["parse"]["graded"] == 1
     assert (root / "judge_cache.sqlite").is_file()
     assert f"judge ({llm_server.model})" in closing_note(root)
+    summary = read_eval(root / "model", JudgeResult, "judge")
+    assert summary is not None and summary.missing == [] and summary.scores
     assert 'id="eval"' in (root / "report.html").read_text()
 
 

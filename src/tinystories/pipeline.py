@@ -3,15 +3,12 @@
     tinystories pipeline --recipe demo --out runs/demo      # a built-in recipe (demo, smoke, micro)
     tinystories pipeline --recipe my.toml --out runs/mine   # the same stages, the user's settings
 
-A recipe is a TOML file with one section per component, each holding fields
-of that component's config dataclass: `[synth]` (SynthConfig), `[tokenize]`
-(TokenizeConfig), `[model]` (ModelConfig fields over the preset), `[train]`
-(TrainConfig), `[sample]` (SampleConfig), `[eval]` (EvalConfig below),
-`[probes]` (ProbesConfig), `[diversity]` (DiversityConfig), `[judge]`
-(JudgeConfig), `[heads]` (HeadsConfig), `[neurons]` (NeuronsConfig) and
-`[report]` (ReportConfig). Paths between stages are the pipeline's to
-choose, so a recipe may not set them. Built-in recipes live in
-`tinystories/recipes/`.
+A recipe (`tinystories.recipe`) is a TOML file with one section per
+component, each holding fields of that component's config dataclass
+(`SECTIONS`: `[synth]`, `[tokenize]`, `[model]` over the preset, `[train]`,
+`[sample]`, `[eval]` (EvalConfig below), `[probes]`, `[diversity]`, `[judge]`,
+`[heads]`, `[neurons]`, `[report]`). Paths between stages are the pipeline's
+to choose, so a recipe may not set them (`OWNED`).
 
 The pipeline folder:
 
@@ -30,9 +27,10 @@ Each stage calls its library function; nothing here repeats their logic. A
 stage's key hashes its resolved config and the fingerprints of the outputs it
 reads; a stage is skipped when its record holds the same key and its outputs
 still have the recorded fingerprint, so a re-run does only what changed or was
-not finished. Training resumes from its newest checkpoint when only its budget
-(or nothing) changed, e.g. after a kill; any other change starts that stage's
-outputs over. Adding a stage is one more entry in STAGES.
+not finished. Training resumes from its newest checkpoint when only its
+operational settings (budget, intervals: `config.OPERATIONAL`) or nothing
+changed, e.g. after a kill; any other change starts that stage's outputs over.
+Adding a stage is one more entry in STAGES. The closing note is `pipeline_note`.
 """
 
 from __future__ import annotations
@@ -46,19 +44,35 @@ import os
 import shutil
 import sys
 import time
-import tomllib
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from tinystories.config import build, parse_count, parse_duration
-from tinystories.errors import UserError
-from tinystories.io import atomic_write_json, atomic_write_text, sha256_file
+import torch
 
-STATE_FILE = "pipeline.json"
+from tinystories import rundir
+from tinystories.config import build, parse_duration, result_fields
+from tinystories.data.stories import iter_stories
+from tinystories.data.tokenize import TokenizeConfig, tokenize
+from tinystories.errors import UserError
+from tinystories.eval.diversity import DiversityConfig, evaluate_diversity
+from tinystories.eval.judge import BUILTIN_BEGINNINGS, JudgeConfig, evaluate_judge
+from tinystories.eval.loss import LossConfig, evaluate_loss
+from tinystories.eval.probes import BUILTIN_SETS, ProbesConfig, evaluate_probes
+from tinystories.interp.heads import HeadsConfig, interpret_heads
+from tinystories.interp.neurons import NeuronsConfig, interpret_neurons
+from tinystories.io import atomic_write_json, atomic_write_text, sha256_file
+from tinystories.model import ModelConfig
+from tinystories.pipeline_note import REPORT_FILE, STATE_FILE, closing_note
+from tinystories.recipe import Recipe, builtin_recipes, read_recipe  # noqa: F401  (builtin_recipes: re-exported)
+from tinystories.report import ReportConfig, report
+from tinystories.sample import SampleConfig, sample
+from tinystories.synth.coherence import name_consistency
+from tinystories.synth.generate import SynthConfig, synth
+from tinystories.synth.world import BOY_NAMES, GIRL_NAMES
+from tinystories.train import TrainConfig, train
+
 RECIPE_FILE = "recipe.toml"
 REAL_STORIES = "tinystories/TinyStories-valid.first201.txt"
 """Default real stories for the side-by-side loss, under $TINYSTORIES_TESTDATA."""
@@ -95,37 +109,25 @@ class EvalConfig:
 # --- recipes ----------------------------------------------------------------------
 
 
-def _sections() -> dict[str, type]:
-    from tinystories.data.tokenize import TokenizeConfig
-    from tinystories.eval.diversity import DiversityConfig
-    from tinystories.eval.judge import JudgeConfig
-    from tinystories.eval.probes import ProbesConfig
-    from tinystories.interp.heads import HeadsConfig
-    from tinystories.interp.neurons import NeuronsConfig
-    from tinystories.model import ModelConfig
-    from tinystories.report import ReportConfig
-    from tinystories.sample import SampleConfig
-    from tinystories.synth.generate import SynthConfig
-    from tinystories.train import TrainConfig
-
-    return {
-        "synth": SynthConfig,
-        "tokenize": TokenizeConfig,
-        "model": ModelConfig,
-        "train": TrainConfig,
-        "sample": SampleConfig,
-        "eval": EvalConfig,
-        "probes": ProbesConfig,
-        "diversity": DiversityConfig,
-        "judge": JudgeConfig,
-        "heads": HeadsConfig,
-        "neurons": NeuronsConfig,
-        "report": ReportConfig,
-    }
+SECTIONS: dict[str, type] = {
+    "synth": SynthConfig,
+    "tokenize": TokenizeConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "sample": SampleConfig,
+    "eval": EvalConfig,
+    "probes": ProbesConfig,
+    "diversity": DiversityConfig,
+    "judge": JudgeConfig,
+    "heads": HeadsConfig,
+    "neurons": NeuronsConfig,
+    "report": ReportConfig,
+}
+"""Recipe section -> the config dataclass its fields belong to."""
 
 
 # Fields each stage's paths and bookkeeping own: a recipe that sets them is refused.
-OWNED = {
+OWNED: dict[str, tuple[str, ...]] = {
     "synth": ("out", "shard", "resume"),
     "tokenize": ("data", "out", "val_data"),
     "train": ("data", "run", "resume", "device"),
@@ -140,65 +142,10 @@ OWNED = {
 }
 
 
-@dataclass
-class Recipe:
-    name: str
-    """Recipe name (its file name without .toml)."""
-    text: str
-    """The TOML as given."""
-    sections: dict[str, dict[str, Any]]
-    """Section name -> its fields, values coerced to the fields' types."""
-
-
-def builtin_recipes() -> list[str]:
-    """Names of the recipes shipped in tinystories/recipes."""
-    folder = resources.files("tinystories") / "recipes"
-    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
-
-
-def _coerce(cls: type, section: str, values: dict[str, Any]) -> dict[str, Any]:
-    # TOML gives strings for counts and durations ("3M", "10m"): parse them as the CLI would.
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    out = {}
-    for key, value in values.items():
-        if key not in fields:
-            raise UserError(f"recipe [{section}] has no field {key!r} ({cls.__name__})")
-        f = fields[key]
-        if isinstance(value, str) and "parse" in f.metadata:
-            value = f.metadata["parse"](value)
-        elif isinstance(value, str) and hints[key] in (int, int | None):
-            value = parse_count(value)
-        out[key] = value
-    return out
-
-
 def load_recipe(spec: str) -> Recipe:
-    """A built-in recipe by name, or a TOML file; unknown sections and fields are errors."""
-    path = Path(spec)
-    if spec.endswith(".toml") or path.is_file():
-        if not path.is_file():
-            raise UserError(f"no recipe file at {spec}")
-        text, name = path.read_text(encoding="utf-8"), path.stem
-    else:
-        if spec not in builtin_recipes():
-            raise UserError(f"unknown recipe {spec!r}; built-in: {', '.join(builtin_recipes())}, or a .toml file")
-        text = (resources.files("tinystories") / "recipes" / f"{spec}.toml").read_text(encoding="utf-8")
-        name = spec
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"recipe {spec} is not valid TOML: {e}") from None
-    known = _sections()
-    sections: dict[str, dict[str, Any]] = {}
-    for key, value in data.items():
-        if key not in known or not isinstance(value, dict):
-            raise UserError(f"recipe {spec}: unknown section or key {key!r} (sections: {', '.join(known)})")
-        owned = sorted(set(value) & set(OWNED.get(key, ())))
-        if owned:
-            raise UserError(f"recipe {spec}: [{key}] may not set {', '.join(owned)}: the pipeline chooses it")
-        sections[key] = _coerce(known[key], key, value)
-    return Recipe(name=name, text=text, sections=sections)
+    """A built-in recipe by name, or a TOML file; unknown sections and fields, and fields the pipeline
+    chooses, are errors."""
+    return read_recipe(spec, SECTIONS, OWNED)
 
 
 # --- the pipeline folder --------------------------------------------------------------------
@@ -233,8 +180,6 @@ class Pipeline:
     def torch_device(self) -> str:
         if self.device != "auto":
             return self.device
-        import torch
-
         return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -268,16 +213,21 @@ class Stage:
     """Identity of its outputs as they are now; None when they are missing."""
     clean: Callable[[Pipeline], None] = lambda p: None
     """Remove outputs that would stop a fresh run."""
-    resumable: bool = False
-    """An unfinished or outdated attempt with the same resume key is continued, not started over."""
-    budget: tuple[str, ...] = ()
-    """Config keys left out of the resume key: changing them continues the stage's work."""
+    resume_config: Callable[[Pipeline], dict[str, Any]] | None = None
+    """A resumable stage's config less its operational settings (budget, intervals): an unfinished or
+    outdated attempt whose resume config is unchanged is continued, not started over."""
+
+    @property
+    def resumable(self) -> bool:
+        return self.resume_config is not None
 
 
-def _synth_config(p: Pipeline) -> Any:
-    from tinystories.synth.generate import SynthConfig
-
+def _synth_config(p: Pipeline) -> SynthConfig:
     return build(SynthConfig, {**p.section("synth"), "out": str(p.corpus)})
+
+
+LLM_JOB_SETTINGS = ("budget_usd", "concurrency", "rpm", "tpm", "timeout", "retries", "retry_base", "api_key_env")
+"""Settings of an LLM synth job that only pace or stop it: changing them continues the job."""
 
 
 def _synth_txt(p: Pipeline) -> Path:
@@ -285,8 +235,6 @@ def _synth_txt(p: Pipeline) -> Path:
 
 
 def _run_synth(p: Pipeline, resume: bool) -> dict[str, Any]:
-    from tinystories.synth.generate import synth
-
     cfg = _synth_config(p)
     # An LLM job continues from its shards (nothing is paid for twice); the procedural engine
     # simply writes its job again.
@@ -308,15 +256,11 @@ def _clean_synth(p: Pipeline) -> None:
     _rmtree(p.corpus)
 
 
-def _tokenize_config(p: Pipeline) -> Any:
-    from tinystories.data.tokenize import TokenizeConfig
-
+def _tokenize_config(p: Pipeline) -> TokenizeConfig:
     return build(TokenizeConfig, {**p.section("tokenize"), "data": (str(_synth_txt(p)),), "out": str(p.data)})
 
 
 def _run_tokenize(p: Pipeline, resume: bool) -> dict[str, Any]:
-    from tinystories.data.tokenize import tokenize
-
     r = tokenize(_tokenize_config(p))
     return {k: r[k] for k in ("vocab_size", "train", "val", "bytes_per_token") if k in r}
 
@@ -326,9 +270,7 @@ def _dataset_fingerprint(p: Pipeline) -> str | None:
     return json.loads(meta.read_text())["content_hash"] if meta.is_file() else None
 
 
-def _train_config(p: Pipeline, resume: bool = False) -> Any:
-    from tinystories.train import TrainConfig
-
+def _train_config(p: Pipeline, resume: bool = False) -> TrainConfig:
     values = {**p.section("train"), "data": str(p.data), "run": str(p.model), "resume": resume}
     if p.time_cap is not None:
         values["time"] = p.time_cap
@@ -346,10 +288,13 @@ def _train_key(p: Pipeline) -> dict[str, Any]:
     }
 
 
-def _run_train(p: Pipeline, resume: bool) -> dict[str, Any]:
-    from tinystories import rundir
-    from tinystories.train import train
+def _train_resume_key(p: Pipeline) -> dict[str, Any]:
+    # The training config's operational fields (budget, intervals, paths) continue the run when changed.
+    cfg = result_fields(_train_config(p))
+    return {"train": {k: v for k, v in cfg.items() if k != "device"}, "model": p.section("model")}
 
+
+def _run_train(p: Pipeline, resume: bool) -> dict[str, Any]:
     ckpt = rundir.latest_checkpoint(p.model) if resume else None
     if ckpt is None:
         _clean_train(p)
@@ -374,8 +319,6 @@ def _run_train(p: Pipeline, resume: bool) -> dict[str, Any]:
 
 
 def _train_fingerprint(p: Pipeline) -> str | None:
-    from tinystories import rundir
-
     ckpt = rundir.latest_checkpoint(p.model)
     if ckpt is None:
         return None
@@ -392,16 +335,12 @@ def _samples_path(p: Pipeline) -> Path:
     return p.model / "samples" / "samples.json"
 
 
-def _sample_config(p: Pipeline) -> Any:
-    from tinystories.sample import SampleConfig
-
+def _sample_config(p: Pipeline) -> SampleConfig:
     values = {**p.section("sample"), "run": str(p.model), "out": str(_samples_path(p)), "stream": False}
     return build(SampleConfig, {**values, "device": p.torch_device()})
 
 
 def _run_sample(p: Pipeline, resume: bool) -> dict[str, Any]:
-    from tinystories.sample import sample
-
     # The closing note shows the samples; keep the command's own printing out of the log.
     with contextlib.redirect_stdout(io.StringIO()):
         sample(_sample_config(p))
@@ -414,17 +353,12 @@ def _run_sample(p: Pipeline, resume: bool) -> dict[str, Any]:
 
 def _name_consistency(p: Pipeline, samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Adds `names` to each sample; writes eval/consistency.json beside the real stories' figure."""
-    from tinystories.synth.coherence import name_consistency
-    from tinystories.synth.world import BOY_NAMES, GIRL_NAMES
-
     known = GIRL_NAMES + BOY_NAMES
     result = name_consistency([s["prompt"] + s["completion"] for s in samples], known)
     for s, per in zip(samples, result["per_sample"], strict=True):
         s["names"] = per.pop("names")
     real = real_stories_path(_eval_config(p).real)
     if real is not None:
-        from tinystories.data.stories import iter_stories
-
         ref = name_consistency(list(iter_stories([str(real)])), known)
         result["reference"] = {
             "median_distinct_names": ref["median_distinct_names"],
@@ -454,31 +388,22 @@ def real_stories_path(spec: str) -> Path | None:
     return None
 
 
-def _probes_config(p: Pipeline) -> Any:
-    from tinystories.eval.probes import ProbesConfig
-
+def _probes_config(p: Pipeline) -> ProbesConfig:
     return build(ProbesConfig, {**p.section("probes"), "run": str(p.model), "device": p.torch_device()})
 
 
-def _diversity_config(p: Pipeline) -> Any:
-    from tinystories.eval.diversity import DiversityConfig
-
+def _diversity_config(p: Pipeline) -> DiversityConfig:
     # The corpus is the pipeline's own training split.
     return build(DiversityConfig, {**p.section("diversity"), "run": str(p.model), "data": (str(p.data),),
                                    "split": "train", "device": p.torch_device()})
 
 
-def _judge_config(p: Pipeline) -> Any:
-    from tinystories.eval.judge import JudgeConfig
-
+def _judge_config(p: Pipeline) -> JudgeConfig:
     return build(JudgeConfig, {**p.section("judge"), "run": str(p.model), "device": p.torch_device(),
                                "cache": str(p.root / "judge_cache.sqlite")})
 
 
 def _eval_key(p: Pipeline) -> dict[str, Any]:
-    from tinystories.eval.judge import BUILTIN_BEGINNINGS
-    from tinystories.eval.probes import BUILTIN_SETS
-
     ev = _eval_config(p)
     real = real_stories_path(ev.real)
     probes = _probes_config(p)
@@ -498,9 +423,6 @@ def _eval_key(p: Pipeline) -> dict[str, Any]:
 
 
 def _run_eval(p: Pipeline, resume: bool) -> dict[str, Any]:
-    from tinystories.eval.loss import LossConfig, evaluate_loss
-    from tinystories.eval.probes import evaluate_probes
-
     ev = _eval_config(p)
     out = p.model / "eval"
     device = p.torch_device()
@@ -530,8 +452,6 @@ def _run_eval(p: Pipeline, resume: bool) -> dict[str, Any]:
 
 
 def _run_diversity(p: Pipeline, enabled: bool, out: Path) -> dict[str, Any]:
-    from tinystories.eval.diversity import evaluate_diversity
-
     if not enabled:
         (out / "diversity.json").unlink(missing_ok=True)
         return {}
@@ -543,8 +463,6 @@ def _run_diversity(p: Pipeline, enabled: bool, out: Path) -> dict[str, Any]:
 
 
 def _run_judge(p: Pipeline, out: Path) -> dict[str, Any]:
-    from tinystories.eval.judge import evaluate_judge
-
     cfg = _judge_config(p)
     if not cfg.judge_model:
         (out / "judge.json").unlink(missing_ok=True)
@@ -577,10 +495,7 @@ def _eval_fingerprint(p: Pipeline) -> str | None:
     return _hash([sha256_file(f) for f in found])
 
 
-def _interp_configs(p: Pipeline) -> tuple[Any, Any]:
-    from tinystories.interp.heads import HeadsConfig
-    from tinystories.interp.neurons import NeuronsConfig
-
+def _interp_configs(p: Pipeline) -> tuple[HeadsConfig, NeuronsConfig]:
     common = {"run": str(p.model), "out": str(p.model / "interp"), "device": p.torch_device()}
     return (build(HeadsConfig, {**p.section("heads"), **common}),
             build(NeuronsConfig, {**p.section("neurons"), **common}))
@@ -592,9 +507,6 @@ def _interp_key(p: Pipeline) -> dict[str, Any]:
 
 
 def _run_interpret(p: Pipeline, resume: bool) -> dict[str, Any]:
-    from tinystories.interp.heads import interpret_heads
-    from tinystories.interp.neurons import interpret_neurons
-
     heads_cfg, neurons_cfg = _interp_configs(p)
     t0 = time.perf_counter()
     heads = interpret_heads(heads_cfg)
@@ -620,18 +532,14 @@ def _interp_fingerprint(p: Pipeline) -> str | None:
 
 
 def _report_path(p: Pipeline) -> Path:
-    return p.root / "report.html"
+    return p.root / REPORT_FILE
 
 
-def _report_config(p: Pipeline) -> Any:
-    from tinystories.report import ReportConfig
-
+def _report_config(p: Pipeline) -> ReportConfig:
     return build(ReportConfig, {**p.section("report"), "run": str(p.model), "out": str(_report_path(p))})
 
 
 def _run_report(p: Pipeline, resume: bool) -> dict[str, Any]:
-    from tinystories.report import report
-
     return report(_report_config(p))
 
 
@@ -648,9 +556,7 @@ STAGES: tuple[Stage, ...] = (
         run=_run_synth,
         fingerprint=lambda p: _fingerprint_file(_synth_txt(p)),
         clean=_clean_synth,
-        resumable=True,
-        # Operational settings of LLM jobs: changing them continues the job.
-        budget=("budget_usd", "concurrency", "rpm", "tpm", "timeout", "retries", "retry_base", "api_key_env"),
+        resume_config=lambda p: _asdict(_synth_config(p), ("out", "resume", "progress", *LLM_JOB_SETTINGS)),
     ),
     Stage(
         "tokenize",
@@ -667,9 +573,7 @@ STAGES: tuple[Stage, ...] = (
         run=_run_train,
         fingerprint=_train_fingerprint,
         clean=_clean_train,
-        resumable=True,
-        budget=("max_steps", "max_tokens", "time", "eval_interval", "eval_tokens", "ckpt_interval", "keep_ckpts",
-                "log_interval", "tensorboard", "grad_accum"),
+        resume_config=_train_resume_key,
     ),
     Stage(
         "sample",
@@ -705,18 +609,11 @@ STAGES: tuple[Stage, ...] = (
 
 
 def _keys(stage: Stage, p: Pipeline) -> tuple[str, str]:
-    """(key, resume key): the resume key leaves out the stage's budget fields."""
+    """(key, resume key): the resume key hashes the stage's resume config in place of its config."""
     config = stage.config(p)
     inputs = {name: p.fingerprints.get(name) for name in stage.reads}
-    key = _hash({"config": config, "inputs": inputs})
-    return key, _hash({"config": _without(config, stage.budget), "inputs": inputs})
-
-
-def _without(config: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
-    # Budget fields sit at the top (synth) or one section down (train: {"train": ..., "model": ...}).
-    return {
-        k: _without(v, names) if isinstance(v, dict) else v for k, v in config.items() if k not in names
-    }
+    resume = stage.resume_config(p) if stage.resume_config is not None else config
+    return _hash({"config": config, "inputs": inputs}), _hash({"config": resume, "inputs": inputs})
 
 
 # --- running -------------------------------------------------------------------------
@@ -791,130 +688,6 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         outcome[stage.name] = "done"
     total = time.perf_counter() - t_all
     return {"run": str(root), "stages": outcome, "seconds": round(total, 3), "records": state["stages"]}
-
-
-# --- the closing note --------------------------------------------------------------------
-
-
-def _shown_samples(samples: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    # One completion of each prompt first (the recipe may ask for several per prompt).
-    firsts = list({s["prompt"]: s for s in reversed(samples)}.values())[::-1]
-    return (firsts + [s for s in samples if s not in firsts])[:n]
-
-
-def _mark_names(text: str, names: list[str], bold: bool) -> str:
-    """The text with each character name in bold (a terminal) or in [brackets] (a log file)."""
-    import re
-
-    if not names:
-        return text
-    pattern = re.compile(r"\b(" + "|".join(re.escape(n) for n in names) + r")\b")
-    return pattern.sub(lambda m: f"\033[1m{m.group()}\033[0m" if bold else f"[{m.group()}]", text)
-
-
-def _consistency_lines(path: Path) -> list[str]:
-    if not path.is_file():
-        return []
-    r = json.loads(path.read_text())
-    ref = r.get("reference")
-    line = (
-        f"names: median {r['median_distinct_names']:g} distinct names per sample, "
-        f"{r['protagonist_kept_share']:.0%} keep the protagonist's name to the end ({r['n_samples']} samples)"
-    )
-    if ref:
-        line += (
-            f"; real stories: median {ref['median_distinct_names']:g}, "
-            f"{ref.get('protagonist_kept_share', float('nan')):.0%} keep it ({ref['source']})"
-        )
-    return [line]
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _target_lines(model: Path) -> list[str]:
-    """What a small model trained on this corpus should reach, and by how much each is met or missed."""
-    found: list[tuple[str, float, float, bool, str]] = []  # name, value, target, higher is better, unit
-    probes = _read(model / "eval" / "probes.json")
-    context = (probes or {}).get("by_category", {}).get("context")
-    if context:
-        found.append(("context probes, lower end of the 95% interval", context["ci95"][0] * 100, 60.0, True, "%"))
-    heads = _read(model / "interp" / "heads.json")
-    if heads:
-        semantic = sum(h["kind"] == "semantic" for h in heads["heads"])
-        found.append(("semantic (copying) heads", semantic, 1, True, ""))
-    names = _read(model / "eval" / "consistency.json")
-    if names:
-        found.append(("distinct names per sample (median)", names["median_distinct_names"], 3, False, ""))
-        found.append(("samples keeping the protagonist", names["protagonist_kept_share"] * 100, 80.0, True, "%"))
-    real = _read(model / "eval" / "loss_real.json")
-    if real:
-        found.append(("bits per byte on real stories", real["per_story"]["bits_per_byte"], 2.0, False, ""))
-    lines = ["targets:"] if found else []
-    for name, value, target, higher, unit in found:
-        ok = value >= target if higher else value <= target
-        gap = "met" if ok else f"missed by {abs(value - target):.3g}{' points' if unit else ''}"
-        lines.append(f"  {name}: {value:.3g}{unit} ({'>=' if higher else '<='} {target:g}{unit}: {gap})")
-    return lines
-
-
-def closing_note(root: Path, n_samples: int = 3, bold: bool = False) -> str:
-    """Samples with their names marked, name consistency, loss and bits per byte on procedural vs real
-    text, and the probes, from the stage outputs."""
-    model = root / "model"
-    lines = [f"== {root} =="]
-    samples = model / "samples" / "samples.json"
-    if samples.is_file():
-        lines.append("samples (character names marked):")
-        for s in _shown_samples(json.loads(samples.read_text())["samples"], n_samples):
-            text = " ".join((s["prompt"] + s["completion"]).split())
-            lines.append(f"  > {_mark_names(text, s.get('names', []), bold)}")
-    lines += _consistency_lines(model / "eval" / "consistency.json")
-    loss = {name: model / "eval" / f"loss_{name}.json" for name in ("procedural", "real")}
-    found = {name: json.loads(f.read_text()) for name, f in loss.items() if f.is_file()}
-    if found:
-        header = "".join(f"{name:>14}" for name in found)
-        lines.append(f"{'':<22}{header}")
-        lines.append(f"{'stories':<22}" + "".join(f"{r['stories']:>14}" for r in found.values()))
-        lines.append(f"{'loss (per story)':<22}" + "".join(f"{r['per_story']['loss']:>14.3f}" for r in found.values()))
-        lines.append(
-            f"{'bits per byte':<22}" + "".join(f"{r['per_story']['bits_per_byte']:>14.3f}" for r in found.values())
-        )
-    probes = model / "eval" / "probes.json"
-    if probes.is_file():
-        r = json.loads(probes.read_text())
-        lo, hi = r["ci95"]
-        lines.append(
-            f"probes: {r['accuracy']:.1%} of {r['n']} (95% CI {lo:.1%}-{hi:.1%}), chance {r['chance']:.1%}"
-            + ("" if r["significant"] else "  [not above chance]")
-        )
-        sources = r.get("by_source", {})
-        groups = {**(sources if len(sources) > 1 else {}), **r.get("by_category", {})}
-        for name, c in groups.items():
-            lines.append(f"  {name:<10} {c['accuracy']:.1%} of {c['n']} (95% CI {c['ci95'][0]:.1%}-{c['ci95'][1]:.1%}),"
-                         f" chance {c['chance']:.1%}")
-    diversity = model / "eval" / "diversity.json"
-    if diversity.is_file():
-        r = json.loads(diversity.read_text())
-        rouge = r["completion_vs_original"]
-        never = r["kgrams_in_corpus"].get("4", {}).get("never_share")
-        lines.append(
-            f"memorization: completions vs the cut stories' true endings, Rouge-2 precision mean {rouge['mean']:.3f}"
-            + (f"; 4-grams never in the corpus {never:.1%}" if never is not None else "")
-        )
-    judge = model / "eval" / "judge.json"
-    if judge.is_file():
-        r = json.loads(judge.read_text())
-        cells = ", ".join(f"{k} {v['mean']:.1f}" for k, v in r["scores"].items() if v and v["mean"] is not None)
-        lines.append(f"judge ({r['judge']['model']}): {cells or 'no grades'}; "
-                     f"parse failures {r['parse']['failure_rate']:.0%}")
-    lines += _target_lines(model)
-    lines.append(f"outputs: {model} (eval/, samples/, interp/), records: {root / STATE_FILE}")
-    report = root / "report.html"
-    if report.is_file():
-        lines.append(f"report: {report}")
-    return "\n".join(lines)
 
 
 def run_command(cfg: PipelineConfig) -> None:

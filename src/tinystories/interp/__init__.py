@@ -4,4 +4,5 @@
 - `heads`: per-head distance / semantic scores, classification with controls, attention maps.
 - `neurons`: top-activating tokens per neuron, labels, scores against random directions.
 - `text`: stories aligned with their words, sentences and word classes.
+- `summary`: the typed summaries of heads.json and neurons_layer*.json, as the report reads them.
 """

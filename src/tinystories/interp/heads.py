@@ -37,20 +37,27 @@ offset d), so memory is O(heads x T^2) per layer whatever the number of stories.
 from __future__ import annotations
 
 import base64
+import functools
 import math
 import os
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from tinystories.config import check
 from tinystories.errors import UserError
 from tinystories.interp.hooks import iter_activations
 from tinystories.interp.text import Story, load_records, prepare
+from tinystories.io import atomic_save, atomic_write_json
+from tinystories.model import GPT
+from tinystories.options import RunOptions
+from tinystories.plotting import pyplot
+from tinystories.rundir import load_run, with_device
 
 PAPER_TEXT = (
     "One day, Lucy asks Tom: \"I am looking for a banana but I can't find it\". Tom says: \"Don't worry, "
@@ -64,14 +71,12 @@ ENTITY_CLASSES = ("noun", "name")
 
 
 @dataclass
-class HeadsConfig:
+class HeadsConfig(RunOptions):
     """`tinystories interpret heads`: distance-based and semantic attention heads, with controls."""
 
-    run: str = ""
-    """Run folder whose model is analysed."""
     data: tuple[str, ...] = ()
     """Story files or a dataset folder; default: the run's dataset, else procedural stories."""
-    stories: int = 50
+    stories: int = field(default=50, metadata={"min": 1})
     """Number of stories to score the heads on."""
     text: str = PAPER_TEXT
     """Text whose attention maps are drawn (default: the paper's Figures 19-20 text)."""
@@ -85,10 +90,6 @@ class HeadsConfig:
     """Also score a randomly initialised copy of the model and the stories with shuffled tokens."""
     seed: int = 0
     """Seed of the random-init control, the token shuffle and procedural stories."""
-    step: int | None = None
-    """Checkpoint step; default = the latest."""
-    device: str = "auto"
-    """Torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps."""
     batch_tokens: int = 8192
     """Padded positions per forward (bounds memory)."""
     out: str = ""
@@ -122,7 +123,7 @@ class LayerStats:
         self.G = {k: torch.zeros(T, T, dtype=torch.float64) for k in ("same", "entity")}
         self.obs = {k: torch.zeros(H, dtype=torch.float64) for k in ("same", "entity")}
         self.queries = {k: 0 for k in ("same", "entity")}
-        self._grids: dict[int, tuple[torch.Tensor, ...]] = {}
+        self._grids: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def _grid(self, L: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Index tensors for stories of length L (kept for the last length: stories arrive sorted by length)."""
@@ -225,7 +226,7 @@ def classify(h: dict[str, Any], cfg: HeadsConfig) -> str:
     return "other"
 
 
-def score_heads(model: torch.nn.Module, stories: Sequence[Story], cfg: HeadsConfig,
+def score_heads(model: GPT, stories: Sequence[Story], cfg: HeadsConfig,
                 ids: Sequence[Sequence[int]] | None = None) -> list[dict[str, Any]]:
     """Statistics and class of every head over `stories` (token ids `ids` when they differ from the stories')."""
     n_layer, n_head = model.config.n_layer, model.config.n_head
@@ -255,10 +256,8 @@ def shuffled(ids: Sequence[Sequence[int]], seed: int) -> list[list[int]]:
     return out
 
 
-def random_copy(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+def random_copy(model: GPT, seed: int) -> GPT:
     """A freshly initialised model of the same configuration (the control with no learned structure)."""
-    from tinystories.model import GPT
-
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         fresh = GPT(model.config)
@@ -275,7 +274,7 @@ def pearson(a: Sequence[float], b: Sequence[float]) -> float:
 # --- attention maps ----------------------------------------------------------------
 
 
-def attention_maps(model: torch.nn.Module, tokenizer: Any, text: str, device: str = "cpu") -> dict[str, Any]:
+def attention_maps(model: GPT, tokenizer: Any, text: str, device: str = "cpu") -> dict[str, Any]:
     """Tokens of `text` and every layer's attention, as (L, H, T, T) patterns quantised to uint8 (base64)."""
     story = prepare([{"story": text}], tokenizer, model.config.max_seq_len)
     if not story:
@@ -295,11 +294,7 @@ def attention_maps(model: torch.nn.Module, tokenizer: Any, text: str, device: st
 
 def draw_maps(maps: dict[str, Any], heads: list[dict[str, Any]], folder: Path) -> list[str]:
     """One PNG per layer: every head's attention on the text (query rows x key columns, viridis)."""
-    from tinystories.io import atomic_save
-    from tinystories.report import pyplot
-
     plt = pyplot()
-
     pats = maps["_patterns"].numpy()
     tokens = [t.replace("\n", "\\n") for t in maps["tokens"]]
     n_layer, n_head, T, _ = pats.shape
@@ -328,10 +323,14 @@ def draw_maps(maps: dict[str, Any], heads: list[dict[str, Any]], folder: Path) -
                 if h // cols == rows - 1 or h + cols >= n_head:
                     ax.set_xticks(range(T), tokens, rotation=90, fontsize=5)
         path = folder / f"heads_layer{layer}.png"
-        atomic_save(path, lambda name, fig=fig: fig.savefig(name, format="png", dpi=80))
+        atomic_save(path, functools.partial(_save_png, fig))
         plt.close(fig)
         written.append(path.name)
     return written
+
+
+def _save_png(fig: Any, name: str) -> None:
+    fig.savefig(name, format="png", dpi=80)
 
 
 # --- the command ---------------------------------------------------------------------
@@ -339,14 +338,10 @@ def draw_maps(maps: dict[str, Any], heads: list[dict[str, Any]], folder: Path) -
 
 def interpret_heads(cfg: HeadsConfig) -> dict[str, Any]:
     """Score and classify every attention head of a run; writes <out>/heads.json and attention-map PNGs."""
-    from tinystories.io import atomic_write_json
-    from tinystories.rundir import load_run, with_device
-
     cfg = with_device(cfg)
     if not cfg.run:
         raise UserError("--run is required: the run folder whose heads are analysed")
-    if cfg.stories < 1:
-        raise UserError(f"--stories must be >= 1, got {cfg.stories}")
+    check(cfg)
     loaded = load_run(cfg.run, step=cfg.step, device=cfg.device)
     model, tok = loaded.model, loaded.tokenizer
     records, source = load_records(cfg.data, loaded.config, cfg.stories, cfg.seed)

@@ -22,9 +22,10 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from tinystories.errors import UserError
+from tinystories.model import GPT
 
 
-def resolve_layer(model: torch.nn.Module, layer: int) -> int:
+def resolve_layer(model: GPT, layer: int) -> int:
     """A layer index, negative counting from the end (-1 = last, -2 = penultimate)."""
     n = model.config.n_layer
     if not -n <= layer < n:
@@ -57,7 +58,7 @@ def _cut(site: str, act: torch.Tensor, row: int, length: int) -> torch.Tensor:
 
 @torch.no_grad()
 def iter_activations(
-    model: torch.nn.Module,
+    model: GPT,
     stories: Sequence[Sequence[int]],
     sites: Sequence[str],
     *,
@@ -95,7 +96,7 @@ def iter_activations(
 
 
 def capture(
-    model: torch.nn.Module,
+    model: GPT,
     stories: Sequence[Sequence[int]],
     sites: Sequence[str],
     *,

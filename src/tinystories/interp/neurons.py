@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from tinystories.config import check
 from tinystories.errors import UserError
 from tinystories.interp.hooks import capture, resolve_layer
 from tinystories.interp.text import (
@@ -48,34 +49,32 @@ from tinystories.interp.text import (
     prepare,
     procedural_records,
 )
+from tinystories.io import atomic_write_json
+from tinystories.model import GPT
+from tinystories.options import RunOptions
+from tinystories.rundir import load_run, with_device
 
 
 @dataclass
-class NeuronsConfig:
+class NeuronsConfig(RunOptions):
     """`tinystories interpret neurons`: top-activating tokens, labels and scores of a layer's MLP neurons."""
 
-    run: str = ""
-    """Run folder whose model is analysed."""
     data: tuple[str, ...] = ()
     """Story files or a dataset folder; default: the run's dataset, else procedural stories."""
     layer: int = field(default=-2, metadata={"parse": int})  # a signed index, not a count
     """MLP layer; negative counts from the end (-2 = penultimate, as the paper)."""
-    stories: int = 20
+    stories: int = field(default=20, metadata={"min": 1})
     """Number of stories (the paper: 20 stories, about 8,000 tokens)."""
-    top_k: int = 20
+    top_k: int = field(default=20, metadata={"min": 1})
     """Top activations per neuron that its label and score are computed from."""
     examples: int = 6
     """Top-activating sentences kept per neuron for display."""
-    random_directions: int = 1000
+    random_directions: int = field(default=1000, metadata={"min": 1})
     """Random directions in the same space that every neuron's score is ranked against."""
     protagonist_stories: int = 40
     """Annotated procedural stories for the protagonist's-first-mention score when --data has no annotations (0 = skip)."""
     seed: int = 0
     """Seed of the random directions and of procedural stories."""
-    step: int | None = None
-    """Checkpoint step; default = the latest."""
-    device: str = "auto"
-    """Torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps."""
     batch_tokens: int = 8192
     """Padded positions per forward (bounds memory)."""
     out: str = ""
@@ -99,7 +98,7 @@ class Table:
     """The word class of each row."""
 
 
-def activation_table(model: torch.nn.Module, stories: Sequence[Story], layer: int, batch_tokens: int = 8192,
+def activation_table(model: GPT, stories: Sequence[Story], layer: int, batch_tokens: int = 8192,
                      device: str = "cpu") -> Table:
     site = f"blocks.{layer}.mlp.hook_post"
     acts = capture(model, [s.ids for s in stories], [site], batch_tokens=batch_tokens, device=device)[site]
@@ -248,14 +247,10 @@ def examples(table: Table, stories: Sequence[Story], column: torch.Tensor, n: in
 
 def interpret_neurons(cfg: NeuronsConfig) -> dict[str, Any]:
     """Label and score every MLP neuron of one layer; writes <out>/neurons_layer{L}.json."""
-    from tinystories.io import atomic_write_json
-    from tinystories.rundir import load_run, with_device
-
     cfg = with_device(cfg)
     if not cfg.run:
         raise UserError("--run is required: the run folder whose neurons are analysed")
-    if cfg.stories < 1 or cfg.top_k < 1 or cfg.random_directions < 1:
-        raise UserError("--stories, --top-k and --random-directions must be >= 1")
+    check(cfg)
     loaded = load_run(cfg.run, step=cfg.step, device=cfg.device)
     model, tok = loaded.model, loaded.tokenizer
     layer = resolve_layer(model, cfg.layer)
@@ -272,7 +267,7 @@ def interpret_neurons(cfg: NeuronsConfig) -> dict[str, Any]:
     _, word_names = _codes(table.word)
     _, cls_names = _codes(table.cls)
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for f in range(F):
         w, c = word_names[int(neurons["word"][f])], cls_names[int(neurons["cls"][f])]
         ws, cs = float(neurons["word_share"][f]), float(neurons["class_share"][f])
@@ -331,7 +326,7 @@ def interpret_neurons(cfg: NeuronsConfig) -> dict[str, Any]:
     out = Path(cfg.out) if cfg.out else Path(cfg.run) / "interp"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / f"neurons_layer{layer}.json", result)
-    brief = {k: result[k] for k in ("run", "step", "layer", "source", "stories", "tokens", "summary")}
+    brief: dict[str, Any] = {k: result[k] for k in ("run", "step", "layer", "source", "stories", "tokens", "summary")}
     brief["shown"] = [{k: rows[f][k] for k in ("neuron", "label", "score", "percentile")} for f in shown]
     if protagonist:
         brief["protagonist"] = {k: v for k, v in protagonist.items() if k != "best"}

@@ -16,6 +16,7 @@ after a pronoun or "to" a verb).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -23,7 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from tinystories.data.stories import iter_records
+from tinystories.data.tokenizer import load_tokenizer
 from tinystories.errors import UserError
+from tinystories.synth.lexicon import load_lexicon
+from tinystories.synth.procedural import story_record
 
 WORD_RE = re.compile(r"[A-Za-z0-9]+(?:['’][A-Za-z]+)?")
 SENTENCE_END = re.compile(r"[.!?]+[\"'”’]*(?=\s|$)|\n+")
@@ -117,7 +124,7 @@ def token_spans(tokenizer: Any, ids: Sequence[int]) -> tuple[str, list[tuple[int
     return prev, spans
 
 
-def _classify(words: list[str], capital_start: list[bool], lexicon: Any, names: set[str] = frozenset()) -> list[str]:
+def _classify(words: list[str], capital_start: list[bool], lexicon: Any, names: frozenset[str] | set[str] = frozenset()) -> list[str]:
     """Class of each word in a story, resolving lexicon ambiguity by the neighbours.
 
     Names: capitalised words the lexicon does not know, seen somewhere in the
@@ -161,7 +168,6 @@ def _classify(words: list[str], capital_start: list[bool], lexicon: Any, names: 
 
 def prepare(records: Iterable[dict[str, Any]], tokenizer: Any, max_len: int, lexicon: Any = None) -> list[Story]:
     """Tokenize story records ({"story", optional "annotations"}) into aligned `Story`s of at most max_len positions."""
-    from tinystories.synth.lexicon import load_lexicon
 
     lexicon = lexicon or load_lexicon()
     out = []
@@ -219,8 +225,6 @@ def mention_positions(story: Story, name: str, source_offset: int) -> list[int]:
 
 def procedural_records(n: int, seed: int = 0) -> list[dict[str, Any]]:
     """n annotated stories from the offline procedural engine (deterministic in seed)."""
-    from tinystories.synth.lexicon import load_lexicon
-    from tinystories.synth.procedural import story_record
 
     lex = load_lexicon()
     return [story_record(seed, i, lex) for i in range(n)]
@@ -233,7 +237,6 @@ def load_records(data: Sequence[str], run_config: Any, n: int, seed: int = 0) ->
     dataset folder; empty = the run's dataset (its val split, else train), or,
     for a run without one (an imported checkpoint), procedural stories.
     """
-    from tinystories.data.stories import iter_records
 
     data = [os.fspath(d) for d in data]
     if not data:
@@ -256,11 +259,8 @@ def load_records(data: Sequence[str], run_config: Any, n: int, seed: int = 0) ->
 
 def _dataset_records(folder: Path, n: int) -> list[dict[str, Any]]:
     """Stories of a dataset folder's val split (train if it has none), decoded back to text."""
-    import json
 
-    import numpy as np
 
-    from tinystories.data.tokenizer import load_tokenizer
 
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     split = "val" if meta.get("splits", {}).get("val", {}).get("documents") else "train"

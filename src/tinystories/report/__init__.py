@@ -1,7 +1,8 @@
 """`tinystories report`: one self-contained HTML page that shows a run, or several runs side by side.
 
-The report only renders what stages wrote into the run folder; it computes
-nothing about the model. The page opens with the run's headline figures
+The report only renders what stages wrote into the run folder, read through
+their typed summaries (`tinystories.summaries`); it computes nothing about
+the model. The page opens with the run's headline figures
 (`headline`), then one section per stage (HTML ids `config`, `training`,
 `samples`, `eval`, `heads`, `neurons`, `findings`). Each stage shows a short
 summary of the figures a reader compares, with one sentence on how to read
@@ -23,12 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tinystories import plotting
 from tinystories.errors import UserError
-from tinystories.report import plots
+from tinystories.interp.summary import read_interp
+from tinystories.io import atomic_write_text
+from tinystories.plotting import pyplot
 from tinystories.report.evals import section_eval
 from tinystories.report.headline import compare_html, compare_page, headline, headline_table
 from tinystories.report.html import esc, page
-from tinystories.report.plots import pyplot
 from tinystories.report.sections import (
     MAP_SCRIPT,
     findings,
@@ -38,6 +41,7 @@ from tinystories.report.sections import (
     section_samples,
     section_training,
 )
+from tinystories.summaries import read_evals, read_samples, read_train
 
 __all__ = ["ReportConfig", "compare_html", "compare_page", "headline", "pyplot", "render", "report"]
 
@@ -56,30 +60,28 @@ class ReportConfig:
 
 def render(run: Path, cfg: ReportConfig) -> str:
     """The run's page as one HTML string."""
-    heads_html, heads = section_heads(run)
-    neurons_html, neurons = section_neurons(run)
+    train, interp = read_train(run), read_interp(run)
+    heads_html = section_heads(interp, run)
     sections = [
-        ("headline", "Headline figures", headline_table(run)),
-        ("config", "Model", section_config(run)),
-        ("training", "Training", section_training(run)),
-        ("samples", "Samples", section_samples(run, cfg.max_samples)),
-        ("eval", "Evaluations", section_eval(run)),
+        ("headline", "Headline figures", headline_table(run, train)),
+        ("config", "Model", section_config(train)),
+        ("training", "Training", section_training(train, run)),
+        ("samples", "Samples", section_samples(read_samples(run), run, cfg.max_samples)),
+        ("eval", "Evaluations", section_eval(read_evals(run), run)),
         ("heads", "Attention heads", heads_html),
-        ("neurons", "MLP neurons", neurons_html),
-        ("findings", "Findings", findings(heads, neurons)),
+        ("neurons", "MLP neurons", section_neurons(interp, run)),
+        ("findings", "Findings", findings(interp)),
     ]
     nav = "<nav>" + "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title, _ in sections) + "</nav>"
-    note = "" if plots.available() else f'<p class="noplots">{esc(plots.MISSING_NOTE)}</p>'
+    note = "" if plotting.available() else f'<p class="noplots">{esc(plotting.MISSING_NOTE)}</p>'
     body = nav + note + "".join(f'<section id="{sid}"><h2>{esc(title)}</h2>{content}</section>'
                                 for sid, title, content in sections)
-    script = MAP_SCRIPT if heads is not None and "attn-data" in heads_html else ""
+    script = MAP_SCRIPT if interp.heads is not None and "attn-data" in heads_html else ""
     return page(f"tinystories report: {run.name}", f"Run <code>{esc(run)}</code>", body, script)
 
 
 def report(cfg: ReportConfig) -> dict[str, Any]:
     """Write the run's HTML report (default <run>/report.html), or a comparison page of several runs."""
-    from tinystories.io import atomic_write_text
-
     runs = [Path(r) for r in ((cfg.run,) if isinstance(cfg.run, str | os.PathLike) else cfg.run) if str(r)]
     if not runs:
         raise UserError("--run is required: the run folder to report on (several to compare them)")
@@ -93,4 +95,4 @@ def report(cfg: ReportConfig) -> dict[str, Any]:
         text = compare_page(runs)
         out = Path(cfg.out or "compare.html")
     atomic_write_text(out, text)
-    return {"written": os.fspath(out), "bytes": len(text.encode("utf-8")), "plots": plots.available()}
+    return {"written": os.fspath(out), "bytes": len(text.encode("utf-8")), "plots": plotting.available()}

@@ -1,14 +1,32 @@
 """The evaluation stages of a run (eval/*.json): each known one as a summary of the figures a reader compares,
-then one collapsed block of its configuration; any other file through the generic view."""
+then one collapsed block of its configuration; any other file through the generic view.
+
+Known files are read through their typed summaries (`tinystories.summaries`); the details block lists the
+bookkeeping keys of the file as written."""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tinystories.report import plots
 from tinystories.report.html import esc, fmt, how_to_read, not_run, num, pct, stage, table
+from tinystories.summaries import (
+    Accuracy,
+    ConsistencyResult,
+    DiversityResult,
+    EvalFile,
+    JudgeResult,
+    KGramsReference,
+    LossFigures,
+    LossResult,
+    NamesReference,
+    ProbesResult,
+    Spread,
+    StageFile,
+    is_loss,
+)
 
 EVAL_STAGES = {
     "loss": "tinystories eval loss --run {run}",
@@ -24,13 +42,6 @@ BOOKKEEPING = {
     "measure", "context", "files", "dataset", "split", "source", "config", "device", "seed",
 }
 """Keys that say how a result was made rather than what it is: they go into the stage's details block."""
-
-
-def read_json(path: Path) -> tuple[Any, str | None]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")), None
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        return None, f"{path.name} could not be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
 
 
 def is_bookkeeping(key: str) -> bool:
@@ -74,75 +85,64 @@ def bookkeeping_table(data: dict[str, Any], extra: tuple[str, ...] = ()) -> str:
 # --- loss ------------------------------------------------------------------------------------------
 
 
-def loss_label(name: str, data: dict[str, Any]) -> str:
-    """'procedural' / 'real' for the pipeline's files, else where the text came from."""
-    if name.startswith("loss_"):
-        return name[len("loss_"):]
-    if data.get("dataset"):
-        return f"{Path(str(data['dataset'])).name} ({data.get('split', '')})"
-    files = data.get("files") or []
-    return Path(str(files[0])).name if files else name
-
-
-def loss_stage(files: dict[str, dict[str, Any]]) -> str:
+def loss_stage(files: list[LossResult]) -> str:
     """Every eval/loss*.json as one table: the texts side by side."""
-    cols = [(loss_label(n, d), d) for n, d in files.items()]
-    ps = [d.get("per_story", {}) for _, d in cols]
-    st = [d.get("stream", {}) for _, d in cols]
-    rows = [
-        ["loss (nats / token, per story)", *[p.get("loss") for p in ps]],
-        ["bits per byte", *[p.get("bits_per_byte") for p in ps]],
-        ["perplexity (per story)", *[p.get("perplexity") for p in ps]],
-        ["loss (nats / token, stream, as training's val loss)", *[s.get("loss") for s in st]],
-        ["stories", *[d.get("stories") for _, d in cols]],
-        ["tokens", *[d.get("tokens") for _, d in cols]],
-        ["bytes per token", *[d.get("bytes_per_token") for _, d in cols]],
+    ps = [d.per_story or LossFigures() for d in files]
+    st = [d.stream or LossFigures() for d in files]
+    rows: list[list[Any]] = [
+        ["loss (nats / token, per story)", *[p.loss for p in ps]],
+        ["bits per byte", *[p.bits_per_byte for p in ps]],
+        ["perplexity (per story)", *[p.perplexity for p in ps]],
+        ["loss (nats / token, stream, as training's val loss)", *[s.loss for s in st]],
+        ["stories", *[d.stories for d in files]],
+        ["tokens", *[d.tokens for d in files]],
+        ["bytes per token", *[d.bytes_per_token for d in files]],
     ]
-    summary = table(rows, ["", *[c for c, _ in cols]], "fig") + how_to_read(
+    summary = table(rows, ["", *[d.label for d in files]], "fig") + how_to_read(
         "Lower is better. Bits per byte compares across texts and tokenizers; loss per token only between models "
         "with the same tokenizer. A low figure on procedural text beside a high one on real stories means the "
         "model learned the engine's templates rather than English at large.")
-    detail = "".join(f"<h4>{esc(c)}</h4>" + bookkeeping_table(d, ("per_story", "stream")) for c, d in cols)
+    detail = "".join(f"<h4>{esc(d.label)}</h4>" + bookkeeping_table(d.raw, ("per_story", "stream")) for d in files)
     return stage("eval-loss", "Loss and bits per byte", summary, detail)
 
 
 # --- probes ----------------------------------------------------------------------------------------
 
 
-def probe_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
+def probe_rows(data: ProbesResult) -> list[dict[str, Any]]:
     """The bars of the probe chart: all items, then by set, by category, by procedural kind."""
-    rows = [{"label": f"all items (n={data.get('n', '?')})", "group": "all", **_acc(data)}]
-    for key, word in (("by_source", "set"), ("by_category", "category"), ("by_kind", "kind")):
-        group = data.get(key)
-        for name, s in group.items() if isinstance(group, dict) else ():
-            if isinstance(s, dict):
-                rows.append({"label": f"{word}: {name} (n={s.get('n', '?')})", "group": word, **_acc(s)})
+    rows = [{"label": f"all items (n={_n(data)})", "group": "all", **_acc(data)}]
+    for groups, word in ((data.by_source, "set"), (data.by_category, "category"), (data.by_kind, "kind")):
+        for name, s in groups.items():
+            rows.append({"label": f"{word}: {name} (n={_n(s)})", "group": word, **_acc(s)})
     return rows
 
 
-def _acc(s: dict[str, Any]) -> dict[str, Any]:
-    return {"accuracy": s.get("accuracy"), "ci95": s.get("ci95"), "chance": s.get("chance")}
+def _n(s: Accuracy) -> Any:
+    return "?" if s.n is None else s.n
 
 
-def probes_stage(data: dict[str, Any]) -> str:
+def _acc(s: Accuracy) -> dict[str, Any]:
+    return {"accuracy": s.accuracy, "ci95": s.ci95, "chance": s.chance}
+
+
+def probes_stage(data: ProbesResult) -> str:
     rows = probe_rows(data)
     chart = plots.accuracy_bars(rows, "Probe accuracy by set and category (95% Wilson intervals)")
     trows = [[r["label"], pct(r["accuracy"], r["ci95"]), pct(r["chance"])] for r in rows]
-    for name, block in (("byte-normalised scores", data.get("byte_normalised")), ("greedy answer", data.get("greedy"))):
-        if isinstance(block, dict):
-            trows.append([f"all items, {name}", pct(block.get("accuracy"), block.get("ci95")),
-                          pct(block.get("chance"))])
-    for name, block in (data.get("baselines") or {}).items():
-        if isinstance(block, dict):
-            trows.append([f"context-only rule: {name.replace('_', ' ')}", pct(block.get("accuracy"), block.get("ci95")),
-                          pct(block.get("chance"))])
+    for name, block in (("byte-normalised scores", data.byte_normalised), ("greedy answer", data.greedy)):
+        if block is not None:
+            trows.append([f"all items, {name}", pct(block.accuracy, block.ci95), pct(block.chance)])
+    for name, block in data.baselines.items():
+        trows.append([f"context-only rule: {name.replace('_', ' ')}", pct(block.accuracy, block.ci95),
+                      pct(block.chance)])
     summary = f'<div class="plots">{chart}<div>' + table(
         trows, ["items", "accuracy (95% interval)", "chance"], "fig") + "</div></div>" + how_to_read(
         "Each bar is the share of items where the model scores the right answer above every wrong one; the "
         "whisker is its 95% interval and the dashed mark is chance, so a whisker entirely right of its dash is "
         "above chance. The context-only rules show what reading the options' mentions alone would score.")
-    curve = data.get("curve")
-    if isinstance(curve, list) and len(curve) > 1:
+    curve = data.curve
+    if curve is not None and len(curve) > 1:
         series: dict[str, list[tuple[float, float]]] = {}
         for p in curve:
             ll = p.get("log_likelihood") or {}
@@ -150,59 +150,54 @@ def probes_stage(data: dict[str, Any]) -> str:
                 if isinstance(v.get("accuracy"), int | float):
                     series.setdefault(cat, []).append((p["step"], v["accuracy"]))
         summary += plots.line_plot(series, "Probe accuracy over training", "step", "accuracy")
-    detail = bookkeeping_table(data) + (f"<p>{len(data['items'])} scored items are in the file.</p>"
-                                        if isinstance(data.get("items"), list) else "")
+    detail = bookkeeping_table(data.raw) + (f"<p>{len(data.items)} scored items are in the file.</p>"
+                                            if data.items is not None else "")
     return stage("eval-probes", "Probes", summary, detail)
 
 
 # --- memorization and diversity ----------------------------------------------------------------------
 
 
-def _mm(block: dict[str, Any]) -> str:
-    if not isinstance(block, dict) or "mean" not in block:
+def _mm(block: Spread | None) -> str:
+    if block is None or block.mean is None:
         return "-"
-    return f"{block['mean']:.3f} ({block.get('median', float('nan')):.3f})"
+    median = block.median if block.median is not None else float("nan")
+    return f"{block.mean:.3f} ({median:.3f})"
 
 
-def diversity_stage(data: dict[str, Any]) -> str:
+def diversity_stage(data: DiversityResult) -> str:
     """The paper's memorization measures (its Figures 14-17): each against the same on true continuations."""
     figs, rows = [], []
-    cvo = data.get("completion_vs_original") or {}
-    if cvo:
+    cvo = data.completion_vs_original
+    if cvo is not None:
         rows.append(["Rouge-2 precision vs. the true continuation (higher: closer to the original)", _mm(cvo), "-"])
-        figs.append(plots.histogram_pair(cvo.get("histogram"), "Rouge-2 precision vs. true continuation (Fig. 14)",
+        figs.append(plots.histogram_pair(cvo.histogram, "Rouge-2 precision vs. true continuation (Fig. 14)",
                                          "Rouge-2 precision", "share of completions"))
-    bg = data.get("between_generations") or {}
-    if bg:
+    bg = data.between_generations
+    if bg is not None:
         rows.append(["max Rouge-2 F with another completion (higher: completions repeat each other)", _mm(bg),
-                     _mm(bg.get("reference", {}))])
-        figs.append(plots.histogram_pair(bg.get("histogram"), "max Rouge-2 F vs. other completions (Fig. 15)",
-                                         "Rouge-2 F", "share of completions", (bg.get("reference") or {}).get("histogram"),
+                     _mm(bg.reference)])
+        figs.append(plots.histogram_pair(bg.histogram, "max Rouge-2 F vs. other completions (Fig. 15)",
+                                         "Rouge-2 F", "share of completions", _hist(bg.reference),
                                          "true continuations"))
-    closest = data.get("closest_training_story") or {}
-    for key, block in closest.items():
-        if not isinstance(block, dict) or "histogram" not in block:
-            continue
+    for key, block in data.closest_training_story.items():
         k = key.replace("rouge", "")
         rows.append([f"max Rouge-{k} precision vs. any training story (higher: more copied)", _mm(block),
-                     _mm(block.get("reference", {}))])
-        if isinstance(block.get("closest_is_source"), int) and isinstance(block.get("n"), int):
-            rows.append([f"closest training story (Rouge-{k}) is the one cut", f"{block['closest_is_source']} of "
-                         f"{block['n']}", "-"])
-        figs.append(plots.histogram_pair(block["histogram"], f"max Rouge-{k} precision vs. training stories (Fig. 17)",
-                                         f"Rouge-{k} precision", "share of completions",
-                                         (block.get("reference") or {}).get("histogram"), "true continuations"))
-    kg = data.get("kgrams_in_corpus") or {}
-    for k, block in kg.items():
-        if not isinstance(block, dict) or "histogram" not in block:
-            continue
-        ref = block.get("reference") or {}
-        rows.append([f"{k}-grams never seen in the corpus (higher: more novel text)", pct(block.get("never_share")),
-                     pct(ref.get("never_share"))])
-        figs.append(plots.histogram_pair(block["histogram"], f"{k}-grams: log10 frequency in the corpus (Fig. 16)",
+                     _mm(block.reference)])
+        if block.closest_is_source is not None and block.n is not None:
+            rows.append([f"closest training story (Rouge-{k}) is the one cut", f"{block.closest_is_source} of "
+                         f"{block.n}", "-"])
+        figs.append(plots.histogram_pair(block.histogram, f"max Rouge-{k} precision vs. training stories (Fig. 17)",
+                                         f"Rouge-{k} precision", "share of completions", _hist(block.reference),
+                                         "true continuations"))
+    for k, kg in data.kgrams_in_corpus.items():
+        ref = kg.reference
+        rows.append([f"{k}-grams never seen in the corpus (higher: more novel text)", pct(kg.never_share),
+                     pct(ref.never_share if ref else None)])
+        figs.append(plots.histogram_pair(kg.histogram, f"{k}-grams: log10 frequency in the corpus (Fig. 16)",
                                          "log10 corpus frequency (-10: never)", "share of distinct k-grams",
-                                         ref.get("histogram"), "true continuations"))
-    n = (data.get("sampling") or {}).get("stories")
+                                         _hist(ref), "true continuations"))
+    n = data.sampling.stories if data.sampling else None
     summary = (table(rows, ["measure", "model: mean (median)", "true continuations: mean (median)"], "fig")
                + (f"<p>{fmt(n)} training stories cut and completed by the model.</p>" if n else "")
                + (f'<div class="plots">{"".join(figs)}</div>' if any(figs) else "")
@@ -211,58 +206,61 @@ def diversity_stage(data: dict[str, Any]) -> str:
                    "the same way: a model that copies its corpus sits right of the orange bars in the Rouge plots "
                    "and has fewer never-seen k-grams than the true text; one that writes its own stories overlaps "
                    "them."))
-    detail = bookkeeping_table(data) + (f"<p>{len(data['items'])} per-story records are in the file.</p>"
-                                        if isinstance(data.get("items"), list) else "")
+    detail = bookkeeping_table(data.raw) + (f"<p>{len(data.items)} per-story records are in the file.</p>"
+                                            if data.items is not None else "")
     return stage("eval-diversity", "Memorization and diversity", summary, detail)
+
+
+def _hist(block: Spread | KGramsReference | None) -> Any:
+    return block.histogram if block is not None else None
 
 
 # --- judge -----------------------------------------------------------------------------------------
 
 
-def judge_stage(data: dict[str, Any]) -> str:
-    scores = data.get("scores") or {}
+def judge_stage(data: JudgeResult) -> str:
     rows, bars = [], []
-    for f, s in scores.items():
-        if isinstance(s, dict):
-            rows.append([f, num(s.get("mean"), s.get("ci95"), 2), s.get("n"), s.get("groups")])
-            bars.append((f, s.get("mean"), s.get("ci95")))
+    for f, s in data.scores.items():
+        if s is not None:
+            rows.append([f, num(s.mean, s.ci95, 2), s.n, s.groups])
+            bars.append((f, s.mean, s.ci95))
     summary = plots.score_bars(bars, "Judge's scores (95% bootstrap intervals over beginnings)", 0, 10,
                                "mean score (1-10)")
     summary += table(rows, ["score", "mean (95% interval)", "grades", "beginnings"], "fig")
-    parse = data.get("parse") or {}
-    if parse:
-        summary += (f"<p>{fmt(parse.get('graded'))} completions graded; {fmt(parse.get('missing'))} answers could not "
-                    f"be read ({pct(parse.get('failure_rate'))}).</p>")
-    if data.get("not_comparable"):
-        summary += f"<p class='notrun'>Not comparable with the paper's figures: {esc(data['not_comparable'])}</p>"
+    parse = data.parse
+    if parse is not None:
+        summary += (f"<p>{fmt(parse.graded)} completions graded; {fmt(parse.missing)} answers could not "
+                    f"be read ({pct(parse.failure_rate)}).</p>")
+    if data.not_comparable:
+        summary += f"<p class='notrun'>Not comparable with the paper's figures: {esc(data.not_comparable)}</p>"
     summary += how_to_read("Scores are out of 10; the interval comes from resampling the story beginnings, so two "
                            "runs differ only where their intervals do not overlap.")
-    detail = bookkeeping_table(data, ("age_groups",)) + (
-        f"<p>{len(data['completions'])} graded completions are in the file.</p>"
-        if isinstance(data.get("completions"), list) else "")
+    detail = bookkeeping_table(data.raw, ("age_groups",)) + (
+        f"<p>{len(data.completions)} graded completions are in the file.</p>"
+        if data.completions is not None else "")
     return stage("eval-judge", "LLM judge", summary, detail)
 
 
 # --- character consistency ---------------------------------------------------------------------------
 
 
-def consistency_stage(data: dict[str, Any]) -> str:
-    ref: dict[str, Any] = data["reference"] if isinstance(data.get("reference"), dict) else {}
+def consistency_stage(data: ConsistencyResult) -> str:
+    ref = data.reference or NamesReference()
     rows = [
-        ["distinct character names per story (median)", num(data.get("median_distinct_names"), digits=1),
-         num(ref.get("median_distinct_names"), digits=1)],
-        ["stories that keep their protagonist", pct(data.get("protagonist_kept_share")),
-         pct(ref.get("protagonist_kept_share"))],
+        ["distinct character names per story (median)", num(data.median_distinct_names, digits=1),
+         num(ref.median_distinct_names, digits=1)],
+        ["stories that keep their protagonist", pct(data.protagonist_kept_share),
+         pct(ref.protagonist_kept_share)],
     ]
-    n = data.get("n_samples")
-    src = f" (reference: {esc(ref['source'])})" if ref.get("source") else ""
+    n = data.n_samples
+    src = f" (reference: {esc(ref.source)})" if ref.source else ""
     summary = (table(rows, ["", "model", "reference"], "fig")
                + (f"<p>{fmt(n)} samples{src}.</p>" if n is not None else (f"<p>{src}</p>" if src else ""))
                + how_to_read("A model that keeps its characters names about as many of them per story as the "
                              "reference and keeps its protagonist to the end; more names and a lower share mean "
                              "characters appear and vanish."))
-    detail = bookkeeping_table(data) + "".join(
-        f"<p>{esc(k)}: {len(v)} per-sample values.</p>" for k, v in data.items() if isinstance(v, list))
+    detail = bookkeeping_table(data.raw) + "".join(
+        f"<p>{esc(k)}: {len(v)} per-sample values.</p>" for k, v in data.raw.items() if isinstance(v, list))
     return stage("eval-consistency", "Character consistency", summary, detail)
 
 
@@ -332,36 +330,33 @@ def generic_stage(name: str, data: Any) -> str:
     return stage(f"eval-{name}", name, "".join(parts), detail)
 
 
-KNOWN = {"probes": probes_stage, "diversity": diversity_stage, "judge": judge_stage,
-         "consistency": consistency_stage}
+KNOWN: dict[type[StageFile], Callable[[Any], str]] = {
+    ProbesResult: probes_stage, DiversityResult: diversity_stage, JudgeResult: judge_stage,
+    ConsistencyResult: consistency_stage,
+}
 
 
-def section_eval(run: Path) -> str:
-    folder = run / "eval"
-    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
-    out, loss, present = [], {}, set()
+def section_eval(files: list[EvalFile], run: Path) -> str:
+    out, loss, present = [], [], set()
     for f in files:
-        data, err = read_json(f)
-        if err:
-            out.append(f"<p class='notrun'>{esc(err)}</p>")
+        if f.error:
+            out.append(f"<p class='notrun'>{esc(f.error)}</p>")
             continue
-        if f.stem == "loss" or f.stem.startswith("loss_"):
-            if isinstance(data, dict):
-                loss[f.stem] = data
+        if is_loss(f.name):
+            if isinstance(f.summary, LossResult):
+                loss.append(f.summary)
                 present.add("loss")
             continue
-        present.add(f.stem)
-        render = KNOWN.get(f.stem)
+        present.add(f.name)
         try:
-            out.append(render(data) if render and isinstance(data, dict) else generic_stage(f.stem, data))
+            out.append(KNOWN[type(f.summary)](f.summary) if f.summary is not None else generic_stage(f.name, f.data))
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
             # A file of an older or newer layout: show it generically rather than fail the page.
-            out.append(f"<p class='notrun'>{esc(f.name)}: unexpected layout ({esc(type(e).__name__)}: {esc(e)}); "
-                       "shown as is</p>" + generic_stage(f.stem, data))
+            out.append(f"<p class='notrun'>{esc(f.file)}: unexpected layout ({esc(type(e).__name__)}: {esc(e)}); "
+                       "shown as is</p>" + generic_stage(f.name, f.data))
     if loss:
         out.insert(0, loss_stage(loss))
     for name, cmd in EVAL_STAGES.items():
         if name not in present:
             out.append(not_run(f"eval {name}", cmd.format(run=run)))
     return "".join(out)
-

@@ -13,34 +13,8 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from tinystories.errors import UserError
+from tinystories.plotting import optional_pyplot, pyplot
 from tinystories.report.html import esc
-
-MISSING_NOTE = "plots omitted: matplotlib is not installed (pip install 'tinystories[report]')"
-
-
-def optional_pyplot() -> Any:
-    """matplotlib.pyplot on the Agg backend (no display), or None when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
-
-
-def pyplot() -> Any:
-    """matplotlib.pyplot on the Agg backend, or a one-line error naming the extra (for stages that must draw)."""
-    plt = optional_pyplot()
-    if plt is None:
-        raise UserError("plots need matplotlib: pip install 'tinystories[report]'")
-    return plt
-
-
-def available() -> bool:
-    return optional_pyplot() is not None
 
 
 def png(fig: Any, title: str, caption: str = "") -> str:

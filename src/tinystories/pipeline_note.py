@@ -1,0 +1,152 @@
+"""The closing note of `tinystories pipeline`: what a pipeline folder's stages found, as a few lines of text.
+
+Samples with their character names marked, name consistency, loss and bits
+per byte on procedural vs real text, the probes, memorization, the judge, and
+the targets a small model should reach. Everything is read through the
+stages' typed summaries (`tinystories.summaries`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tinystories.interp.summary import read_interp
+from tinystories.summaries import (
+    ConsistencyResult,
+    DiversityResult,
+    JudgeResult,
+    LossFigures,
+    LossResult,
+    ProbesResult,
+    Sample,
+    read_eval,
+    read_samples_file,
+)
+
+STATE_FILE = "pipeline.json"
+"""The pipeline folder's record of its stages."""
+REPORT_FILE = "report.html"
+
+
+def _shown_samples(samples: list[Sample], n: int) -> list[Sample]:
+    # One completion of each prompt first (the recipe may ask for several per prompt).
+    firsts = list({s.prompt: s for s in reversed(samples)}.values())[::-1]
+    return (firsts + [s for s in samples if s not in firsts])[:n]
+
+
+def _mark_names(text: str, names: list[str], bold: bool) -> str:
+    """The text with each character name in bold (a terminal) or in [brackets] (a log file)."""
+    if not names:
+        return text
+    pattern = re.compile(r"\b(" + "|".join(re.escape(n) for n in names) + r")\b")
+    return pattern.sub(lambda m: f"\033[1m{m.group()}\033[0m" if bold else f"[{m.group()}]", text)
+
+
+def _consistency_lines(r: ConsistencyResult | None) -> list[str]:
+    if r is None:
+        return []
+    ref = r.reference
+    line = (
+        f"names: median {r.median_distinct_names:g} distinct names per sample, "
+        f"{r.protagonist_kept_share:.0%} keep the protagonist's name to the end ({r.n_samples} samples)"
+    )
+    if ref:
+        kept = ref.protagonist_kept_share if ref.protagonist_kept_share is not None else float("nan")
+        line += f"; real stories: median {ref.median_distinct_names:g}, {kept:.0%} keep it ({ref.source})"
+    return [line]
+
+
+def _target_lines(model: Path) -> list[str]:
+    """What a small model trained on this corpus should reach, and by how much each is met or missed."""
+    found: list[tuple[str, float, float, bool, str]] = []  # name, value, target, higher is better, unit
+    probes = read_eval(model, ProbesResult, "probes")
+    context = probes.by_category.get("context") if probes else None
+    if context and context.ci95:
+        found.append(("context probes, lower end of the 95% interval", context.ci95[0] * 100, 60.0, True, "%"))
+    heads = read_interp(model).heads
+    if heads:
+        semantic = sum(h.kind == "semantic" for h in heads.heads)
+        found.append(("semantic (copying) heads", semantic, 1, True, ""))
+    names = read_eval(model, ConsistencyResult, "consistency")
+    if names and names.median_distinct_names is not None and names.protagonist_kept_share is not None:
+        found.append(("distinct names per sample (median)", names.median_distinct_names, 3, False, ""))
+        found.append(("samples keeping the protagonist", names.protagonist_kept_share * 100, 80.0, True, "%"))
+    real = read_eval(model, LossResult, "loss_real")
+    if real and real.per_story and real.per_story.bits_per_byte is not None:
+        found.append(("bits per byte on real stories", real.per_story.bits_per_byte, 2.0, False, ""))
+    lines = ["targets:"] if found else []
+    for name, value, target, higher, unit in found:
+        ok = value >= target if higher else value <= target
+        gap = "met" if ok else f"missed by {abs(value - target):.3g}{' points' if unit else ''}"
+        lines.append(f"  {name}: {value:.3g}{unit} ({'>=' if higher else '<='} {target:g}{unit}: {gap})")
+    return lines
+
+
+def _loss_lines(model: Path) -> list[str]:
+    found = {name: r for name in ("procedural", "real") if (r := read_eval(model, LossResult, f"loss_{name}"))}
+    if not found:
+        return []
+    per = {name: r.per_story or LossFigures() for name, r in found.items()}
+    return [
+        f"{'':<22}" + "".join(f"{name:>14}" for name in found),
+        f"{'stories':<22}" + "".join(f"{r.stories:>14}" for r in found.values()),
+        f"{'loss (per story)':<22}" + "".join(f"{p.loss:>14.3f}" for p in per.values()),
+        f"{'bits per byte':<22}" + "".join(f"{p.bits_per_byte:>14.3f}" for p in per.values()),
+    ]
+
+
+def _probe_lines(r: ProbesResult | None) -> list[str]:
+    if r is None or r.ci95 is None:
+        return []
+    lo, hi = r.ci95
+    lines = [f"probes: {r.accuracy:.1%} of {r.n} (95% CI {lo:.1%}-{hi:.1%}), chance {r.chance:.1%}"
+             + ("" if r.significant else "  [not above chance]")]
+    groups = {**(r.by_source if len(r.by_source) > 1 else {}), **r.by_category}
+    for name, c in groups.items():
+        ci = c.ci95 or [float("nan")] * 2
+        lines.append(f"  {name:<10} {c.accuracy:.1%} of {c.n} (95% CI {ci[0]:.1%}-{ci[1]:.1%}), chance {c.chance:.1%}")
+    return lines
+
+
+def _diversity_lines(r: DiversityResult | None) -> list[str]:
+    if r is None or r.completion_vs_original is None:
+        return []
+    k4 = r.kgrams_in_corpus.get("4")
+    never = k4.never_share if k4 else None
+    return [f"memorization: completions vs the cut stories' true endings, Rouge-2 precision mean "
+            f"{r.completion_vs_original.mean:.3f}" + (f"; 4-grams never in the corpus {never:.1%}" if never is not None
+                                                       else "")]
+
+
+def _judge_lines(r: JudgeResult | None) -> list[str]:
+    if r is None:
+        return []
+    cells = ", ".join(f"{k} {v.mean:.1f}" for k, v in r.scores.items() if v and v.mean is not None)
+    model = r.judge.model if r.judge else None
+    failures = r.parse.failure_rate if r.parse else None
+    return [f"judge ({model}): {cells or 'no grades'}; parse failures {failures:.0%}"]
+
+
+def closing_note(root: Path, n_samples: int = 3, bold: bool = False) -> str:
+    """Samples with their names marked, name consistency, loss and bits per byte on procedural vs real
+    text, and the probes, from the stage outputs."""
+    model = root / "model"
+    lines = [f"== {root} =="]
+    samples = model / "samples" / "samples.json"
+    if samples.is_file():
+        lines.append("samples (character names marked):")
+        for s in _shown_samples(read_samples_file(samples).samples, n_samples):
+            text = " ".join((s.prompt + s.completion).split())
+            lines.append(f"  > {_mark_names(text, s.names or [], bold)}")
+    lines += _consistency_lines(read_eval(model, ConsistencyResult, "consistency"))
+    lines += _loss_lines(model)
+    lines += _probe_lines(read_eval(model, ProbesResult, "probes"))
+    lines += _diversity_lines(read_eval(model, DiversityResult, "diversity"))
+    lines += _judge_lines(read_eval(model, JudgeResult, "judge"))
+    lines += _target_lines(model)
+    lines.append(f"outputs: {model} (eval/, samples/, interp/), records: {root / STATE_FILE}")
+    report = root / REPORT_FILE
+    if report.is_file():
+        lines.append(f"report: {report}")
+    return "\n".join(lines)
