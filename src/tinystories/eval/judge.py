@@ -24,7 +24,7 @@ that stopped half way, pays only for what is new. The grading machinery
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import hashlib
 import json
 import os
@@ -37,8 +37,16 @@ from typing import Any
 
 import numpy as np
 
-from tinystories.config import parse_duration
+from tinystories.config import OPERATIONAL, check, is_operational
 from tinystories.errors import UserError
+from tinystories.io import atomic_write_json, sha256_file
+from tinystories.llm.base import Request
+from tinystories.llm.jobs import LLMJob, LLMOptions
+from tinystories.llm.prices import cost_usd
+from tinystories.llm.select import choose_backend
+from tinystories.options import RunOptions, SamplingOptions
+from tinystories.rundir import MODEL_FILE, load_run, with_device
+from tinystories.sample import SampleParams, complete, prompt_ids
 
 SETS = Path(__file__).parent / "sets"
 BUILTIN_BEGINNINGS = SETS / "beginnings.yaml"
@@ -127,72 +135,42 @@ RELEASED_N = 44
 
 
 @dataclass
-class JudgeOptions:
+class JudgeOptions(LLMOptions):
     """Which LLM judges and how it is asked (shared by `eval judge` and `eval instruct`)."""
 
     judge_model: str = ""
     """The judge: a model name the endpoint serves (e.g. gpt-4o), or a model file for --backend local."""
     backend: str = "auto"
     """Judge backend: openai (any OpenAI-compatible endpoint), local (a model file in this process); auto = openai."""
-    base_url: str = ""
-    """OpenAI-compatible endpoint of the judge, e.g. http://127.0.0.1:8080/v1 (default: OpenAI's)."""
-    api_key_env: str = "OPENAI_API_KEY"
-    """Environment variable holding the API key (the key itself is never written anywhere)."""
-    chat: bool = True
-    """Use the chat completions API (the grading is a two-turn conversation)."""
-    judge_max_tokens: int = 600
+    judge_max_tokens: int = field(default=600, metadata={"min": 1})
     """Most tokens of one judge answer."""
     judge_temperature: float = 0.0
     """Judge sampling temperature (the paper does not say; 0 makes re-runs repeatable where servers allow)."""
-    reasks: int = 2
+    reasks: int = field(default=2, metadata={"min": 0})
     """Times the judge is asked again when its grades cannot be read; then the grade counts as missing."""
     format_line: bool = True
     """Append 'Use the following grade format: ...' to the story grading turn (the paper prints it for instruct only)."""
-    concurrency: int = 8
+    concurrency: int = field(default=8, metadata={**OPERATIONAL, "min": 1})
     """Judge conversations in flight at once."""
-    timeout: float = field(default=120.0, metadata={"parse": parse_duration})
-    """Timeout of one judge request (e.g. 90s, 2m)."""
-    retries: int = 6
-    """Retries of a failed judge request (429, 5xx, timeouts), with exponential backoff."""
-    retry_base: float = 1.0
-    """First retry wait in seconds (doubled each retry, with jitter)."""
-    rpm: int = 0
-    """Requests-per-minute cap (0 = none)."""
-    tpm: int = 0
-    """Tokens-per-minute cap, counted at the worst case of each request (0 = none)."""
-    price: str = ""
-    """Judge price as IN,OUT US dollars per 1M tokens (default: the built-in table by model; none = free)."""
-    cache: str = ""
-    """Answer cache (sqlite); default: eval/judge_cache.sqlite in the run folder."""
-    progress: bool = True
-    """Show a progress bar on stderr."""
+    cache: str = field(default="", metadata=OPERATIONAL)
+    """Answer cache (sqlite); default: eval/judge_cache.sqlite (eval instruct: instruct_cache) in the run folder."""
 
 
 @dataclass
-class JudgeConfig(JudgeOptions):
+class JudgeConfig(JudgeOptions, SamplingOptions, RunOptions):
     """`tinystories eval judge`: GPT-Eval of a run's story completions."""
 
-    run: str = ""
-    """Run folder whose model completes the beginnings."""
     prompts: str = ""
     """Story beginnings: a YAML list (as the released 'Evaluation prompts.yaml'), a .jsonl or a .txt; default: the built-in 50."""
-    completions: int = 10
+    completions: int = field(default=10, metadata={"min": 1})
     """Completions per beginning (the paper: 10)."""
     max_new_tokens: int = 400
     """Most new tokens of one completion (the paper's models stop by themselves; it gives no limit)."""
-    temperature: float = 1.0
-    """Sampling temperature of the model (the paper: 1)."""
-    top_p: float = 1.0
-    """Nucleus sampling threshold of the model; 1 = off (as the paper)."""
     seed: int = 1234
     """Seed: completion k of beginning i uses seed + i * completions + k; also seeds the bootstrap."""
-    step: int | None = None
-    """Checkpoint step to evaluate; default = the latest."""
-    device: str = "auto"
-    """Torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps."""
     batch: int = 64
     """Completions decoded together at most."""
-    bootstrap: int = 10000
+    bootstrap: int = field(default=10000, metadata={"min": 100})
     """Bootstrap resamples of the beginnings for the 95% intervals."""
     table: str = "nearest"
     """Paper rows beside ours in the printed table: nearest (same hidden size), all, or none."""
@@ -397,17 +375,6 @@ class Task:
     """The grade format quoted when asking again."""
 
 
-@dataclass
-class JudgeStats:
-    requests: int = 0
-    cached: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    new_prompt_tokens: int = 0
-    new_completion_tokens: int = 0
-    errors: list[str] = field(default_factory=list)
-
-
 def _request_seed(seed: int, group: int, k: int, turn: int) -> int:
     blob = f"{seed}|{group}|{k}|{turn}".encode()
     return int.from_bytes(hashlib.sha256(blob).digest()[:4], "little") >> 1
@@ -429,142 +396,81 @@ def grade_all(
     keeps every answer received, so running it again continues. `client`
     replaces the backend `opts` names (any object with the `LLM` interface).
     """
-    from tinystories.llm.base import (
-        LLMError,
-        RateLimiter,
-        Request,
-        RetryPolicy,
-        call_with_retries,
-        worst_case_tokens,
-    )
-    from tinystories.llm.cache import AnswerCache, cache_key
-    from tinystories.llm.select import choose_backend, make_client
-
     backend = choose_backend(opts.backend, opts.judge_model, model_flag="--judge-model")
-    if opts.reasks < 0 or opts.concurrency < 1 or opts.judge_max_tokens < 1:
-        raise UserError("--reasks must be >= 0, --concurrency and --judge-max-tokens >= 1")
     if not opts.chat:
         raise UserError("the grading is a conversation: the judge needs the chat API (drop --no-chat)")
-    if client is None:
-        client = make_client(backend, opts.judge_model, base_url=opts.base_url, api_key_env=opts.api_key_env,
-                             chat=True, timeout=opts.timeout, concurrency=opts.concurrency, seed=seed)  # fmt: skip
-    cache = AnswerCache(cache_path)
     namespace = {"task": "judge", "backend": backend, "model": opts.judge_model, "base_url": opts.base_url}
-    limiter = RateLimiter(opts.rpm, opts.tpm)
-    policy = RetryPolicy(retries=opts.retries, base=opts.retry_base)
-    st = JudgeStats()
+    job = LLMJob(opts, backend=backend, model=opts.judge_model, cache=cache_path, namespace=namespace, seed=seed,
+                 client=client)  # fmt: skip
     results: list[dict[str, Any] | None] = [None] * len(tasks)
 
-    async def ask(task: Task, turn: int, messages: list[dict[str, str]]) -> str:
-        req = Request(messages=[dict(m) for m in messages], max_tokens=opts.judge_max_tokens,
-                      temperature=opts.judge_temperature, seed=_request_seed(seed, task.group, task.k, turn))  # fmt: skip
-        key = cache_key(namespace, task.group * 1_000_000 + task.k, turn, req)
-        comp = cache.get(key)
-        if comp is None:
-            await limiter.acquire(worst_case_tokens(req))
-            st.requests += 1
-            comp = await call_with_retries(lambda: client.complete(req), policy)
-            cache.put(key, comp)
-            st.new_prompt_tokens += comp.prompt_tokens
-            st.new_completion_tokens += comp.completion_tokens
-        else:
-            st.cached += 1
-        st.prompt_tokens += comp.prompt_tokens
-        st.completion_tokens += comp.completion_tokens
-        return comp.text
-
-    async def converse(i: int) -> None:
+    async def converse(i: int) -> bool:
         task = tasks[i]
+        item = task.group * 1_000_000 + task.k
         messages = [{"role": "user", "content": task.assess}]
-        assessment = await ask(task, 0, messages)
-        messages += [{"role": "assistant", "content": assessment}, {"role": "user", "content": task.grade}]
         answers: list[str] = []
         found: dict[str, Any] = {}
-        for attempt in range(opts.reasks + 1):
-            if attempt:
-                messages += [{"role": "assistant", "content": answers[-1]},
-                             {"role": "user", "content": REASK.format(format=task.format)}]  # fmt: skip
-            answers.append(await ask(task, attempt + 1, messages))
-            # A score read in an earlier answer stands unless a later one restates it.
-            found.update({k: v for k, v in parse_grade(answers[-1]).items() if v is not None})
-            if all(found.get(f) is not None for f in task.fields):
-                break
+        # Turn 0 is the assessment; turns 1.. grade, each after the judge's previous answer.
+        for turn in range(opts.reasks + 2):
+            req = Request(messages=[dict(m) for m in messages], max_tokens=opts.judge_max_tokens,
+                          temperature=opts.judge_temperature, seed=_request_seed(seed, task.group, task.k, turn))  # fmt: skip
+            comp = await job.ask(item, turn, req)
+            if comp is None:
+                return False  # the job stopped
+            answers.append(comp.text)
+            if turn:
+                # A score read in an earlier answer stands unless a later one restates it.
+                found.update({k: v for k, v in parse_grade(comp.text).items() if v is not None})
+                if all(found.get(f) is not None for f in task.fields):
+                    break
+            ask_next = task.grade if turn == 0 else REASK.format(format=task.format)
+            messages += [{"role": "assistant", "content": comp.text}, {"role": "user", "content": ask_next}]
         complete = all(found.get(f) is not None for f in task.fields)
         results[i] = {
             "group": task.group,
             "k": task.k,
-            "assessment": assessment,
-            "answers": answers,
-            "reasks": len(answers) - 1,
+            "assessment": answers[0],
+            "answers": answers[1:],
+            "reasks": len(answers) - 2,
             "complete": complete,
             # An unreadable grade is missing as a whole, never completed by guesses.
             "scores": {f: found.get(f) if complete else None for f in ALL_FIELDS},
             "partial": {f: found.get(f) for f in ALL_FIELDS} if not complete else None,
             "age_group": found.get("age_group"),
         }
-
-    async def main() -> None:
-        from tqdm import tqdm
-
-        pending = iter(range(len(tasks)))
-        bar = tqdm(
-            total=len(tasks), unit="grade", disable=not opts.progress, mininterval=0.5, dynamic_ncols=True
-        )
-
-        async def worker() -> None:
-            for i in pending:
-                try:
-                    await converse(i)
-                except LLMError as e:
-                    st.errors.append(str(e))
-                    if not e.retryable:
-                        return
-                bar.update(1)
-
-        try:
-            await asyncio.gather(*(worker() for _ in range(opts.concurrency)))
-        finally:
-            bar.close()
-            await client.aclose()
+        return True
 
     try:
-        asyncio.run(main())
+        st = job.run(range(len(tasks)), converse, unit="grade")
     finally:
-        cache.close()
-    if st.errors:
+        job.close()
+    if st.failed or st.fatal:
         done = sum(r is not None for r in results)
         raise UserError(
-            f"{len(tasks) - done} of {len(tasks)} gradings failed (last error: {st.errors[-1]}); the answers "
+            f"{len(tasks) - done} of {len(tasks)} gradings failed (last error: {st.last_error}); the answers "
             "received are cached: run the command again to finish"
         )
-    from tinystories.llm.prices import cost_usd, price_of
-
-    price = price_of(opts.judge_model, opts.price)
     stats = {
         "requests": st.requests,
         "cached_answers": st.cached,
         "prompt_tokens": st.prompt_tokens,
         "completion_tokens": st.completion_tokens,
-        "price_usd_per_1m": list(price) if price else None,
-        "usd_all_answers": round(cost_usd(price, st.prompt_tokens, st.completion_tokens), 6),
-        "usd_this_run": round(cost_usd(price, st.new_prompt_tokens, st.new_completion_tokens), 6),
+        "price_usd_per_1m": list(job.price) if job.price else None,
+        "usd_all_answers": round(cost_usd(job.price, st.prompt_tokens, st.completion_tokens), 6),
+        "usd_this_run": round(cost_usd(job.price, st.new_prompt_tokens, st.new_completion_tokens), 6),
     }
     return [r for r in results if r is not None], stats
 
 
 def judge_settings(opts: JudgeOptions) -> dict[str, Any]:
-    """What decides the judge's answers (for the result file; no key)."""
-    from tinystories.llm.select import choose_backend
-
-    return {
-        "backend": choose_backend(opts.backend, opts.judge_model, model_flag="--judge-model"),
-        "model": opts.judge_model,
-        "base_url": opts.base_url,
-        "temperature": opts.judge_temperature,
-        "max_tokens": opts.judge_max_tokens,
-        "reasks": opts.reasks,
-        "format_line": opts.format_line,
+    """What decides the judge's answers: its options that change results, named without `judge_` (no key)."""
+    settings = {
+        f.name.removeprefix("judge_"): getattr(opts, f.name)
+        for f in dataclasses.fields(JudgeOptions)
+        if not is_operational(f)
     }
+    settings["backend"] = choose_backend(opts.backend, opts.judge_model, model_flag="--judge-model")
+    return settings
 
 
 # --- statistics -------------------------------------------------------------------------------------------
@@ -731,9 +637,6 @@ def render_table(rows: Sequence[dict[str, Any]], paper: str = "nearest") -> str:
 
 def model_info(loaded: Any) -> dict[str, Any]:
     """What identifies the model: its shape, checkpoint and weight hash."""
-    from tinystories.io import sha256_file
-    from tinystories.rundir import MODEL_FILE
-
     cfg = loaded.model.config
     return {
         "checkpoint": os.fspath(loaded.path),
@@ -757,10 +660,9 @@ def complete_prompts(
     top_p: float,
     seed: int,
     batch: int,
+    top_k: int = 0,
 ) -> list[list[dict[str, Any]]]:
     """K completions of every prompt (text, finish reason, seed): completion j of prompt i uses seed + i*k + j."""
-    from tinystories.sample import SampleParams, complete, prompt_ids
-
     model, tok = loaded.model, loaded.tokenizer
     context = model.config.max_seq_len
     ids = [prompt_ids(tok, p) for p in prompts]
@@ -771,7 +673,7 @@ def complete_prompts(
             )
     flat = [p for p in ids for _ in range(k)]
     params = [
-        SampleParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed + j)
+        SampleParams(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed + j)
         for j in range(len(flat))
     ]
     outs = complete(model, flat, params, eot_id=tok.eot_id, max_batch=batch)
@@ -784,13 +686,28 @@ def complete_prompts(
     return result
 
 
-def _check_common(run: str, completions: int, bootstrap: int) -> None:
-    if not run:
+def check_command(cfg: JudgeConfig | Any) -> None:
+    """The checks `eval judge` and `eval instruct` share: a run is named, the declared bounds hold."""
+    if not cfg.run:
         raise UserError("--run is required: the run folder whose model is evaluated")
-    if completions < 1:
-        raise UserError(f"--completions must be >= 1, got {completions}")
-    if bootstrap < 100:
-        raise UserError(f"--bootstrap must be >= 100, got {bootstrap}")
+    check(cfg)
+
+
+def complete_for(cfg: JudgeConfig | Any, loaded: Any, prompts: Sequence[str]) -> list[list[dict[str, Any]]]:
+    """`cfg.completions` completions of every prompt with `cfg`'s sampling settings."""
+    return complete_prompts(loaded, prompts, cfg.completions, max_new_tokens=cfg.max_new_tokens,
+                            temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
+                            batch=cfg.batch)  # fmt: skip
+
+
+def sampling_record(cfg: JudgeConfig | Any, seeds: str) -> dict[str, Any]:
+    """How the completions were sampled, as the result files keep it."""
+    return {"completions": cfg.completions, "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p,
+            "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "seeds": seeds}  # fmt: skip
+
+
+def bootstrap_record(cfg: JudgeConfig | Any, unit: str) -> dict[str, Any]:
+    return {"resamples": cfg.bootstrap, "seed": cfg.seed, "unit": unit, "interval": "percentile"}
 
 
 # --- the command -----------------------------------------------------------------------------------------------
@@ -798,11 +715,8 @@ def _check_common(run: str, completions: int, bootstrap: int) -> None:
 
 def evaluate_judge(cfg: JudgeConfig) -> dict[str, Any]:
     """Complete the beginnings with the run's model, have the judge grade them; writes eval/judge.json."""
-    from tinystories.io import atomic_write_json
-    from tinystories.rundir import load_run, with_device
-
     cfg = with_device(cfg)
-    _check_common(cfg.run, cfg.completions, cfg.bootstrap)
+    check_command(cfg)
     if not cfg.judge_model:
         raise UserError(
             "--judge-model is required: the LLM that grades (e.g. gpt-4o, or a local server's model)"
@@ -812,8 +726,7 @@ def evaluate_judge(cfg: JudgeConfig) -> dict[str, Any]:
     beginnings, prompts_info = read_beginnings(cfg.prompts or None)
     settings = judge_settings(cfg)
     loaded = load_run(cfg.run, step=cfg.step, device=cfg.device)
-    done = complete_prompts(loaded, beginnings, cfg.completions, max_new_tokens=cfg.max_new_tokens,
-                            temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, batch=cfg.batch)  # fmt: skip
+    done = complete_for(cfg, loaded, beginnings)
     grade_turn = STORY_GRADE + (FORMAT_LINE.format(format=STORY_FORMAT) if cfg.format_line else "")
     tasks = [
         Task(
@@ -834,26 +747,14 @@ def evaluate_judge(cfg: JudgeConfig) -> dict[str, Any]:
         "step": loaded.step,
         "model": model_info(loaded),
         "prompts": prompts_info,
-        "sampling": {
-            "completions": cfg.completions,
-            "temperature": cfg.temperature,
-            "top_p": cfg.top_p,
-            "max_new_tokens": cfg.max_new_tokens,
-            "seed": cfg.seed,
-            "seeds": "completion k of beginning i: seed + i * completions + k",
-        },
+        "sampling": sampling_record(cfg, "completion k of beginning i: seed + i * completions + k"),
         "judge": settings,
         "templates": {
             "assess": STORY_ASSESS,
             "grade": grade_turn,
             "reask": REASK.format(format=STORY_FORMAT),
         },
-        "bootstrap": {
-            "resamples": cfg.bootstrap,
-            "seed": cfg.seed,
-            "unit": "beginning",
-            "interval": "percentile",
-        },
+        "bootstrap": bootstrap_record(cfg, "beginning"),
         "scores": {f: summary[f] for f in (*STORY_FIELDS, "plot")},
         "parse": summary["parse"],
         "age_groups": summary["age_groups"],
@@ -861,7 +762,7 @@ def evaluate_judge(cfg: JudgeConfig) -> dict[str, Any]:
         "not_comparable": why,
     }
     instruct_path = Path(cfg.run) / "eval" / "instruct.json"
-    instruct = _read_json(instruct_path)
+    instruct = read_json(instruct_path)
     result["table"] = render_table([run_row(cfg.run, result, instruct)], cfg.table)
     result["completions"] = [
         {"beginning": t.group, "k": t.k, **done[t.group][t.k], **g} for t, g in zip(tasks, grades)
@@ -873,7 +774,7 @@ def evaluate_judge(cfg: JudgeConfig) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k not in ("completions", "templates", "table")}
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:

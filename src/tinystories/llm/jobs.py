@@ -31,6 +31,7 @@ from tqdm import tqdm
 from tinystories.config import OPERATIONAL, check, parse_duration
 from tinystories.errors import UserError
 from tinystories.io import atomic_write_json
+from tinystories.llm import select
 from tinystories.llm.base import (
     Completion,
     LLMError,
@@ -42,7 +43,6 @@ from tinystories.llm.base import (
 )
 from tinystories.llm.cache import AnswerCache, cache_key
 from tinystories.llm.prices import cost_usd, price_of
-from tinystories.llm.select import make_client
 
 
 @dataclass
@@ -272,7 +272,7 @@ class LLMJob:
         self.price = price_of(model, opts.price)
         if budget_usd and self.price is None:
             raise UserError(f"no price known for model {model!r}; pass --price IN,OUT (USD per 1M tokens)")
-        self.client = client or make_client(backend, model, base_url=opts.base_url, api_key_env=opts.api_key_env,
+        self.client = client or select.make_client(backend, model, base_url=opts.base_url, api_key_env=opts.api_key_env,
                                             chat=opts.chat, timeout=opts.timeout, concurrency=opts.concurrency,
                                             seed=seed)  # fmt: skip
         self.cache = AnswerCache(cache)
