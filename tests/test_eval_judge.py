@@ -13,7 +13,6 @@ from tinystories import cli
 from tinystories.data.tokenizer import train_bpe
 from tinystories.errors import UserError
 from tinystories.eval.judge import (
-    PAPER_FIGURE4,
     REASK,
     STORY_ASSESS,
     JudgeConfig,
@@ -29,6 +28,7 @@ from tinystories.eval.judge import (
     render_table,
     summarize_grades,
 )
+from tinystories.eval.paper_table import PAPER_FIGURE4
 from tinystories.llm.base import Completion, LLMError
 from tinystories.model import GPT, ModelConfig
 from tinystories.rundir import save_checkpoint, write_config

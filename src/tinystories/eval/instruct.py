@@ -41,16 +41,14 @@ from tinystories.eval.judge import (
     check_command,
     complete_for,
     grade_all,
-    judge_differs,
     judge_settings,
     model_info,
     read_json,
-    render_table,
-    run_row,
     sampling_record,
     set_hash,
     summarize_grades,
 )
+from tinystories.eval.paper_table import judge_differs, render_table, run_row
 from tinystories.io import atomic_write_json
 from tinystories.options import RunOptions, SamplingOptions
 from tinystories.rundir import load_run, with_device
@@ -181,7 +179,7 @@ def _end(text: str) -> str:
 
 def _normal(text: str) -> str:
     # Case, spacing and quote style do not decide whether a sentence is "present".
-    text = text.lower().translate(str.maketrans({"’": "'", "‘": "'", "“": '"', "”": '"'}))
+    text = text.lower().translate(str.maketrans("’‘“”", "''\"\""))
     return " ".join(text.split())
 
 
@@ -326,7 +324,7 @@ def evaluate_instruct(cfg: InstructEvalConfig) -> dict[str, Any]:
         grades, stats = grade_all(tasks, cfg, cache, seed=cfg.seed)
         summary = summarize_grades(grades, ALL_FIELDS, len(sets), cfg.bootstrap, cfg.seed)
         result["judge"] = {
-            **settings,
+            **(settings or {}),
             "scores": {f: summary[f] for f in ALL_FIELDS},
             "parse": summary["parse"],
             "age_groups": summary["age_groups"],

@@ -122,7 +122,7 @@ def _pair_elimination(rng: random.Random) -> list[tuple[str, str, str]]:
         )
         want_more = first_answer_more if k == 0 else not first_answer_more
         # Filler at the start changes counts but not which option is mentioned last.
-        fillers = []
+        fillers: list[str] = []
         while True:
             text = " ".join([*fillers, ctx])
             ca, cw = len(mentions(text, ans)), len(mentions(text, wrong))
