@@ -25,7 +25,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from tinystories.data.stories import iter_records
 from tinystories.errors import UserError
 from tinystories.eval.judge import (
     ALL_FIELDS,
-    JudgeOptions,
+    GradedOptions,
     Task,
     bootstrap_mean,
     bootstrap_record,
@@ -50,7 +50,6 @@ from tinystories.eval.judge import (
 )
 from tinystories.eval.paper_table import judge_differs, render_table, run_row
 from tinystories.io import atomic_write_json
-from tinystories.options import RunOptions, SamplingOptions
 from tinystories.rundir import load_run, with_device
 from tinystories.synth.checks import story_words
 from tinystories.synth.lexicon import FEATURES, load_lexicon
@@ -77,26 +76,15 @@ INSTRUCT_GRADE = (
 
 
 @dataclass
-class InstructEvalConfig(JudgeOptions, SamplingOptions, RunOptions):
+class InstructEvalConfig(GradedOptions):
     """`tinystories eval instruct`: instruction following of an Instruct model (automatic checks, optional judge)."""
 
     sets: str = ""
     """Instruction sets (JSONL of {"id", "instruct"} entries ending in 'Story:'); default: the built-in 50."""
     data: tuple[str, ...] = ()
     """Training corpus (story files or a synth folder) to check the sets against; default: no check."""
-    completions: int = field(default=10, metadata={"min": 1})
-    """Stories per instruction set."""
-    max_new_tokens: int = 400
-    seed: int = 1234
-    """Seed: story k of set i uses seed + i * completions + k; also seeds the bootstrap."""
-    batch: int = 64
-    """Stories decoded together at most."""
-    bootstrap: int = field(default=10000, metadata={"min": 100})
-    """Bootstrap resamples of the instruction sets for the 95% intervals."""
     lexicon: str = ""
     """Lexicon TSV whose inflections count as the required words (default: the shipped one)."""
-    write: bool = True
-    """Write eval/instruct.json in the run folder."""
 
 
 # --- instruction sets --------------------------------------------------------------------------------
@@ -236,6 +224,7 @@ def seen_in_training(sets: Sequence[dict[str, Any]], data: Sequence[str]) -> dic
     One pass over the corpus: its sentences, summaries and word sets go into
     hash sets, so millions of records cost one read.
     """
+
     def corpus() -> Iterator[dict[str, Any]]:
         for d in data:
             if (Path(d) / "job.json").is_file():  # a synth job folder: its records, not also its .txt copy

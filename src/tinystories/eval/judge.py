@@ -113,25 +113,31 @@ class JudgeOptions(LLMOptions):
 
 
 @dataclass
-class JudgeConfig(JudgeOptions, SamplingOptions, RunOptions):
+class GradedOptions(JudgeOptions, SamplingOptions, RunOptions):
+    """A run's model completes prompts K times each; the judge may grade them (`eval judge`, `eval instruct`)."""
+
+    completions: int = field(default=10, metadata={"min": 1})
+    """Completions per prompt: per story beginning, or per instruction set (the paper: 10)."""
+    max_new_tokens: int = 400
+    """Most new tokens of one completion (the paper's models stop by themselves; it gives no limit)."""
+    seed: int = 1234
+    """Seed: completion k of prompt i uses seed + i * completions + k; also seeds the bootstrap."""
+    batch: int = 64
+    """Completions decoded together at most."""
+    bootstrap: int = field(default=10000, metadata={"min": 100})
+    """Bootstrap resamples of the prompts (beginnings or instruction sets) for the 95% intervals."""
+    write: bool = True
+    """Write the results (eval/judge.json, eval/instruct.json) in the run folder."""
+
+
+@dataclass
+class JudgeConfig(GradedOptions):
     """`tinystories eval judge`: GPT-Eval of a run's story completions."""
 
     prompts: str = ""
     """Story beginnings: a YAML list (as the released 'Evaluation prompts.yaml'), a .jsonl or a .txt; default: the built-in 50."""
-    completions: int = field(default=10, metadata={"min": 1})
-    """Completions per beginning (the paper: 10)."""
-    max_new_tokens: int = 400
-    """Most new tokens of one completion (the paper's models stop by themselves; it gives no limit)."""
-    seed: int = 1234
-    """Seed: completion k of beginning i uses seed + i * completions + k; also seeds the bootstrap."""
-    batch: int = 64
-    """Completions decoded together at most."""
-    bootstrap: int = field(default=10000, metadata={"min": 100})
-    """Bootstrap resamples of the beginnings for the 95% intervals."""
     table: str = "nearest"
     """Paper rows beside ours in the printed table: nearest (same hidden size), all, or none."""
-    write: bool = True
-    """Write eval/judge.json in the run folder."""
 
 
 # --- beginnings ---------------------------------------------------------------------------------
@@ -525,7 +531,9 @@ def complete_prompts(
             )
     flat = [p for p in ids for _ in range(k)]
     params = [
-        SampleParams(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed + j)
+        SampleParams(
+            temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed + j
+        )
         for j in range(len(flat))
     ]
     outs = complete(model, flat, params, eot_id=tok.eot_id, max_batch=batch)
@@ -538,27 +546,27 @@ def complete_prompts(
     return result
 
 
-def check_command(cfg: JudgeConfig | Any) -> None:
+def check_command(cfg: GradedOptions) -> None:
     """The checks `eval judge` and `eval instruct` share: a run is named, the declared bounds hold."""
     if not cfg.run:
         raise UserError("--run is required: the run folder whose model is evaluated")
     check(cfg)
 
 
-def complete_for(cfg: JudgeConfig | Any, loaded: Any, prompts: Sequence[str]) -> list[list[dict[str, Any]]]:
+def complete_for(cfg: GradedOptions, loaded: Any, prompts: Sequence[str]) -> list[list[dict[str, Any]]]:
     """`cfg.completions` completions of every prompt with `cfg`'s sampling settings."""
     return complete_prompts(loaded, prompts, cfg.completions, max_new_tokens=cfg.max_new_tokens,
                             temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
                             batch=cfg.batch)  # fmt: skip
 
 
-def sampling_record(cfg: JudgeConfig | Any, seeds: str) -> dict[str, Any]:
+def sampling_record(cfg: GradedOptions, seeds: str) -> dict[str, Any]:
     """How the completions were sampled, as the result files keep it."""
     return {"completions": cfg.completions, "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p,
             "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "seeds": seeds}  # fmt: skip
 
 
-def bootstrap_record(cfg: JudgeConfig | Any, unit: str) -> dict[str, Any]:
+def bootstrap_record(cfg: GradedOptions, unit: str) -> dict[str, Any]:
     return {"resamples": cfg.bootstrap, "seed": cfg.seed, "unit": unit, "interval": "percentile"}
 
 
