@@ -21,7 +21,6 @@ training entry, is reported as seen in training.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -41,6 +40,7 @@ from tinystories.eval.judge import (
     check_command,
     complete_for,
     grade_all,
+    json_lines,
     judge_settings,
     model_info,
     read_json,
@@ -96,14 +96,7 @@ def read_sets(path: str | os.PathLike | None = None) -> tuple[list[dict[str, Any
     if not p.is_file():
         raise UserError(f"no instruction-set file at {p}")
     sets = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{p}:{n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}: not JSON ({e.msg})") from None
+    for where, obj in json_lines(p, p.read_text(encoding="utf-8")):
         text = obj.get("instruct") if isinstance(obj, dict) else None
         if not isinstance(text, str):
             raise UserError(f"{where}: expected an object with an 'instruct' string")
@@ -116,7 +109,7 @@ def read_sets(path: str | os.PathLike | None = None) -> tuple[list[dict[str, Any
             raise UserError(f"{where}: no instructions (Features, Words, Random sentence or Summary)")
         sets.append(
             {
-                "id": str(obj.get("id", n)),
+                "id": str(obj.get("id", where.rsplit(":", 1)[1])),
                 # The model's prompt: the entry up to and including "Story:", as in training records.
                 "prompt": text.rstrip(),
                 "words": rec.words,

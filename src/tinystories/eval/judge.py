@@ -30,7 +30,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,6 +219,16 @@ def parse_yaml_list(text: str, source: str = "<yaml>") -> list[str]:
     return items
 
 
+def json_lines(path: Path, text: str) -> Iterator[tuple[str, Any]]:
+    """(`file:line`, value) of every non-blank line of a JSONL text; a line that is not JSON is refused."""
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                yield f"{path}:{n}", json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{n}: not JSON ({e.msg})") from None
+
+
 def read_beginnings(path: str | os.PathLike | None = None) -> tuple[list[str], dict[str, Any]]:
     """Beginnings from a file (built-in set when None) and a description: source, counts, hashes.
 
@@ -235,17 +245,11 @@ def read_beginnings(path: str | os.PathLike | None = None) -> tuple[list[str], d
         items = parse_yaml_list(text, str(p))
     elif suffix in (".jsonl", ".ndjson"):
         items = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{p}:{n}: not JSON ({e.msg})") from None
+        for where, obj in json_lines(p, text):
             if isinstance(obj, dict):
                 obj = obj.get("beginning", obj.get("prompt"))
             if not isinstance(obj, str):
-                raise UserError(f"{p}:{n}: expected a string or an object with a 'beginning' string")
+                raise UserError(f"{where}: expected a string or an object with a 'beginning' string")
             items.append(obj)
     elif suffix == ".txt":
         items = text.split("<|endoftext|>")
