@@ -272,9 +272,11 @@ class LLMJob:
         self.price = price_of(model, opts.price)
         if budget_usd and self.price is None:
             raise UserError(f"no price known for model {model!r}; pass --price IN,OUT (USD per 1M tokens)")
-        self.client = client or select.make_client(backend, model, base_url=opts.base_url, api_key_env=opts.api_key_env,
-                                            chat=opts.chat, timeout=opts.timeout, concurrency=opts.concurrency,
-                                            seed=seed)  # fmt: skip
+        if client is None:
+            client = select.make_client(backend, model, base_url=opts.base_url, api_key_env=opts.api_key_env,
+                                        chat=opts.chat, timeout=opts.timeout, concurrency=opts.concurrency,
+                                        seed=seed)  # fmt: skip
+        self.client = client
         self.cache = AnswerCache(cache)
         # Every answer ever paid for is in the cache (written before its record), so its totals are the ledger.
         self.budget = Budget(budget_usd, cost_usd(self.price, *self.cache.token_totals()))
