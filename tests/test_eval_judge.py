@@ -12,7 +12,6 @@ import torch
 from tinystories import cli
 from tinystories.errors import UserError
 from tinystories.eval.judge import (
-    PAPER_FIGURE4,
     REASK,
     STORY_ASSESS,
     JudgeConfig,
@@ -28,6 +27,7 @@ from tinystories.eval.judge import (
     render_table,
     summarize_grades,
 )
+from tinystories.eval.paper_table import PAPER_FIGURE4
 from tinystories.llm.base import Completion, LLMError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

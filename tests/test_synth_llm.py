@@ -24,7 +24,8 @@ from fake_llm_server import FakeServer
 from tinystories.cli import run
 from tinystories.errors import UserError
 from tinystories.llm.cache import AnswerCache
-from tinystories.synth.generate import BudgetExhausted, JobIncomplete, SynthConfig, plan, plan_item, synth
+from tinystories.llm.jobs import BudgetExhausted, JobIncomplete
+from tinystories.synth.generate import SynthConfig, plan, plan_item, synth
 from tinystories.synth.lexicon import load_lexicon, sample_item
 from tinystories.synth.prompts import story_prompt
 

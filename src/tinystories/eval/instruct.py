@@ -21,30 +21,39 @@ training entry, is reported as seen in training.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tinystories.data.instruct import parse_instruct, sentences
+from tinystories.data.stories import iter_records
 from tinystories.errors import UserError
 from tinystories.eval.judge import (
     ALL_FIELDS,
-    JudgeOptions,
+    GradedOptions,
     Task,
     bootstrap_mean,
-    complete_prompts,
+    bootstrap_record,
+    check_command,
+    complete_for,
     grade_all,
-    judge_differs,
+    json_lines,
     judge_settings,
     model_info,
-    render_table,
-    run_row,
+    read_json,
+    sampling_record,
     set_hash,
     summarize_grades,
 )
+from tinystories.eval.paper_table import judge_differs, render_table, run_row
+from tinystories.io import atomic_write_json
+from tinystories.rundir import load_run, with_device
+from tinystories.synth.checks import story_words
+from tinystories.synth.lexicon import FEATURES, load_lexicon
+from tinystories.synth.stats import read_corpus
 
 BUILTIN_SETS = Path(__file__).parent / "sets" / "instructions.jsonl"
 
@@ -67,37 +76,15 @@ INSTRUCT_GRADE = (
 
 
 @dataclass
-class InstructEvalConfig(JudgeOptions):
+class InstructEvalConfig(GradedOptions):
     """`tinystories eval instruct`: instruction following of an Instruct model (automatic checks, optional judge)."""
 
-    run: str = ""
-    """Run folder of the Instruct model."""
     sets: str = ""
     """Instruction sets (JSONL of {"id", "instruct"} entries ending in 'Story:'); default: the built-in 50."""
     data: tuple[str, ...] = ()
     """Training corpus (story files or a synth folder) to check the sets against; default: no check."""
-    completions: int = 10
-    """Stories per instruction set."""
-    max_new_tokens: int = 400
-    """Most new tokens of one story."""
-    temperature: float = 1.0
-    """Sampling temperature of the model."""
-    top_p: float = 1.0
-    """Nucleus sampling threshold; 1 = off."""
-    seed: int = 1234
-    """Seed: story k of set i uses seed + i * completions + k; also seeds the bootstrap."""
-    step: int | None = None
-    """Checkpoint step to evaluate; default = the latest."""
-    device: str = "auto"
-    """Torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps."""
-    batch: int = 64
-    """Stories decoded together at most."""
-    bootstrap: int = 10000
-    """Bootstrap resamples of the instruction sets for the 95% intervals."""
     lexicon: str = ""
     """Lexicon TSV whose inflections count as the required words (default: the shipped one)."""
-    write: bool = True
-    """Write eval/instruct.json in the run folder."""
 
 
 # --- instruction sets --------------------------------------------------------------------------------
@@ -105,20 +92,11 @@ class InstructEvalConfig(JudgeOptions):
 
 def read_sets(path: str | os.PathLike | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Instruction sets (id, prompt text, words, sentence, features, summary) and a description of the file."""
-    from tinystories.data.instruct import parse_instruct
-
     p = Path(path) if path else BUILTIN_SETS
     if not p.is_file():
         raise UserError(f"no instruction-set file at {p}")
     sets = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{p}:{n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}: not JSON ({e.msg})") from None
+    for where, obj in json_lines(p, p.read_text(encoding="utf-8")):
         text = obj.get("instruct") if isinstance(obj, dict) else None
         if not isinstance(text, str):
             raise UserError(f"{where}: expected an object with an 'instruct' string")
@@ -131,7 +109,7 @@ def read_sets(path: str | os.PathLike | None = None) -> tuple[list[dict[str, Any
             raise UserError(f"{where}: no instructions (Features, Words, Random sentence or Summary)")
         sets.append(
             {
-                "id": str(obj.get("id", n)),
+                "id": str(obj.get("id", where.rsplit(":", 1)[1])),
                 # The model's prompt: the entry up to and including "Story:", as in training records.
                 "prompt": text.rstrip(),
                 "words": rec.words,
@@ -156,8 +134,6 @@ def read_sets(path: str | os.PathLike | None = None) -> tuple[list[dict[str, Any
 
 def exercise_text(s: dict[str, Any]) -> str:
     """The exercise as the paper words it for the judge ("Write a short story. The story should contain ...")."""
-    from tinystories.synth.lexicon import FEATURES
-
     parts = ["Write a short story."]
     if s["words"]:
         parts.append("The story should contain the words: " + ", ".join(s["words"]) + ".")
@@ -184,7 +160,7 @@ def _end(text: str) -> str:
 
 def _normal(text: str) -> str:
     # Case, spacing and quote style do not decide whether a sentence is "present".
-    text = text.lower().translate(str.maketrans({"’": "'", "‘": "'", "“": '"', "”": '"'}))
+    text = text.lower().translate(str.maketrans("’‘“”", "''\"\""))
     return " ".join(text.split())
 
 
@@ -196,8 +172,6 @@ def sentence_present(story: str, sentence: str) -> bool:
 
 def missing_words(story: str, words: Sequence[str], lexicon: Any) -> list[str]:
     """Required words that appear in no form (the word or any lexicon inflection) in `story`."""
-    from tinystories.synth.checks import story_words
-
     used = story_words(story)
     low = story.lower()
     out = []
@@ -243,14 +217,10 @@ def seen_in_training(sets: Sequence[dict[str, Any]], data: Sequence[str]) -> dic
     One pass over the corpus: its sentences, summaries and word sets go into
     hash sets, so millions of records cost one read.
     """
-    from tinystories.data.instruct import parse_instruct, sentences
-    from tinystories.data.stories import iter_records
 
-    def corpus() -> Any:
+    def corpus() -> Iterator[dict[str, Any]]:
         for d in data:
             if (Path(d) / "job.json").is_file():  # a synth job folder: its records, not also its .txt copy
-                from tinystories.synth.stats import read_corpus
-
                 yield from read_corpus(d)[0]
             else:
                 yield from iter_records(d)
@@ -293,20 +263,14 @@ def seen_in_training(sets: Sequence[dict[str, Any]], data: Sequence[str]) -> dic
 
 def evaluate_instruct(cfg: InstructEvalConfig) -> dict[str, Any]:
     """Write stories for the instruction sets, check them (and have them graded); writes eval/instruct.json."""
-    from tinystories.eval.judge import _check_common, _read_json
-    from tinystories.io import atomic_write_json
-    from tinystories.rundir import load_run, with_device
-    from tinystories.synth.lexicon import load_lexicon
-
     cfg = with_device(cfg)
-    _check_common(cfg.run, cfg.completions, cfg.bootstrap)
+    check_command(cfg)
     sets, sets_info = read_sets(cfg.sets or None)
     lexicon = load_lexicon(cfg.lexicon or None)
     contamination = seen_in_training(sets, [os.fspath(d) for d in cfg.data]) if cfg.data else None
     settings = judge_settings(cfg) if cfg.judge_model else None
     loaded = load_run(cfg.run, step=cfg.step, device=cfg.device)
-    stories = complete_prompts(loaded, [s["prompt"] for s in sets], cfg.completions, max_new_tokens=cfg.max_new_tokens,
-                               temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, batch=cfg.batch)  # fmt: skip
+    stories = complete_for(cfg, loaded, [s["prompt"] for s in sets])
     items, groups, checks = [], [], []
     for i, s in enumerate(sets):
         for k, c in enumerate(stories[i]):
@@ -319,20 +283,8 @@ def evaluate_instruct(cfg: InstructEvalConfig) -> dict[str, Any]:
         "step": loaded.step,
         "model": model_info(loaded),
         "sets": sets_info,
-        "sampling": {
-            "completions": cfg.completions,
-            "temperature": cfg.temperature,
-            "top_p": cfg.top_p,
-            "max_new_tokens": cfg.max_new_tokens,
-            "seed": cfg.seed,
-            "seeds": "story k of set i: seed + i * completions + k",
-        },
-        "bootstrap": {
-            "resamples": cfg.bootstrap,
-            "seed": cfg.seed,
-            "unit": "instruction set",
-            "interval": "percentile",
-        },
+        "sampling": sampling_record(cfg, "story k of set i: seed + i * completions + k"),
+        "bootstrap": bootstrap_record(cfg, "instruction set"),
         "checks": summarize_checks(checks, groups, len(sets), cfg.bootstrap, cfg.seed),
         "seen_in_training": contamination,
         "judge": None,
@@ -354,7 +306,7 @@ def evaluate_instruct(cfg: InstructEvalConfig) -> dict[str, Any]:
         grades, stats = grade_all(tasks, cfg, cache, seed=cfg.seed)
         summary = summarize_grades(grades, ALL_FIELDS, len(sets), cfg.bootstrap, cfg.seed)
         result["judge"] = {
-            **settings,
+            **(settings or {}),
             "scores": {f: summary[f] for f in ALL_FIELDS},
             "parse": summary["parse"],
             "age_groups": summary["age_groups"],
@@ -376,7 +328,7 @@ def evaluate_instruct(cfg: InstructEvalConfig) -> dict[str, Any]:
                 {k: g[k] for k in ("scores", "age_group", "complete", "reasks", "assessment", "answers")}
             )
         result["table"] = render_table(
-            [run_row(cfg.run, _read_json(Path(cfg.run) / "eval" / "judge.json"), result)]
+            [run_row(cfg.run, read_json(Path(cfg.run) / "eval" / "judge.json"), result)]
         )
         print(result["table"], file=sys.stderr)
     result["items"] = items

@@ -24,21 +24,30 @@ that stopped half way, pays only for what is new. The grading machinery
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import hashlib
 import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tinystories.config import parse_duration
+from tinystories.config import OPERATIONAL, check, is_operational
 from tinystories.errors import UserError
+from tinystories.eval.paper_table import RELEASED_FIRST, RELEASED_N, comparability, render_table, run_row
+from tinystories.io import atomic_write_json, sha256_file
+from tinystories.llm.base import Request
+from tinystories.llm.jobs import LLMJob, LLMOptions
+from tinystories.llm.prices import cost_usd
+from tinystories.llm.select import choose_backend
+from tinystories.options import RunOptions, SamplingOptions
+from tinystories.rundir import MODEL_FILE, load_run, with_device
+from tinystories.sample import SampleParams, complete, prompt_ids
 
 SETS = Path(__file__).parent / "sets"
 BUILTIN_BEGINNINGS = SETS / "beginnings.yaml"
@@ -78,126 +87,57 @@ AGE_GROUPS = {"A": "3 or under", "B": "4-5", "C": "6-7", "D": "8-9", "E": "10-12
 STORY_FIELDS = ("grammar", "creativity", "consistency")
 ALL_FIELDS = ("grammar", "creativity", "consistency", "plot")
 
-# The paper's Figure 4 (read from its image): (hidden, layers, eval loss, creativity,
-# grammar, consistency, instruct, plot). Baseline rows have no shape and no instruct models.
-PAPER_FIGURE4: list[tuple[Any, ...]] = [
-    (64, 12, 2.02, 4.84, 6.19, 4.75, 4.34, 4.39),
-    (64, 8, 2.08, 4.68, 6.14, 4.45, 4.34, 4.40),
-    (64, 4, 2.26, 3.97, 5.31, 3.77, 3.79, 3.71),
-    (64, 2, 2.38, 2.94, 4.33, 2.41, 2.86, 3.40),
-    (128, 12, 1.62, 6.02, 7.25, 7.20, 6.94, 6.58),
-    (128, 8, 1.65, 5.97, 7.23, 7.10, 6.87, 6.16),
-    (128, 4, 1.78, 5.70, 6.91, 6.60, 6.00, 5.53),
-    (128, 2, 1.92, 4.90, 6.43, 4.75, 5.23, 4.89),
-    (256, 12, 1.34, 6.66, 7.80, 8.38, 7.68, 7.18),
-    (256, 8, 1.38, 6.54, 7.72, 8.02, 7.92, 7.23),
-    (256, 4, 1.47, 6.32, 7.64, 7.76, 8.07, 7.18),
-    (256, 2, 1.60, 6.23, 7.50, 7.20, 7.23, 6.50),
-    (512, 12, 1.19, 6.90, 8.46, 9.11, 8.21, 7.37),
-    (512, 8, 1.20, 6.85, 8.34, 8.95, 8.05, 7.26),
-    (512, 4, 1.27, 6.75, 8.35, 8.50, 8.34, 7.36),
-    (512, 2, 1.39, 6.40, 7.72, 7.90, 7.76, 7.13),
-    (768, 12, 1.18, 7.00, 8.30, 9.20, 8.23, 7.47),
-    (768, 8, 1.18, 7.02, 8.62, 9.34, 8.36, 7.34),
-    (768, 4, 1.20, 6.89, 8.43, 9.01, 8.44, 7.52),
-    (768, 2, 1.31, 6.68, 8.01, 8.42, 7.97, 7.34),
-    (768, 1, 1.54, 6.00, 7.35, 7.25, 5.81, 6.44),
-    (1024, 12, 1.22, 7.05, 8.43, 8.98, 8.18, 7.29),
-    (1024, 8, 1.20, 7.13, 8.25, 8.92, 8.47, 7.47),
-    (1024, 4, 1.21, 7.04, 8.32, 8.93, 8.34, 7.47),
-    (1024, 2, 1.27, 6.68, 8.22, 8.52, 8.04, 7.24),
-    (1024, 1, 1.49, 6.36, 7.77, 7.47, 6.09, 6.42),
-]
-PAPER_BASELINES: list[tuple[str, float, float, float, float | None, float | None]] = [
-    # (model, creativity, grammar, consistency, instruct, plot)
-    ("GPT-Neo (125M)", 3.34, 5.27, 4.22, None, None),
-    ("GPT-2-small (125M)", 3.70, 5.40, 4.32, None, None),
-    ("GPT-2-med (355M)", 4.22, 6.27, 5.34, None, None),
-    ("GPT-2-large (774M)", 4.30, 6.43, 6.04, None, None),
-    ("GPT-4", 8.21, 8.75, 9.93, 9.31, 8.26),
-]
-PAPER_K = 10
-"""Completions per beginning in the paper."""
-# The released eval file starts with this beginning (44 in all); it identifies the file, not its bytes.
-RELEASED_FIRST = "Once upon a time, there lived a bunny in a field."
-RELEASED_N = 44
-
-
 # --- options ------------------------------------------------------------------------------------
 
 
 @dataclass
-class JudgeOptions:
+class JudgeOptions(LLMOptions):
     """Which LLM judges and how it is asked (shared by `eval judge` and `eval instruct`)."""
 
     judge_model: str = ""
     """The judge: a model name the endpoint serves (e.g. gpt-4o), or a model file for --backend local."""
     backend: str = "auto"
     """Judge backend: openai (any OpenAI-compatible endpoint), local (a model file in this process); auto = openai."""
-    base_url: str = ""
-    """OpenAI-compatible endpoint of the judge, e.g. http://127.0.0.1:8080/v1 (default: OpenAI's)."""
-    api_key_env: str = "OPENAI_API_KEY"
-    """Environment variable holding the API key (the key itself is never written anywhere)."""
-    chat: bool = True
-    """Use the chat completions API (the grading is a two-turn conversation)."""
-    judge_max_tokens: int = 600
+    judge_max_tokens: int = field(default=600, metadata={"min": 1})
     """Most tokens of one judge answer."""
     judge_temperature: float = 0.0
     """Judge sampling temperature (the paper does not say; 0 makes re-runs repeatable where servers allow)."""
-    reasks: int = 2
+    reasks: int = field(default=2, metadata={"min": 0})
     """Times the judge is asked again when its grades cannot be read; then the grade counts as missing."""
     format_line: bool = True
     """Append 'Use the following grade format: ...' to the story grading turn (the paper prints it for instruct only)."""
-    concurrency: int = 8
+    concurrency: int = field(default=8, metadata={**OPERATIONAL, "min": 1})
     """Judge conversations in flight at once."""
-    timeout: float = field(default=120.0, metadata={"parse": parse_duration})
-    """Timeout of one judge request (e.g. 90s, 2m)."""
-    retries: int = 6
-    """Retries of a failed judge request (429, 5xx, timeouts), with exponential backoff."""
-    retry_base: float = 1.0
-    """First retry wait in seconds (doubled each retry, with jitter)."""
-    rpm: int = 0
-    """Requests-per-minute cap (0 = none)."""
-    tpm: int = 0
-    """Tokens-per-minute cap, counted at the worst case of each request (0 = none)."""
-    price: str = ""
-    """Judge price as IN,OUT US dollars per 1M tokens (default: the built-in table by model; none = free)."""
-    cache: str = ""
-    """Answer cache (sqlite); default: eval/judge_cache.sqlite in the run folder."""
-    progress: bool = True
-    """Show a progress bar on stderr."""
+    cache: str = field(default="", metadata=OPERATIONAL)
+    """Answer cache (sqlite); default: eval/judge_cache.sqlite (eval instruct: instruct_cache) in the run folder."""
 
 
 @dataclass
-class JudgeConfig(JudgeOptions):
-    """`tinystories eval judge`: GPT-Eval of a run's story completions."""
+class GradedOptions(JudgeOptions, SamplingOptions, RunOptions):
+    """A run's model completes prompts K times each; the judge may grade them (`eval judge`, `eval instruct`)."""
 
-    run: str = ""
-    """Run folder whose model completes the beginnings."""
-    prompts: str = ""
-    """Story beginnings: a YAML list (as the released 'Evaluation prompts.yaml'), a .jsonl or a .txt; default: the built-in 50."""
-    completions: int = 10
-    """Completions per beginning (the paper: 10)."""
+    completions: int = field(default=10, metadata={"min": 1})
+    """Completions per prompt: per story beginning, or per instruction set (the paper: 10)."""
     max_new_tokens: int = 400
     """Most new tokens of one completion (the paper's models stop by themselves; it gives no limit)."""
-    temperature: float = 1.0
-    """Sampling temperature of the model (the paper: 1)."""
-    top_p: float = 1.0
-    """Nucleus sampling threshold of the model; 1 = off (as the paper)."""
     seed: int = 1234
-    """Seed: completion k of beginning i uses seed + i * completions + k; also seeds the bootstrap."""
-    step: int | None = None
-    """Checkpoint step to evaluate; default = the latest."""
-    device: str = "auto"
-    """Torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps."""
+    """Seed: completion k of prompt i uses seed + i * completions + k; also seeds the bootstrap."""
     batch: int = 64
     """Completions decoded together at most."""
-    bootstrap: int = 10000
-    """Bootstrap resamples of the beginnings for the 95% intervals."""
+    bootstrap: int = field(default=10000, metadata={"min": 100})
+    """Bootstrap resamples of the prompts (beginnings or instruction sets) for the 95% intervals."""
+    write: bool = True
+    """Write the results (eval/judge.json, eval/instruct.json) in the run folder."""
+
+
+@dataclass
+class JudgeConfig(GradedOptions):
+    """`tinystories eval judge`: GPT-Eval of a run's story completions."""
+
+    prompts: str = ""
+    """Story beginnings: a YAML list (as the released 'Evaluation prompts.yaml'), a .jsonl or a .txt; default: the built-in 50."""
     table: str = "nearest"
     """Paper rows beside ours in the printed table: nearest (same hidden size), all, or none."""
-    write: bool = True
-    """Write eval/judge.json in the run folder."""
 
 
 # --- beginnings ---------------------------------------------------------------------------------
@@ -279,6 +219,16 @@ def parse_yaml_list(text: str, source: str = "<yaml>") -> list[str]:
     return items
 
 
+def json_lines(path: Path, text: str) -> Iterator[tuple[str, Any]]:
+    """(`file:line`, value) of every non-blank line of a JSONL text; a line that is not JSON is refused."""
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                yield f"{path}:{n}", json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{n}: not JSON ({e.msg})") from None
+
+
 def read_beginnings(path: str | os.PathLike | None = None) -> tuple[list[str], dict[str, Any]]:
     """Beginnings from a file (built-in set when None) and a description: source, counts, hashes.
 
@@ -295,17 +245,11 @@ def read_beginnings(path: str | os.PathLike | None = None) -> tuple[list[str], d
         items = parse_yaml_list(text, str(p))
     elif suffix in (".jsonl", ".ndjson"):
         items = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{p}:{n}: not JSON ({e.msg})") from None
+        for where, obj in json_lines(p, text):
             if isinstance(obj, dict):
                 obj = obj.get("beginning", obj.get("prompt"))
             if not isinstance(obj, str):
-                raise UserError(f"{p}:{n}: expected a string or an object with a 'beginning' string")
+                raise UserError(f"{where}: expected a string or an object with a 'beginning' string")
             items.append(obj)
     elif suffix == ".txt":
         items = text.split("<|endoftext|>")
@@ -397,17 +341,6 @@ class Task:
     """The grade format quoted when asking again."""
 
 
-@dataclass
-class JudgeStats:
-    requests: int = 0
-    cached: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    new_prompt_tokens: int = 0
-    new_completion_tokens: int = 0
-    errors: list[str] = field(default_factory=list)
-
-
 def _request_seed(seed: int, group: int, k: int, turn: int) -> int:
     blob = f"{seed}|{group}|{k}|{turn}".encode()
     return int.from_bytes(hashlib.sha256(blob).digest()[:4], "little") >> 1
@@ -429,142 +362,81 @@ def grade_all(
     keeps every answer received, so running it again continues. `client`
     replaces the backend `opts` names (any object with the `LLM` interface).
     """
-    from tinystories.llm.base import (
-        LLMError,
-        RateLimiter,
-        Request,
-        RetryPolicy,
-        call_with_retries,
-        worst_case_tokens,
-    )
-    from tinystories.llm.cache import AnswerCache, cache_key
-    from tinystories.llm.select import choose_backend, make_client
-
     backend = choose_backend(opts.backend, opts.judge_model, model_flag="--judge-model")
-    if opts.reasks < 0 or opts.concurrency < 1 or opts.judge_max_tokens < 1:
-        raise UserError("--reasks must be >= 0, --concurrency and --judge-max-tokens >= 1")
     if not opts.chat:
         raise UserError("the grading is a conversation: the judge needs the chat API (drop --no-chat)")
-    if client is None:
-        client = make_client(backend, opts.judge_model, base_url=opts.base_url, api_key_env=opts.api_key_env,
-                             chat=True, timeout=opts.timeout, concurrency=opts.concurrency, seed=seed)  # fmt: skip
-    cache = AnswerCache(cache_path)
     namespace = {"task": "judge", "backend": backend, "model": opts.judge_model, "base_url": opts.base_url}
-    limiter = RateLimiter(opts.rpm, opts.tpm)
-    policy = RetryPolicy(retries=opts.retries, base=opts.retry_base)
-    st = JudgeStats()
+    job = LLMJob(opts, backend=backend, model=opts.judge_model, cache=cache_path, namespace=namespace, seed=seed,
+                 client=client)  # fmt: skip
     results: list[dict[str, Any] | None] = [None] * len(tasks)
 
-    async def ask(task: Task, turn: int, messages: list[dict[str, str]]) -> str:
-        req = Request(messages=[dict(m) for m in messages], max_tokens=opts.judge_max_tokens,
-                      temperature=opts.judge_temperature, seed=_request_seed(seed, task.group, task.k, turn))  # fmt: skip
-        key = cache_key(namespace, task.group * 1_000_000 + task.k, turn, req)
-        comp = cache.get(key)
-        if comp is None:
-            await limiter.acquire(worst_case_tokens(req))
-            st.requests += 1
-            comp = await call_with_retries(lambda: client.complete(req), policy)
-            cache.put(key, comp)
-            st.new_prompt_tokens += comp.prompt_tokens
-            st.new_completion_tokens += comp.completion_tokens
-        else:
-            st.cached += 1
-        st.prompt_tokens += comp.prompt_tokens
-        st.completion_tokens += comp.completion_tokens
-        return comp.text
-
-    async def converse(i: int) -> None:
+    async def converse(i: int) -> bool:
         task = tasks[i]
+        item = task.group * 1_000_000 + task.k
         messages = [{"role": "user", "content": task.assess}]
-        assessment = await ask(task, 0, messages)
-        messages += [{"role": "assistant", "content": assessment}, {"role": "user", "content": task.grade}]
         answers: list[str] = []
         found: dict[str, Any] = {}
-        for attempt in range(opts.reasks + 1):
-            if attempt:
-                messages += [{"role": "assistant", "content": answers[-1]},
-                             {"role": "user", "content": REASK.format(format=task.format)}]  # fmt: skip
-            answers.append(await ask(task, attempt + 1, messages))
-            # A score read in an earlier answer stands unless a later one restates it.
-            found.update({k: v for k, v in parse_grade(answers[-1]).items() if v is not None})
-            if all(found.get(f) is not None for f in task.fields):
-                break
+        # Turn 0 is the assessment; turns 1.. grade, each after the judge's previous answer.
+        for turn in range(opts.reasks + 2):
+            req = Request(messages=[dict(m) for m in messages], max_tokens=opts.judge_max_tokens,
+                          temperature=opts.judge_temperature, seed=_request_seed(seed, task.group, task.k, turn))  # fmt: skip
+            comp = await job.ask(item, turn, req)
+            if comp is None:
+                return False  # the job stopped
+            answers.append(comp.text)
+            if turn:
+                # A score read in an earlier answer stands unless a later one restates it.
+                found.update({k: v for k, v in parse_grade(comp.text).items() if v is not None})
+                if all(found.get(f) is not None for f in task.fields):
+                    break
+            ask_next = task.grade if turn == 0 else REASK.format(format=task.format)
+            messages += [{"role": "assistant", "content": comp.text}, {"role": "user", "content": ask_next}]
         complete = all(found.get(f) is not None for f in task.fields)
         results[i] = {
             "group": task.group,
             "k": task.k,
-            "assessment": assessment,
-            "answers": answers,
-            "reasks": len(answers) - 1,
+            "assessment": answers[0],
+            "answers": answers[1:],
+            "reasks": len(answers) - 2,
             "complete": complete,
             # An unreadable grade is missing as a whole, never completed by guesses.
             "scores": {f: found.get(f) if complete else None for f in ALL_FIELDS},
             "partial": {f: found.get(f) for f in ALL_FIELDS} if not complete else None,
             "age_group": found.get("age_group"),
         }
-
-    async def main() -> None:
-        from tqdm import tqdm
-
-        pending = iter(range(len(tasks)))
-        bar = tqdm(
-            total=len(tasks), unit="grade", disable=not opts.progress, mininterval=0.5, dynamic_ncols=True
-        )
-
-        async def worker() -> None:
-            for i in pending:
-                try:
-                    await converse(i)
-                except LLMError as e:
-                    st.errors.append(str(e))
-                    if not e.retryable:
-                        return
-                bar.update(1)
-
-        try:
-            await asyncio.gather(*(worker() for _ in range(opts.concurrency)))
-        finally:
-            bar.close()
-            await client.aclose()
+        return True
 
     try:
-        asyncio.run(main())
+        st = job.run(range(len(tasks)), converse, unit="grade")
     finally:
-        cache.close()
-    if st.errors:
+        job.close()
+    if st.failed or st.fatal:
         done = sum(r is not None for r in results)
         raise UserError(
-            f"{len(tasks) - done} of {len(tasks)} gradings failed (last error: {st.errors[-1]}); the answers "
+            f"{len(tasks) - done} of {len(tasks)} gradings failed (last error: {st.last_error}); the answers "
             "received are cached: run the command again to finish"
         )
-    from tinystories.llm.prices import cost_usd, price_of
-
-    price = price_of(opts.judge_model, opts.price)
     stats = {
         "requests": st.requests,
         "cached_answers": st.cached,
         "prompt_tokens": st.prompt_tokens,
         "completion_tokens": st.completion_tokens,
-        "price_usd_per_1m": list(price) if price else None,
-        "usd_all_answers": round(cost_usd(price, st.prompt_tokens, st.completion_tokens), 6),
-        "usd_this_run": round(cost_usd(price, st.new_prompt_tokens, st.new_completion_tokens), 6),
+        "price_usd_per_1m": list(job.price) if job.price else None,
+        "usd_all_answers": round(cost_usd(job.price, st.prompt_tokens, st.completion_tokens), 6),
+        "usd_this_run": round(cost_usd(job.price, st.new_prompt_tokens, st.new_completion_tokens), 6),
     }
     return [r for r in results if r is not None], stats
 
 
 def judge_settings(opts: JudgeOptions) -> dict[str, Any]:
-    """What decides the judge's answers (for the result file; no key)."""
-    from tinystories.llm.select import choose_backend
-
-    return {
-        "backend": choose_backend(opts.backend, opts.judge_model, model_flag="--judge-model"),
-        "model": opts.judge_model,
-        "base_url": opts.base_url,
-        "temperature": opts.judge_temperature,
-        "max_tokens": opts.judge_max_tokens,
-        "reasks": opts.reasks,
-        "format_line": opts.format_line,
+    """What decides the judge's answers: its options that change results, named without `judge_` (no key)."""
+    settings = {
+        f.name.removeprefix("judge_"): getattr(opts, f.name)
+        for f in dataclasses.fields(JudgeOptions)
+        if not is_operational(f)
     }
+    settings["backend"] = choose_backend(opts.backend, opts.judge_model, model_flag="--judge-model")
+    return settings
 
 
 # --- statistics -------------------------------------------------------------------------------------------
@@ -622,118 +494,11 @@ def summarize_grades(
     return out
 
 
-# --- the table ----------------------------------------------------------------------------------------------
-
-
-def judge_differs(judge_model: str) -> str | None:
-    """Why a judge is not the paper's (None for the 2023 GPT-4 family; its snapshot is unstated)."""
-    name = judge_model.lower()
-    # gpt-4o, gpt-4.1 and gpt-4-turbo are later, different models.
-    if name == "gpt-4" or name.startswith(("gpt-4-0", "gpt-4-32k")):
-        return None
-    return f"judge {judge_model} (paper: GPT-4)"
-
-
-def comparability(judge_model: str, prompt_label: str, completions: int, temperature: float) -> list[str]:
-    """Why a row differs from the paper's protocol (empty: same judge family, prompt set and sampling)."""
-    why = [w for w in [judge_differs(judge_model)] if w]
-    if prompt_label != "released":
-        why.append(f"{prompt_label} prompt set (paper: its own ~50; released file: {RELEASED_N})")
-    if completions != PAPER_K:
-        why.append(f"{completions} completions per beginning (paper: {PAPER_K})")
-    if temperature != 1.0:
-        why.append(f"temperature {temperature:g} (paper: 1)")
-    return why
-
-
-def _cell(stat: dict[str, Any] | None) -> str:
-    if stat is None:
-        return "–"
-    if stat.get("mean") is None:
-        return "n/a"
-    low, high = stat["ci95"]
-    return f"{stat['mean']:.2f} [{low:.2f}, {high:.2f}]"
-
-
-def run_row(
-    run_dir: str | os.PathLike, judge: dict[str, Any] | None, instruct: dict[str, Any] | None
-) -> dict[str, Any]:
-    """A table row for a run from its eval results (judge.json and/or instruct.json contents)."""
-    base = judge or instruct or {}
-    model = base.get("model", {})
-    loss = None
-    loss_path = Path(run_dir) / "eval" / "loss.json"
-    if loss_path.is_file():
-        try:
-            loss = json.loads(loss_path.read_text())["stream"]["loss"]
-        except (OSError, ValueError, KeyError, TypeError):
-            loss = None
-    ijudge = (instruct or {}).get("judge") or {}
-    scores, iscores = (judge or {}).get("scores", {}), ijudge.get("scores", {})
-    why = list((judge or {}).get("not_comparable", []))
-    why += [w for w in ijudge.get("not_comparable", []) if w not in why]
-    judges = ([judge["judge"]["model"]] if judge else []) + ([ijudge["model"]] if ijudge else [])
-    sets = [f"{judge['prompts']['label']} ({judge['prompts']['n']})"] if judge else []
-    if ijudge:
-        sets.append(f"instruct {instruct['sets']['label']} ({instruct['sets']['n']})")
-    return {
-        "model": f"{Path(os.fspath(run_dir)).name} (step {base.get('step', '?')})",
-        "hidden": model.get("d_model"),
-        "layers": model.get("n_layer"),
-        "eval_loss": loss,
-        "creativity": scores.get("creativity"),
-        "grammar": scores.get("grammar"),
-        "consistency": scores.get("consistency"),
-        "instruct": iscores.get("consistency"),
-        "plot": iscores.get("plot"),
-        "judge": ", ".join(dict.fromkeys(judges)) or "–",
-        "prompt_set": ", ".join(sets) or "–",
-        "comparable": "yes" if not why else "no: " + "; ".join(why),
-    }
-
-
-def render_table(rows: Sequence[dict[str, Any]], paper: str = "nearest") -> str:
-    """A Markdown table laid out like the paper's Figure 4: our rows, then the paper's (nearest, all or none).
-
-    Our scores read `mean [95% interval]`; the paper's are its raw GPT-4 scores
-    (its min-max normalised second numbers are left out).
-    """
-    if paper not in ("nearest", "all", "none"):
-        raise UserError(f"--table must be nearest, all or none, got {paper!r}")
-
-    def line(cells: Sequence[Any]) -> str:
-        text = ("–" if c is None else f"{c:.2f}" if isinstance(c, float) else str(c) for c in cells)
-        return "| " + " | ".join(text) + " |"
-
-    head = ["Model", "Hidden", "Layers", "Eval loss", "Creativity", "Grammar", "Consistency", "Instruct", "Plot",
-            "Judge", "Prompt set", "Comparable to the paper"]  # fmt: skip
-    lines = [line(head), "|" + "---|" * len(head)]
-    for r in rows:
-        scores = [_cell(r[k]) for k in ("creativity", "grammar", "consistency", "instruct", "plot")]
-        lines.append(line([r["model"], r["hidden"], r["layers"], r["eval_loss"], *scores,
-                           r["judge"], r["prompt_set"], r["comparable"]]))  # fmt: skip
-    if paper == "none":
-        return "\n".join(lines) + "\n"
-    sizes = sorted({row[0] for row in PAPER_FIGURE4})
-    near = {min(sizes, key=lambda s: abs(s - r["hidden"])) for r in rows if r.get("hidden")}
-    paper_cells = ["GPT-4", "paper's (~50)", "(the paper)"]
-    for hidden, layers, *numbers in PAPER_FIGURE4:
-        if paper == "all" or hidden in near:
-            lines.append(line(["paper", hidden, layers, *numbers, *paper_cells]))
-    for name, *numbers in PAPER_BASELINES:
-        if paper == "all" or name in ("GPT-2-large (774M)", "GPT-4"):
-            lines.append(line([f"{name}, paper", None, None, None, *numbers, *paper_cells]))
-    return "\n".join(lines) + "\n"
-
-
 # --- the model's completions --------------------------------------------------------------------------------
 
 
 def model_info(loaded: Any) -> dict[str, Any]:
     """What identifies the model: its shape, checkpoint and weight hash."""
-    from tinystories.io import sha256_file
-    from tinystories.rundir import MODEL_FILE
-
     cfg = loaded.model.config
     return {
         "checkpoint": os.fspath(loaded.path),
@@ -757,10 +522,9 @@ def complete_prompts(
     top_p: float,
     seed: int,
     batch: int,
+    top_k: int = 0,
 ) -> list[list[dict[str, Any]]]:
     """K completions of every prompt (text, finish reason, seed): completion j of prompt i uses seed + i*k + j."""
-    from tinystories.sample import SampleParams, complete, prompt_ids
-
     model, tok = loaded.model, loaded.tokenizer
     context = model.config.max_seq_len
     ids = [prompt_ids(tok, p) for p in prompts]
@@ -771,7 +535,9 @@ def complete_prompts(
             )
     flat = [p for p in ids for _ in range(k)]
     params = [
-        SampleParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed + j)
+        SampleParams(
+            temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed + j
+        )
         for j in range(len(flat))
     ]
     outs = complete(model, flat, params, eot_id=tok.eot_id, max_batch=batch)
@@ -784,13 +550,28 @@ def complete_prompts(
     return result
 
 
-def _check_common(run: str, completions: int, bootstrap: int) -> None:
-    if not run:
+def check_command(cfg: GradedOptions) -> None:
+    """The checks `eval judge` and `eval instruct` share: a run is named, the declared bounds hold."""
+    if not cfg.run:
         raise UserError("--run is required: the run folder whose model is evaluated")
-    if completions < 1:
-        raise UserError(f"--completions must be >= 1, got {completions}")
-    if bootstrap < 100:
-        raise UserError(f"--bootstrap must be >= 100, got {bootstrap}")
+    check(cfg)
+
+
+def complete_for(cfg: GradedOptions, loaded: Any, prompts: Sequence[str]) -> list[list[dict[str, Any]]]:
+    """`cfg.completions` completions of every prompt with `cfg`'s sampling settings."""
+    return complete_prompts(loaded, prompts, cfg.completions, max_new_tokens=cfg.max_new_tokens,
+                            temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
+                            batch=cfg.batch)  # fmt: skip
+
+
+def sampling_record(cfg: GradedOptions, seeds: str) -> dict[str, Any]:
+    """How the completions were sampled, as the result files keep it."""
+    return {"completions": cfg.completions, "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p,
+            "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "seeds": seeds}  # fmt: skip
+
+
+def bootstrap_record(cfg: GradedOptions, unit: str) -> dict[str, Any]:
+    return {"resamples": cfg.bootstrap, "seed": cfg.seed, "unit": unit, "interval": "percentile"}
 
 
 # --- the command -----------------------------------------------------------------------------------------------
@@ -798,11 +579,8 @@ def _check_common(run: str, completions: int, bootstrap: int) -> None:
 
 def evaluate_judge(cfg: JudgeConfig) -> dict[str, Any]:
     """Complete the beginnings with the run's model, have the judge grade them; writes eval/judge.json."""
-    from tinystories.io import atomic_write_json
-    from tinystories.rundir import load_run, with_device
-
     cfg = with_device(cfg)
-    _check_common(cfg.run, cfg.completions, cfg.bootstrap)
+    check_command(cfg)
     if not cfg.judge_model:
         raise UserError(
             "--judge-model is required: the LLM that grades (e.g. gpt-4o, or a local server's model)"
@@ -812,8 +590,7 @@ def evaluate_judge(cfg: JudgeConfig) -> dict[str, Any]:
     beginnings, prompts_info = read_beginnings(cfg.prompts or None)
     settings = judge_settings(cfg)
     loaded = load_run(cfg.run, step=cfg.step, device=cfg.device)
-    done = complete_prompts(loaded, beginnings, cfg.completions, max_new_tokens=cfg.max_new_tokens,
-                            temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, batch=cfg.batch)  # fmt: skip
+    done = complete_for(cfg, loaded, beginnings)
     grade_turn = STORY_GRADE + (FORMAT_LINE.format(format=STORY_FORMAT) if cfg.format_line else "")
     tasks = [
         Task(
@@ -834,26 +611,14 @@ def evaluate_judge(cfg: JudgeConfig) -> dict[str, Any]:
         "step": loaded.step,
         "model": model_info(loaded),
         "prompts": prompts_info,
-        "sampling": {
-            "completions": cfg.completions,
-            "temperature": cfg.temperature,
-            "top_p": cfg.top_p,
-            "max_new_tokens": cfg.max_new_tokens,
-            "seed": cfg.seed,
-            "seeds": "completion k of beginning i: seed + i * completions + k",
-        },
+        "sampling": sampling_record(cfg, "completion k of beginning i: seed + i * completions + k"),
         "judge": settings,
         "templates": {
             "assess": STORY_ASSESS,
             "grade": grade_turn,
             "reask": REASK.format(format=STORY_FORMAT),
         },
-        "bootstrap": {
-            "resamples": cfg.bootstrap,
-            "seed": cfg.seed,
-            "unit": "beginning",
-            "interval": "percentile",
-        },
+        "bootstrap": bootstrap_record(cfg, "beginning"),
         "scores": {f: summary[f] for f in (*STORY_FIELDS, "plot")},
         "parse": summary["parse"],
         "age_groups": summary["age_groups"],
@@ -861,7 +626,7 @@ def evaluate_judge(cfg: JudgeConfig) -> dict[str, Any]:
         "not_comparable": why,
     }
     instruct_path = Path(cfg.run) / "eval" / "instruct.json"
-    instruct = _read_json(instruct_path)
+    instruct = read_json(instruct_path)
     result["table"] = render_table([run_row(cfg.run, result, instruct)], cfg.table)
     result["completions"] = [
         {"beginning": t.group, "k": t.k, **done[t.group][t.k], **g} for t, g in zip(tasks, grades)
@@ -873,7 +638,7 @@ def evaluate_judge(cfg: JudgeConfig) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k not in ("completions", "templates", "table")}
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ def cache_key(namespace: dict[str, Any], item: int, attempt: int, request: Reque
 class AnswerCache:
     """A key -> Completion table in one sqlite file."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | os.PathLike):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")

@@ -75,7 +75,7 @@ class OpenAICompat:
         try:  # openai 3 runs on httpx2, older releases on httpx
             import httpx2 as httpx
         except ImportError:
-            import httpx
+            import httpx  # type: ignore[no-redef,import-not-found]
         self.name = model
         self.chat = chat
         self._openai = openai

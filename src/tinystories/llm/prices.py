@@ -48,7 +48,7 @@ def price_of(model: str, override: str = "") -> tuple[float, float] | None:
     return None
 
 
-def cost_usd(price: tuple[float, float] | None, prompt_tokens: int, completion_tokens: int) -> float:
+def cost_usd(price: tuple[float, float] | None, prompt_tokens: float, completion_tokens: float) -> float:
     """Dollars for one request's tokens (0 for an unpriced model)."""
     if price is None:
         return 0.0

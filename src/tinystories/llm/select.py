@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from tinystories.errors import UserError
+from tinystories.llm.local import LocalLLM
+from tinystories.llm.openai_compat import OpenAICompat
 
 LLM_BACKENDS = ("openai", "local")
 
@@ -54,13 +56,9 @@ def make_client(
 ) -> Any:
     """An `LLM` for an LLM backend (`openai` or `local`, as `choose_backend` returns)."""
     if backend == "local":
-        from tinystories.llm.local import LocalLLM
-
         return LocalLLM(model, seed=seed)
     if backend != "openai":
         raise UserError(f"backend {backend!r} is not an LLM backend; choose one of: {', '.join(LLM_BACKENDS)}")
-    from tinystories.llm.openai_compat import OpenAICompat
-
     return OpenAICompat(
         model,
         base_url=base_url or None,

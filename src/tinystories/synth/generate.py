@@ -20,30 +20,43 @@ nothing twice. With `--budget-usd`, every request reserves its worst case
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tinystories.config import parse_duration
+from tinystories.config import OPERATIONAL, check, result_fields
+from tinystories.data.instruct import format_instruct
 from tinystories.errors import UserError
-from tinystories.io import atomic_open, atomic_write_json
+from tinystories.io import atomic_open
+from tinystories.llm.base import Completion, Request
+from tinystories.llm.jobs import (
+    ItemLog,
+    LLMJob,
+    LLMJobOptions,
+    read_job,
+    start_job,
+    user_request,
+)
+from tinystories.llm.select import choose_backend
+from tinystories.synth.checks import CheckConfig, check_story
+from tinystories.synth.lexicon import FEATURE_P, FEATURES, POS, from_word_lists, item_rng, load_lexicon
+from tinystories.synth.procedural import story_record
+from tinystories.synth.prompts import PAPER_TEMPLATE, story_prompt
 
 SEPARATOR = "<|endoftext|>"
 BACKENDS = ("procedural", "openai", "local")
 
 
 @dataclass
-class SynthConfig:
-    n: int = 1000
+class SynthConfig(LLMJobOptions):
+    n: int = field(default=1000, metadata={"min": 1})
     """Number of stories in the whole job (all shards together)."""
-    out: str = "data/proc"
+    out: str = field(default="data/proc", metadata=OPERATIONAL)
     """Output folder for the corpus."""
     backend: str = "auto"
     """Story source: procedural (offline engine), openai (an OpenAI-compatible endpoint), local (a model file in this process); auto = openai when --model is given, else procedural."""
@@ -53,40 +66,14 @@ class SynthConfig:
     """Write TinyStories-Instruct entries (Features/Words/Random sentence/Summary, then Story)."""
     shard: str = "0/1"
     """Which part of the job to write, as K/N: the items whose index leaves remainder K when divided by N."""
-    start: int = 0
+    start: int = field(default=0, metadata={"min": 0})
     """Index of the first item (items start .. start+n-1)."""
     model: str = ""
     """LLM backends: the model name the endpoint serves (openai), or a model file / folder (local)."""
-    base_url: str = ""
-    """OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1 (default: OpenAI's, or $OPENAI_BASE_URL)."""
-    api_key_env: str = "OPENAI_API_KEY"
-    """Environment variable holding the API key (the key itself is never written anywhere)."""
-    chat: bool = True
-    """Use the chat completions API; --no-chat sends the prompt to plain completions."""
-    max_tokens: int = 600
+    max_tokens: int = field(default=600, metadata={"min": 1})
     """Most tokens a story may have (a story cut off here is rejected)."""
     temperature: float = 1.0
     """Sampling temperature."""
-    concurrency: int = 16
-    """Requests in flight at once."""
-    rpm: int = 0
-    """Requests-per-minute cap (0 = none)."""
-    tpm: int = 0
-    """Tokens-per-minute cap, counted at the worst case of each request (0 = none)."""
-    timeout: float = field(default=120.0, metadata={"parse": parse_duration})
-    """Timeout of one request (e.g. 90s, 2m)."""
-    retries: int = 6
-    """Retries of a failed request (429, 5xx, timeouts, malformed answers), with exponential backoff."""
-    retry_base: float = 1.0
-    """First retry wait in seconds (doubled each retry, with jitter; never shorter than Retry-After)."""
-    attempts: int = 2
-    """Tries per item when the story fails the checks (each attempt is a new request)."""
-    budget_usd: float = 0.0
-    """Hard spending cap in US dollars for this shard, counted over resumes (0 = none)."""
-    price: str = ""
-    """Price as IN,OUT US dollars per 1M prompt/completion tokens (default: the built-in table by model)."""
-    resume: bool = False
-    """Continue the job already in --out (settings from its job.json); finished items are not asked again."""
     template: str = ""
     """File with a story prompt template ({verb}, {noun}, {adjective}, {features}); default: the paper's."""
     lexicon: str = ""
@@ -101,8 +88,6 @@ class SynthConfig:
     """Longest accepted story, in words."""
     word_check: bool = True
     """Reject stories that miss one of their three words; --no-word-check keeps them (small local models)."""
-    progress: bool = True
-    """Show a progress bar (stories/s, tokens/s, dollars spent) on stderr."""
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -116,27 +101,16 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 
 def _resolve_backend(cfg: SynthConfig) -> str:
-    backend = cfg.backend
-    if backend == "auto":
-        job = Path(cfg.out) / "job.json"
-        if cfg.resume:
-            if not job.is_file():
-                raise UserError(f"nothing to resume in {cfg.out} (no job.json)")
-            try:
-                return json.loads(job.read_text())["backend"]
-            except (OSError, ValueError, KeyError):
-                raise UserError(f"{job} is unreadable; cannot resume") from None
-    from tinystories.llm.select import choose_backend
-
-    return choose_backend(backend, cfg.model, offline="procedural", need_model=not cfg.resume)
+    if cfg.backend == "auto" and cfg.resume:
+        job = read_job(Path(cfg.out) / "job.json")
+        if "backend" not in job:
+            raise UserError(f"{Path(cfg.out) / 'job.json'} is unreadable; cannot resume")
+        return job["backend"]
+    return choose_backend(cfg.backend, cfg.model, offline="procedural", need_model=not cfg.resume)
 
 
 def records(cfg: SynthConfig) -> Iterator[dict[str, Any]]:
     """The records this config's shard asks for, in item order (generated one at a time)."""
-    from tinystories.data.instruct import format_instruct
-    from tinystories.synth.procedural import story_record
-    from tinystories.synth.prompts import story_prompt
-
     k, n_shards = _parse_shard(cfg.shard)
     lex, template = _procedural_inputs(cfg)
     for i in range(cfg.start, cfg.start + cfg.n):
@@ -170,18 +144,13 @@ def _procedural_inputs(cfg: SynthConfig) -> tuple[Any, str | None]:
 def synth(cfg: SynthConfig) -> dict[str, Any]:
     """Write this shard of the job to `cfg.out`; refuses to mix with a different job there."""
     backend = _resolve_backend(cfg)
+    check(cfg)
     if backend != "procedural":
         return synth_llm(cfg, backend)
     cfg = dataclasses.replace(cfg, backend="procedural")
-    if cfg.n < 1:
-        raise UserError("--n must be at least 1")
-    if cfg.start < 0:
-        raise UserError("--start must be >= 0")
     k, n_shards = _parse_shard(cfg.shard)
     _procedural_inputs(cfg)  # a bad lexicon, word list, template or features file stops before any output
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
     job = {
         "backend": cfg.backend,
         "n": cfg.n,
@@ -192,19 +161,9 @@ def synth(cfg: SynthConfig) -> dict[str, Any]:
     }
     # Where the words come from is part of the job (only when not the default, so older jobs still match).
     job.update({k: getattr(cfg, k) for k in ("lexicon", "word_lists", "template") if getattr(cfg, k)})
-    job_path = out / "job.json"
-    if job_path.exists():
-        try:
-            old = json.loads(job_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            raise UserError(f"{job_path} is unreadable; choose another --out") from None
-        if old != job:
-            raise UserError(f"{out} holds a different job ({old}); choose another --out or delete it")
-    elif out.is_dir() and any(out.iterdir()):
-        raise UserError(f"{out} is not empty and holds no job.json; choose another --out")
+    start_job(out, job, resume=True, log=None)  # the same job again just writes the same files
 
     t0 = time.perf_counter()
-    atomic_write_json(job_path, job)
     jsonl = out / f"stories_{k:04d}.jsonl"
     txt = out / ("stories.txt" if n_shards == 1 else f"stories_{k:04d}.txt")
     count = 0
@@ -227,221 +186,6 @@ def synth(cfg: SynthConfig) -> dict[str, Any]:
 # --- LLM jobs -------------------------------------------------------------------------------------
 
 
-class BudgetExhausted(UserError):
-    """The job stopped because the next request could pass --budget-usd."""
-
-
-class JobIncomplete(UserError):
-    """Some items still failed after all retries (server down, timeouts); --resume finishes them."""
-
-
-def read_jsonl_recovering(path: Path) -> list[dict[str, Any]]:
-    """The records of an append-only JSONL file; a torn last line (a kill mid-write) is cut off the file."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(end)
-    out = []
-    for line in data[:end].splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue  # only a torn line can be unparsable, and only the last one can be torn
-    return out
-
-
-class ShardLog:
-    """An append-only JSONL file: each record goes out as one write of one whole line."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.records = read_jsonl_recovering(path)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-
-    def append(self, rec: dict[str, Any]) -> None:
-        data = (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8")
-        while data:  # a short write is rare; a kill between the pieces leaves a torn line, cut on resume
-            data = data[os.write(self._fd, data) :]
-
-    def close(self) -> None:
-        os.fsync(self._fd)
-        os.close(self._fd)
-
-
-class Budget:
-    """Money spent and reserved; a request is only sent when its worst case fits under the cap."""
-
-    def __init__(self, cap: float, spent: float = 0.0):
-        self.cap, self.spent, self.reserved = cap, spent, 0.0
-        self._changed: asyncio.Event | None = None
-
-    def try_reserve(self, amount: float) -> bool:
-        if self.cap and self.spent + self.reserved + amount > self.cap:
-            return False
-        self.reserved += amount
-        return True
-
-    async def reserve(self, amount: float) -> bool:
-        """Reserve `amount`, waiting while requests in flight may still free room; False when none can."""
-        if self._changed is None:
-            self._changed = asyncio.Event()
-        while not self.try_reserve(amount):
-            if self.reserved <= 1e-12:
-                return False  # nothing in flight: the cap is reached for good
-            self._changed.clear()
-            await self._changed.wait()
-        return True
-
-    def settle(self, reserved: float, actual: float) -> None:
-        """Replace a reservation by what the request really cost (0 for a failed one)."""
-        self.reserved -= reserved
-        self.spent += actual
-        if self._changed is not None:
-            self._changed.set()
-
-
-@dataclass
-class JobState:
-    """Counters of one run of a job (this process only)."""
-
-    accepted: int = 0
-    rejected: int = 0
-    failed: int = 0
-    requests: int = 0
-    cached: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    stop: bool = False
-    budget_hit: bool = False
-    fatal: str = ""
-    last_error: str = ""
-
-
-@dataclass
-class Engine:
-    """What every request of a job goes through: cache, budget, rate limits, retries, concurrency."""
-
-    client: Any
-    cache: Any
-    namespace: dict[str, Any]
-    price: tuple[float, float] | None
-    budget: Budget
-    limiter: Any
-    policy: Any
-    attempts: int = 2
-    concurrency: int = 16
-    progress: bool = True
-
-
-async def run_items(
-    engine: Engine,
-    items: list[int],
-    make_request: Any,
-    finish: Any,
-    done: ShardLog,
-    rejects: ShardLog,
-    next_attempt: dict[int, int],
-) -> JobState:
-    """Ask for every item (attempts after rejections included) and append each result as it lands.
-
-    `make_request(i, attempt) -> Request`; `finish(i, attempt, completion, cost) -> (record, reason)`
-    where reason is None for an accepted record.
-    """
-    from tqdm import tqdm
-
-    from tinystories.llm.base import LLMError, call_with_retries, worst_case_tokens
-    from tinystories.llm.cache import cache_key
-    from tinystories.llm.prices import cost_usd
-
-    st = JobState()
-    bar = tqdm(
-        total=len(items), unit="story", disable=not engine.progress, mininterval=0.5, dynamic_ncols=True
-    )
-    t0 = time.perf_counter()
-    last_post = [0.0]
-
-    def tick() -> None:
-        bar.update(1)
-        now = time.perf_counter()
-        if engine.progress and now - last_post[0] > 0.5:
-            last_post[0] = now
-            secs = max(now - t0, 1e-9)
-            bar.set_postfix_str(
-                f"{st.completion_tokens / secs:.0f} tok/s, ${engine.budget.spent:.4f}"
-                + (f" of ${engine.budget.cap:g}" if engine.budget.cap else ""),
-                refresh=False,
-            )
-
-    async def do_item(i: int) -> None:
-        for attempt in range(next_attempt.get(i, 0), engine.attempts):
-            req = make_request(i, attempt)
-            key = cache_key(engine.namespace, i, attempt, req)
-            comp = engine.cache.get(key) if engine.cache is not None else None
-            if comp is None:
-                if st.stop:
-                    return
-                worst_tokens = worst_case_tokens(req)
-                worst = cost_usd(engine.price, worst_tokens - req.max_tokens, req.max_tokens)
-                if not await engine.budget.reserve(worst):
-                    st.budget_hit = st.stop = True
-                    return
-                try:
-                    await engine.limiter.acquire(worst_tokens)
-                    st.requests += 1
-                    comp = await call_with_retries(lambda r=req: engine.client.complete(r), engine.policy)
-                except LLMError as e:
-                    engine.budget.settle(worst, 0.0)
-                    st.last_error = str(e)
-                    if e.retryable:
-                        st.failed += 1  # left unfinished: the next --resume asks again
-                    else:
-                        st.fatal, st.stop = str(e), True
-                    return
-                except BaseException:
-                    engine.budget.settle(worst, 0.0)
-                    raise
-                if not comp.prompt_tokens and not comp.completion_tokens:
-                    # No usage in the answer: count the worst case rather than nothing.
-                    comp.prompt_tokens, comp.completion_tokens = worst_tokens - req.max_tokens, req.max_tokens
-                engine.budget.settle(
-                    worst, cost_usd(engine.price, comp.prompt_tokens, comp.completion_tokens)
-                )
-                if engine.cache is not None:
-                    engine.cache.put(key, comp)
-            else:
-                st.cached += 1
-            st.prompt_tokens += comp.prompt_tokens
-            st.completion_tokens += comp.completion_tokens
-            cost = cost_usd(engine.price, comp.prompt_tokens, comp.completion_tokens)
-            rec, reason = finish(i, attempt, comp, cost)
-            if reason is None:
-                done.append(rec)
-                st.accepted += 1
-                tick()
-                return
-            rec["reject"] = reason
-            rejects.append(rec)
-            st.rejected += 1
-        tick()  # every attempt rejected: the item is finished, its rejects kept
-
-    pending = iter(items)
-
-    async def worker() -> None:
-        for i in pending:
-            if st.stop:
-                return
-            await do_item(i)
-
-    try:
-        await asyncio.gather(*(worker() for _ in range(max(1, engine.concurrency))))
-    finally:
-        bar.close()
-    return st
-
-
 def load_features(path: str) -> dict[str, str]:
     """A features file: one `Key<TAB>phrase` per line ('#' comments allowed)."""
     p = Path(path)
@@ -461,8 +205,6 @@ def load_features(path: str) -> dict[str, str]:
 
 
 def _lexicon_for(cfg: SynthConfig) -> Any:
-    from tinystories.synth.lexicon import from_word_lists, load_lexicon
-
     if cfg.word_lists:
         parts = cfg.word_lists.split(",")
         if len(parts) != 3:
@@ -476,8 +218,6 @@ def plan_item(seed: int, i: int, lexicon: Any, features: dict[str, str]) -> tupl
 
     With the paper's features this is exactly `lexicon.sample_item`, the draw the procedural engine makes.
     """
-    from tinystories.synth.lexicon import FEATURE_P, POS, item_rng
-
     rng = item_rng(seed, i, "words")
     words = [rng.choice(lexicon.entries[pos]).word for pos in POS]
     return words, [f for f in features if rng.random() < FEATURE_P]
@@ -485,9 +225,6 @@ def plan_item(seed: int, i: int, lexicon: Any, features: dict[str, str]) -> tupl
 
 def plan(cfg: SynthConfig) -> Iterator[dict[str, Any]]:
     """(index, words, features, prompt) of every item of this config's shard, in order."""
-    from tinystories.synth.lexicon import FEATURES
-    from tinystories.synth.prompts import PAPER_TEMPLATE, story_prompt
-
     k, n_shards = _parse_shard(cfg.shard)
     lex = _lexicon_for(cfg)
     table = load_features(cfg.features_file) if cfg.features_file else FEATURES
@@ -510,55 +247,26 @@ def _read_template(path: str) -> str:
     return p.read_text(encoding="utf-8").strip()
 
 
-# Settings that define what a job asks for; `--resume` takes them from job.json.
-_JOB_FIELDS = (
-    "backend", "n", "seed", "start", "model", "base_url", "chat", "max_tokens", "temperature",
-    "attempts", "min_words", "max_words", "word_check", "template", "lexicon", "word_lists", "features_file",
-)  # fmt: skip
+def _job_settings(cfg: SynthConfig) -> dict[str, Any]:
+    """What an LLM job asks for (its fields that change results), as kept in job.json; --resume reads them back."""
+    # The shard is not a setting of the job but a part of it (job.json keeps the number of shards).
+    return {k: v for k, v in result_fields(cfg).items() if k != "shard"}
 
 
 def _llm_job(cfg: SynthConfig, backend: str, out: Path) -> tuple[SynthConfig, dict[str, Any]]:
     """The job this run works on: a new one from `cfg`, or with --resume the one in `out/job.json`."""
     k, n_shards = _parse_shard(cfg.shard)
-    job_path = out / "job.json"
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
     if cfg.resume:
-        if not job_path.is_file():
-            raise UserError(f"nothing to resume in {out} (no job.json)")
-        try:
-            job = json.loads(job_path.read_text())
-        except (OSError, ValueError):
-            raise UserError(f"{job_path} is unreadable; cannot resume") from None
+        job = read_job(out / "job.json")
         if job.get("shards") != n_shards:
             raise UserError(
                 f"{out} is a job in {job.get('shards')} shards; pass --shard K/{job.get('shards')}"
             )
-        cfg = dataclasses.replace(cfg, **{f: job[f] for f in _JOB_FIELDS if f in job})
+        cfg = dataclasses.replace(cfg, **{f: job[f] for f in _job_settings(cfg) if f in job})
         return cfg, job
-    job = {f: getattr(cfg, f) for f in _JOB_FIELDS}
-    job.update(backend=backend, instruct=False, shards=n_shards)
-    if job_path.exists():
-        try:
-            old = json.loads(job_path.read_text())
-        except (OSError, ValueError):
-            raise UserError(f"{job_path} is unreadable; choose another --out") from None
-        if old != job:
-            raise UserError(f"{out} holds a different job; choose another --out, or --resume it")
-        if (out / f"stories_{k:04d}.jsonl").exists():
-            raise UserError(f"{out} already holds this job; pass --resume to continue it")
-    elif out.is_dir() and any(out.iterdir()):
-        raise UserError(f"{out} is not empty and holds no job.json; choose another --out")
-    atomic_write_json(job_path, job)
+    job = {**_job_settings(cfg), "backend": backend, "instruct": False, "shards": n_shards}
+    start_job(out, job, resume=False, log=f"stories_{k:04d}.jsonl")
     return cfg, job
-
-
-def _make_client(cfg: Any, backend: str) -> Any:
-    """The client of a synth job (`cfg`: SynthConfig or another config with the same LLM fields)."""
-    from tinystories.llm.select import make_client
-
-    return make_client(backend, cfg.model, base_url=cfg.base_url, api_key_env=cfg.api_key_env, chat=cfg.chat,
-                       timeout=cfg.timeout, concurrency=cfg.concurrency, seed=cfg.seed)  # fmt: skip
 
 
 def write_txt(records: list[dict[str, Any]], path: Path, field_name: str = "story") -> None:
@@ -570,63 +278,27 @@ def write_txt(records: list[dict[str, Any]], path: Path, field_name: str = "stor
 
 def synth_llm(cfg: SynthConfig, backend: str) -> dict[str, Any]:
     """An LLM job: this shard's items not yet finished, asked concurrently, appended as they land."""
-    from tinystories.llm.base import RateLimiter, Request, RetryPolicy
-    from tinystories.llm.cache import AnswerCache
-    from tinystories.llm.prices import cost_usd, price_of
-    from tinystories.synth.checks import CheckConfig, check_story
-
     if cfg.instruct:
         raise UserError(
             "--instruct is for the procedural backend; run `tinystories synth instruct` on an LLM corpus"
         )
-    if cfg.n < 1:
-        raise UserError("--n must be at least 1")
-    if cfg.start < 0:
-        raise UserError("--start must be >= 0")
-    if cfg.concurrency < 1 or cfg.attempts < 1 or cfg.max_tokens < 1:
-        raise UserError("--concurrency, --attempts and --max-tokens must be at least 1")
-    if cfg.budget_usd < 0:
-        raise UserError("--budget-usd cannot be negative")
     out = Path(cfg.out)
-    cfg, job = _llm_job(cfg, backend, out)
-    backend = job["backend"]
+    cfg, job_settings = _llm_job(cfg, backend, out)
+    backend = job_settings["backend"]
     k, n_shards = _parse_shard(cfg.shard)
-    price = price_of(cfg.model, cfg.price)
-    if cfg.budget_usd and price is None:
-        raise UserError(f"no price known for model {cfg.model!r}; pass --price IN,OUT (USD per 1M tokens)")
     lex = _lexicon_for(cfg)
     items = {p["index"]: p for p in plan(cfg)}  # fails early on a bad template or features file
-
-    done = ShardLog(out / f"stories_{k:04d}.jsonl")
-    rejects = ShardLog(out / f"rejects_{k:04d}.jsonl")
-    # The shards are the truth: an item is finished when accepted, or rejected at its last attempt.
-    finished = {r["index"] for r in done.records}
-    next_attempt: dict[int, int] = {}
-    for r in rejects.records:
-        next_attempt[r["index"]] = max(next_attempt.get(r["index"], 0), r.get("attempt", 0) + 1)
-    finished |= {i for i, a in next_attempt.items() if a >= cfg.attempts}
-    todo = [i for i in items if i not in finished]
-
-    cache = AnswerCache(out / f"cache_{k:04d}.sqlite")
-    # Every answer ever paid for is in the cache (written before its record), so the cache totals are the
-    # ledger; the shards' own costs stand in when the cache was deleted.
-    p_tok, c_tok = cache.token_totals()
-    recorded = sum(r.get("cost_usd", 0.0) for r in (*done.records, *rejects.records))
-    budget = Budget(cfg.budget_usd, max(cost_usd(price, p_tok, c_tok), recorded))
     checks = CheckConfig(min_words=cfg.min_words, max_words=cfg.max_words, require_words=cfg.word_check)
 
     def make_request(i: int, attempt: int) -> Request:
-        prompt = items[i]["prompt"]
         # A per-(item, attempt) sampling seed: reproducible where servers honour it, different on a retry.
         seed = (
             int.from_bytes(hashlib.sha256(f"{cfg.seed}|{i}|{attempt}".encode()).digest()[:4], "little") >> 1
         )
-        if cfg.chat:
-            return Request(messages=[{"role": "user", "content": prompt}], max_tokens=cfg.max_tokens,
-                           temperature=cfg.temperature, seed=seed)  # fmt: skip
-        return Request(prompt=prompt, max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=seed)
+        return user_request(items[i]["prompt"], chat=cfg.chat, max_tokens=cfg.max_tokens,
+                            temperature=cfg.temperature, seed=seed)  # fmt: skip
 
-    def finish(i: int, attempt: int, comp: Any, cost: float) -> tuple[dict[str, Any], str | None]:
+    def finish(i: int, attempt: int, comp: Completion, cost: float) -> tuple[dict[str, Any], str | None]:
         it = items[i]
         story = comp.text.strip()
         rec = {
@@ -646,43 +318,23 @@ def synth_llm(cfg: SynthConfig, backend: str) -> dict[str, Any]:
         }
         return rec, check_story(story, it["words"], lex, comp.finish_reason, checks)
 
-    client = _make_client(cfg, backend)
-    engine = Engine(
-        client=client,
-        cache=cache,
-        namespace={"backend": backend, "model": cfg.model, "base_url": cfg.base_url, "chat": cfg.chat},
-        price=price,
-        budget=budget,
-        limiter=RateLimiter(cfg.rpm, cfg.tpm),
-        policy=RetryPolicy(retries=cfg.retries, base=cfg.retry_base),
-        attempts=cfg.attempts,
-        concurrency=cfg.concurrency,
-        progress=cfg.progress,
-    )
-
-    async def main() -> JobState:
-        try:
-            return await run_items(engine, todo, make_request, finish, done, rejects, next_attempt)
-        finally:
-            await client.aclose()
-
+    namespace = {"backend": backend, "model": cfg.model, "base_url": cfg.base_url, "chat": cfg.chat}
+    job = LLMJob(cfg, backend=backend, model=cfg.model, cache=out / f"cache_{k:04d}.sqlite", namespace=namespace,
+                 seed=cfg.seed, budget_usd=cfg.budget_usd)  # fmt: skip
+    log = ItemLog(out / f"stories_{k:04d}.jsonl", out / f"rejects_{k:04d}.jsonl", cfg.attempts)
     t0 = time.perf_counter()
     try:
-        st = asyncio.run(main())
+        st = job.run_attempts(log, items, make_request, finish, unit="story")
     finally:
-        done.close()
-        rejects.close()
-        cache.close()
+        log.close()
+        job.close()
     secs = time.perf_counter() - t0
-    stories = read_jsonl_recovering(done.path)
+    stories = log.done.records
     txt = out / ("stories.txt" if n_shards == 1 else f"stories_{k:04d}.txt")
     write_txt(stories, txt)
-    all_rejects = read_jsonl_recovering(rejects.path)
-    finished_now = {r["index"] for r in stories} | {
-        r["index"] for r in all_rejects if r.get("attempt", 0) >= cfg.attempts - 1
-    }
-    left = len(items) - len(finished_now & set(items))
-    result = {
+    left = len(items) - len(log.finished() & set(items))
+    job.raise_if_stopped(f"{len(stories)} stories written, {left} items left", left)
+    return {
         "stories": len(stories),
         "new_stories": st.accepted,
         "rejected_attempts": st.rejected,
@@ -690,23 +342,10 @@ def synth_llm(cfg: SynthConfig, backend: str) -> dict[str, Any]:
         "items_left": left,
         "requests": st.requests,
         "cached_answers": st.cached,
-        "spent_usd": round(budget.spent, 6),
+        "spent_usd": round(job.budget.spent, 6),
         "seconds": round(secs, 3),
         "stories_per_s": round(st.accepted / max(secs, 1e-9), 2),
         "tokens_per_s": round(st.completion_tokens / max(secs, 1e-9), 1),
-        "jsonl": str(done.path),
+        "jsonl": str(log.done.path),
         "txt": str(txt),
     }
-    if st.fatal:
-        raise UserError(f"the server refused a request ({st.fatal}); {left} items left, fix it and --resume")
-    if st.budget_hit:
-        raise BudgetExhausted(
-            f"budget reached: spent ${budget.spent:.6f} of ${cfg.budget_usd:g}; {len(stories)} stories written, "
-            f"{left} items left; rerun with --resume and a larger --budget-usd to finish"
-        )
-    if left and st.failed:
-        raise JobIncomplete(
-            f"{st.failed} items failed after all retries (last error: {st.last_error}); {len(stories)} stories "
-            f"written, {left} items left; rerun with --resume to finish them"
-        )
-    return result
