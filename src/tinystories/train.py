@@ -38,7 +38,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from tinystories import rundir
+from tinystories import flops, rundir
 from tinystories.config import OPERATIONAL, is_operational, parse_duration, result_fields
 from tinystories.data.loader import Layout, TrainBatches, split_of, to_device, val_windows
 from tinystories.data.shards import Dataset, open_dataset
@@ -353,7 +353,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype = torch.float32) -> floa
 
 def train_flops_per_token(model: Any, seq_len: int) -> float:
     """Forward + backward FLOPs per training token at `seq_len` (the model's own count)."""
-    return float(model.flops_per_token(seq_len))
+    return flops.flops_per_token(model.config, seq_len)
 
 
 # --- one step -------------------------------------------------------------------

@@ -23,7 +23,8 @@ from typing import Any, Literal
 import torch
 
 from tinystories.errors import UserError
-from tinystories.model import GPT, ModelConfig, count_params
+from tinystories.flops import count_params
+from tinystories.model import GPT, ModelConfig
 
 
 @dataclass

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from tinystories.errors import UserError
-from tinystories.model import GPT, IGNORE_INDEX
+from tinystories.loss import IGNORE_INDEX
+from tinystories.model import GPT
 
 
 @dataclass

@@ -17,19 +17,14 @@ from tinystories.report.html import Raw, esc, fmt, how_to_read, not_run, stage, 
 
 
 def model_sizes(run: Path) -> list[list[Any]] | None:
-    """Parameter counts and shape of the run's model (built on the meta device: no memory, no weights)."""
+    """Parameter counts and shape of the run's model (counted from its config: no weights are built)."""
+    from tinystories.flops import count_params, flops_per_token
     from tinystories.rundir import read_config
 
     try:
         cfg = read_config(run)
-        import torch
-
-        from tinystories.model import GPT
-
-        with torch.device("meta"):
-            model = GPT(cfg.model)
-        return [["parameters", model.num_params()], ["non-embedding parameters", model.num_params(True)],
-                ["training FLOPs per token", model.flops_per_token()],
+        return [["parameters", count_params(cfg.model)], ["non-embedding parameters", count_params(cfg.model, True)],
+                ["training FLOPs per token", flops_per_token(cfg.model)],
                 ["layers x heads", f"{cfg.model.n_layer} x {cfg.model.n_head}"],
                 ["d_model / d_ff / head_dim", f"{cfg.model.d_model} / {cfg.model.ff_dim} / {cfg.model.head_dim}"],
                 ["vocabulary / context", f"{cfg.model.vocab_size:,} / {cfg.model.max_seq_len:,}"]]
