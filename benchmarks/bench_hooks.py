@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from tinystories.io import atomic_open
-from tinystories.model import GPT, _hook, chunked_cross_entropy, rotate_pairs
+from tinystories.loss import chunked_cross_entropy
+from tinystories.model import GPT, _hook, rotate_pairs
 from tinystories.presets import preset
 
 B, T = 16, 256

@@ -21,8 +21,7 @@ that, not warm-up or the allocator, is what made best and median disagree.)
     (b) llama-15m, batch 8 x 256 (vocab 32000): the same, compared with this
         CPU's fp32 matmul limit: tokens/s = achievable matmul FLOP/s (2048 x
         2048 torch matmuls, timed as one more variant of the same interleaved
-        rounds) / training FLOPs per token (6 N + attention, the model's own
-        `flops_per_token`).
+        rounds) / training FLOPs per token (6 N + attention, `tinystories.flops`).
 
 Writes benchmarks/results/train.json and prints a markdown table.
 
@@ -50,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from llama2c_style import BaselineConfig, BaselineLlama
 from tinystories import kernels
+from tinystories.flops import count_params, flops_per_token
 from tinystories.io import atomic_open
 from tinystories.model import GPT
 from tinystories.presets import preset
@@ -203,12 +203,12 @@ def bench_case(name: str, batch: int, seq: int, rounds: int, threads: int, compi
     matmul_times = times.pop("matmul", None)
     seconds = {name: min(ts) for name, ts in times.items()}
     tokens = batch * seq
-    flops = ours.flops_per_token(seq)
+    flops = flops_per_token(cfg, seq)
     return {
         "preset": name,
         "batch": batch,
         "seq_len": seq,
-        "params": ours.num_params(),
+        "params": count_params(cfg),
         "train_flops_per_token": flops,
         "rounds": rounds,
         "compile_seconds": compile_s,

@@ -46,6 +46,7 @@ import torch
 from tinystories import rundir
 from tinystories.convert import hf as convert
 from tinystories.data.shards import FORMAT, token_dtype
+from tinystories.flops import flops_per_token
 from tinystories.model import GPT
 from tinystories.presets import preset
 from tinystories.sample import SampleParams, generate
@@ -299,8 +300,7 @@ def main() -> None:
         vocab = model_cfg.vocab_size
         if vocab not in datasets:
             datasets[vocab] = random_dataset(work / f"data-{vocab}", vocab, max(4_000_000, 64 * batch * (seq + 1)))
-        with torch.device("meta"):  # only the parameter count is needed
-            flops = float(GPT(model_cfg).flops_per_token(seq))
+        flops = flops_per_token(model_cfg, seq)
         row: dict[str, Any] = {"case": "train", "model": name, "batch": batch, "seq_len": seq, "dtype": "bfloat16",
                                "compile": compile_}
         try:

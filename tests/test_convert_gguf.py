@@ -16,7 +16,7 @@ from tinystories.cli import run as cli_run
 from tinystories.data.stories import iter_stories
 from tinystories.errors import UserError
 from tinystories.eval.loss import story_windows
-from tinystories.model import IGNORE_INDEX
+from tinystories.loss import IGNORE_INDEX
 from tinystories.rundir import load_run
 
 gguf = pytest.importorskip("gguf")

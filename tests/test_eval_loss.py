@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from conftest import write_tiny_run
 from tinystories.errors import UserError
 from tinystories.eval.loss import LossConfig, evaluate_loss, story_windows
-from tinystories.model import GPT, IGNORE_INDEX, ModelConfig
+from tinystories.loss import IGNORE_INDEX
+from tinystories.model import GPT, ModelConfig
 from tinystories.rundir import save_checkpoint, write_config
 
 STORIES = [

@@ -1,4 +1,4 @@
-"""The model: config validation, hooks, KV cache, chunked loss, parameter and FLOP counts."""
+"""The model: config validation, hooks, KV cache and the decode step, chunked loss, parameter and FLOP counts."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from tinystories import kernels
+from tinystories import loss as loss_module
+from tinystories.decode import KVCache, decode_step, next_logits
 from tinystories.errors import UserError
-from tinystories.model import GPT, KVCache, ModelConfig, chunked_cross_entropy
-from tinystories.presets import preset
+from tinystories.flops import count_params, flops_per_token
+from tinystories.loss import chunked_cross_entropy
+from tinystories.model import GPT, ModelConfig
+from tinystories.presets import preset, preset_names
 
 V = 61
 
@@ -178,23 +182,28 @@ def test_unknown_hook_site_is_an_error():
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("patterns", [False, True])
-def test_incremental_decoding_equals_full_forward(family, patterns):
+@pytest.mark.parametrize("steps_by", ["forward", "patterns", "decode_step"])
+def test_incremental_decoding_equals_full_forward(family, steps_by):
     cfg = FAMILIES[family]()
     model, x = make(cfg), tokens(2, 20)  # 20 > window 4: the local layer's window slides
-    hooks = {f"blocks.{i}.attn.hook_pattern": lambda p: None for i in range(cfg.n_layer)} if patterns else None
+    hooks = {f"blocks.{i}.attn.hook_pattern": lambda p: None for i in range(cfg.n_layer)}
+    hooks = hooks if steps_by == "patterns" else None
     with torch.no_grad():
         full = model(x).logits
         cache = KVCache(cfg, batch_size=2, max_len=32)
         steps = [model(x[:, :7], cache=cache, hooks=hooks).logits]
         for t in range(7, 20):
-            steps.append(model(x[:, t : t + 1], cache=cache, hooks=hooks).logits)
+            if steps_by == "decode_step":
+                steps.append(decode_step(model, x[:, t], cache)[:, None])
+            else:
+                steps.append(model(x[:, t : t + 1], cache=cache, hooks=hooks).logits)
     assert cache.lengths.tolist() == [20, 20]
     assert (torch.cat(steps, dim=1) - full).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_rows_of_different_lengths_share_a_batch(family):
+@pytest.mark.parametrize("steps_by", ["forward", "decode_step"])
+def test_rows_of_different_lengths_share_a_batch(family, steps_by):
     cfg = FAMILIES[family]()
     model = make(cfg)
     prompts = [tokens(1, n, seed=n)[0] for n in (5, 11, 3)]
@@ -216,7 +225,10 @@ def test_rows_of_different_lengths_share_a_batch(family):
             assert (first[b, 0] - alone(p)).abs().max() < 1e-5
         seqs = list(prompts)
         for t in range(4):  # each row continues from its own length
-            out = model(more[:, t : t + 1], cache=cache, logits="last").logits
+            if steps_by == "decode_step":
+                out = decode_step(model, more[:, t], cache)[:, None]
+            else:
+                out = model(more[:, t : t + 1], cache=cache, logits="last").logits
             seqs = [torch.cat([s, more[b, t : t + 1]]) for b, s in enumerate(seqs)]
             for b in range(3):
                 assert (out[b, 0] - alone(seqs[b])).abs().max() < 1e-5
@@ -241,8 +253,7 @@ def torch_attention(monkeypatch):
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("attention", ["torch", "kernel"])
-def test_the_decode_path_is_the_general_forward(family, attention, monkeypatch):
-    # forward sends one-token steps to GPT.decode; hooks={} keeps them on the general path, step by step.
+def test_the_decode_step_is_the_general_forward(family, attention, monkeypatch):
     # With PyTorch's attention the two are bitwise equal; the C kernel agrees to float32 rounding.
     if attention == "torch":
         monkeypatch.setattr(kernels, "ENABLED", False)
@@ -261,22 +272,22 @@ def test_the_decode_path_is_the_general_forward(family, attention, monkeypatch):
                 for cache in caches:
                     cache.lengths.fill_(20)  # rows in step: no mask
             step = tokens(3, 1, seed=20 + t)
-            fast = model.decode(step[:, 0], caches[0])
-            slow = model(step, cache=caches[1], hooks={}, logits="last").logits[:, 0]
+            fast = decode_step(model, step[:, 0], caches[0])
+            slow = model(step, cache=caches[1], logits="last").logits[:, 0]
             assert same(fast, slow), t
     assert torch.equal(caches[0].lengths, caches[1].lengths)
     assert all(same(a, b) for a, b in zip(caches[0].kv, caches[1].kv))
 
 
-def test_the_decode_path_sees_changed_parameters(torch_attention):
+def test_the_decode_step_sees_changed_parameters(torch_attention):
     cfg = llama_small()
     model, other = make(cfg, seed=0), make(cfg, seed=1)
     x = tokens(2, 6)
 
     def both() -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            fast = model(x[:, :1], cache=KVCache(cfg, 2, 8)).logits  # the decode path
-            return fast, model(x[:, :1]).logits
+            fast = decode_step(model, x[:, 0], KVCache(cfg, 2, 8))
+            return fast, model(x[:, :1]).logits[:, 0]
 
     fast, slow = both()
     assert torch.equal(fast, slow)
@@ -289,8 +300,37 @@ def test_the_decode_path_sees_changed_parameters(torch_attention):
     assert torch.equal(fast3, slow3) and not torch.equal(fast3, fast2)
     model.to(torch.float64)  # new storages
     with torch.no_grad():
-        fast4 = model(x[:, :1], cache=KVCache(cfg, 2, 8, dtype=torch.float64)).logits
-        assert fast4.dtype == torch.float64 and torch.equal(fast4, model(x[:, :1]).logits)
+        fast4 = decode_step(model, x[:, 0], KVCache(cfg, 2, 8, dtype=torch.float64))
+        assert fast4.dtype == torch.float64 and torch.equal(fast4, model(x[:, :1]).logits[:, 0])
+
+
+def test_next_logits_takes_the_decode_step_only_where_it_computes_the_same(monkeypatch):
+    from tinystories import decode
+
+    cfg = llama_small(dropout=0.1)
+    model, x = make(cfg), tokens(2, 5)
+    taken = []
+    real = decode.decode_step
+    monkeypatch.setattr(decode, "decode_step", lambda *a, **kw: taken.append(1) or real(*a, **kw))
+
+    def took(idx: torch.Tensor) -> bool:
+        taken.clear()
+        out = next_logits(model, idx, KVCache(cfg, 2, 8))
+        if not model.training:  # (dropout draws differently each time)
+            torch.testing.assert_close(out, model(idx).logits[:, -1])
+        return bool(taken)
+
+    with torch.no_grad():
+        assert took(x[:, :1]) and not took(x)  # one token per row, or a prefill
+        model(x[:, :1], cache=KVCache(cfg, 2, 8))
+        assert not taken  # forward itself never switches
+        model.train()  # dropout is on: only forward applies it
+        assert not took(x[:, :1])
+        model.eval()
+        model.forward = model.forward  # a forward replaced on the instance (as `sample --compile` does) runs
+        assert not took(x[:, :1])
+    del model.forward
+    assert not took(x[:, :1])  # autograd on
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -303,7 +343,7 @@ def test_reorder_follows_the_rows(family):
         index = torch.tensor([1, 0, 1])  # beams: row 1 twice, row 0 once
         cache.reorder(index)
         nxt = tokens(3, 1, seed=5)
-        out = model(nxt, cache=cache).logits[:, 0]
+        out = decode_step(model, nxt[:, 0], cache)
         ref = model(torch.cat([x[index], nxt], dim=1)).logits[:, -1]
     assert cache.batch_size == 3
     assert (out - ref).abs().max() < 1e-5
@@ -317,6 +357,9 @@ def test_cache_overflow_is_a_clear_error():
         model(tokens(1, 6), cache=cache)
         with pytest.raises(UserError, match="KV cache"):
             model(tokens(1, 3), cache=cache)
+        model(tokens(1, 2), cache=cache)
+        with pytest.raises(UserError, match="KV cache"):
+            decode_step(model, tokens(1, 1)[:, 0], cache)
     with pytest.raises(UserError, match="max_seq_len"):
         model(tokens(1, cfg.max_seq_len + 1))
 
@@ -343,9 +386,7 @@ def test_chunked_cross_entropy_and_grads_equal_plain():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_model_loss_and_grads_equal_plain_cross_entropy(family, monkeypatch):
-    import tinystories.model as model_module
-
-    monkeypatch.setattr(model_module, "LOSS_CHUNK_ELEMENTS", 5 * V)  # many chunks of 5 rows
+    monkeypatch.setattr(loss_module, "LOSS_CHUNK_ELEMENTS", 5 * V)  # many chunks of 5 rows
     cfg = FAMILIES[family](tie_embeddings=family == "neo")
     model, x = make(cfg), tokens(3, 16)
     targets = torch.roll(x, -1, dims=1)
@@ -410,9 +451,19 @@ def test_num_params_splits_embeddings():
     for cfg in (neo_small(), llama_small(tie_embeddings=False)):
         model = GPT(cfg)
         total = sum(p.numel() for p in model.parameters())
-        assert model.num_params() == total
+        assert count_params(cfg) == total
         pos = cfg.max_seq_len * cfg.d_model if cfg.pos == "learned" else 0
-        assert model.num_params(non_embedding=True) == total - cfg.vocab_size * cfg.d_model - pos
+        assert count_params(cfg, non_embedding=True) == total - cfg.vocab_size * cfg.d_model - pos
+
+
+@pytest.mark.parametrize("name", preset_names())
+@pytest.mark.parametrize("switches", [{}, {"qkv_bias": True, "attn_out_bias": False, "mlp_bias": False,
+                                           "tie_embeddings": False, "n_kv_head": 2, "d_ff": 24}])
+def test_param_count_from_the_config_is_the_built_models(name, switches):
+    cfg = preset(name, **switches)
+    with torch.device("meta"):  # shapes only
+        model = GPT(cfg)
+    assert count_params(cfg) == sum(p.numel() for p in model.parameters())
 
 
 def test_flops_per_token_matches_a_flop_counter():
@@ -431,13 +482,13 @@ def test_flops_per_token_matches_a_flop_counter():
     matmul = counts["aten.mm"]
     n_tok, T = x.numel(), 32
     norms = cfg.d_model * (2 * cfg.n_layer + 1)  # norm weights are parameters but not matmul weights
-    dense_6n = 6 * (model.num_params(non_embedding=True) + cfg.vocab_size * cfg.d_model - norms)
+    dense_6n = 6 * (count_params(cfg, non_embedding=True) + cfg.vocab_size * cfg.d_model - norms)
     assert matmul / n_tok == dense_6n
     # The counter charges SDPA for all T x T scores; causal attention needs (T + 1) / 2 of them per query.
     full_attention = attention / n_tok
-    expected = 6 * model.num_params(non_embedding=True) + 6 * cfg.vocab_size * cfg.d_model
+    expected = 6 * count_params(cfg, non_embedding=True) + 6 * cfg.vocab_size * cfg.d_model
     expected += full_attention * (T + 1) / (2 * T)
-    assert model.flops_per_token(T) == pytest.approx(expected)
+    assert flops_per_token(cfg, T) == pytest.approx(expected)
 
 
 def test_every_config_field_is_documented():

@@ -135,7 +135,7 @@ def test_configs_without_an_hf_equivalent_are_refused():
 
 
 def test_param_counts_match_hf_for_every_preset():
-    from tinystories.model import count_params
+    from tinystories.flops import count_params
     from tinystories.presets import preset_names
 
     for name in preset_names():

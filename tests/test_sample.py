@@ -10,6 +10,9 @@ import sys
 import pytest
 import torch
 
+from tinystories.beam import beam_search
+from tinystories.decode import KVCache, decode_step
+from tinystories.draw import draw, filtered_probs
 from tinystories.errors import UserError
 from tinystories.model import GPT, ModelConfig
 from tinystories.sample import (
@@ -19,10 +22,7 @@ from tinystories.sample import (
     IncrementalDecoder,
     SampleParams,
     Sampler,
-    _draw,
-    beam_search,
     complete,
-    filtered_probs,
     generate,
     stream_text,
 )
@@ -172,7 +172,7 @@ def test_top_k_top_p_by_hand():
     # Inverse-CDF draws at evenly spaced uniforms land on each token in proportion to its probability.
     probs = filtered_probs(logits, top_k=3).expand(1000, -1)
     u = (torch.arange(1000, dtype=torch.float64) + 0.5) / 1000
-    counts = torch.bincount(_draw(probs, u), minlength=5)
+    counts = torch.bincount(draw(probs, u), minlength=5)
     assert counts.tolist() == [588, 236, 176, 0, 0]  # cdf .588, .8235, 1
 
 
@@ -344,7 +344,7 @@ def test_two_level_draw_equals_plain_inverse_cdf():
     u = torch.tensor([0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.999, 1.0 - 1e-16], dtype=torch.float64)
     cdf = probs.cumsum(dim=-1)
     plain = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
-    got = _draw(probs, u)
+    got = draw(probs, u)
     assert (probs.gather(1, got[:, None]) > 0).all()
     assert (got[:7] == plain[:7]).all() and 9995 <= got[3] < 10_000
 
@@ -395,7 +395,6 @@ def test_logprobs_are_the_models_and_only_for_rows_that_ask():
 def test_static_decode_equals_the_sliced_one(shape):
     """The fixed-shape step a CUDA graph captures: same logits, same cache writes, no host read-back needed."""
     from tinystories import kernels
-    from tinystories.model import KVCache
 
     model = tiny(shape)
     prompts = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [5, 6], [7, 7, 7, 7, 7, 7]]  # rows at different positions
@@ -408,8 +407,8 @@ def test_static_decode_equals_the_sliced_one(shape):
             caches.append(cache)
         tokens = torch.tensor([3, 4, 5])
         for _ in range(12):  # past the neo model's window of 8
-            sliced = model.decode(tokens, caches[0])
-            static = model.decode(tokens, caches[1], static=True)
+            sliced = decode_step(model, tokens, caches[0])
+            static = decode_step(model, tokens, caches[1], static=True)
             torch.testing.assert_close(static, sliced, rtol=1e-10, atol=1e-10)
             tokens = sliced.argmax(-1)
     assert torch.equal(caches[0].lengths, caches[1].lengths)

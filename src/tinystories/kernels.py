@@ -42,6 +42,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -132,8 +133,9 @@ def _library() -> ctypes.CDLL | None:
     lib.rms_norm.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 2 + [ctypes.c_float]
     lib.silu_mul.restype = None
     lib.silu_mul.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int] * 2
-    strided = [ctypes.c_void_p] + [ctypes.c_int64] * 3  # a (B, T, heads, D) tensor: pointer, b/t/head strides
-    sizes = [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_int]  # B, T, H, K, D, window, scale, threads
+    # A (B, T, heads, D) tensor: pointer, b/t/head strides. Then B, T, H, K, D, window, scale, threads.
+    strided: list[type[ctypes._SimpleCData[Any]]] = [ctypes.c_void_p, *[ctypes.c_int64] * 3]
+    sizes: list[type[ctypes._SimpleCData[Any]]] = [*[ctypes.c_int] * 6, ctypes.c_float, ctypes.c_int]
     lib.attention_forward.restype = ctypes.c_int
     lib.attention_forward.argtypes = strided * 3 + [ctypes.c_void_p] * 2 + sizes
     lib.attention_backward.restype = ctypes.c_int

@@ -7,9 +7,13 @@ positions (learned | RoPE), the MLP (GELU | SwiGLU), the attention score scale
 (1/sqrt(head_dim) | none), a per-layer attention window, bias switches, grouped
 key/value heads and a tied classifier.
 
-Reading order: config -> loss -> positions -> attention -> MLP -> block -> GPT
--> KV cache. Shapes: B batch, T new tokens, S keys visible to attention, C
-d_model, H query heads, K key/value heads, D head_dim, F d_ff, V vocab_size.
+Reading order: config -> positions (RoPE) -> attention -> MLP -> block -> GPT.
+Shapes: B batch, T new tokens, S keys visible to attention, C d_model, H query
+heads, K key/value heads, D head_dim, F d_ff, V vocab_size.
+
+Elsewhere: the chunked loss is `tinystories.loss`, the KV cache and the lean
+one-token step the sampler runs are `tinystories.decode`, and parameter and
+FLOP counts are `tinystories.flops`.
 
 Hooks: `forward(..., hooks={name: fn})` calls `fn(tensor)` at the named site; a
 returned tensor replaces the activation, None only observes. Names follow
@@ -23,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +35,7 @@ from torch import nn
 
 from tinystories import kernels
 from tinystories.errors import UserError
-
-IGNORE_INDEX = -1
-"""Target id that the loss skips (padding, prompt tokens in instruct training)."""
+from tinystories.loss import chunked_cross_entropy
 
 Hooks = Mapping[str, Callable[[torch.Tensor], "torch.Tensor | None"]]
 
@@ -164,97 +166,6 @@ def _hook(hooks: Hooks | None, prefix: str, name: str, x: torch.Tensor) -> torch
     return x if out is None else out
 
 
-# --- loss -------------------------------------------------------------------
-
-LOSS_CHUNK_ELEMENTS = 2**23
-"""Logit elements materialised at once by the chunked loss (32 MiB in fp32, in each of two buffers)."""
-
-GPU_LOSS_CHUNK_ELEMENTS = 2**28
-"""The same on a GPU (1 GiB in fp32): there a chunk costs a dozen kernel launches, not cache misses, so few large ones win."""
-
-
-def _chunked_ce(h, weight, targets, rows, with_grads):
-    """Summed cross-entropy of h @ weight.T, `rows` rows at a time; optionally its gradients.
-
-    The gradient of cross-entropy w.r.t. the logits is softmax - onehot, known as
-    soon as a chunk's logits exist, so the input gradients are accumulated here
-    and the logits are never kept: one matmul per chunk fewer than recomputing
-    them in backward.
-
-    Every pass over a chunk's (rows, V) logits counts at a large vocabulary (at
-    32,000 they outweigh the rest of the step's elementwise work), so: the
-    logits and log-probabilities live in two buffers allocated once per call,
-    not per chunk (a fresh 32 MiB tensor is a fresh mmap, page-faulted in
-    every time); log_softmax makes one cache-friendly pass per row and exp_ one
-    more for the softmax; ignored rows are zeroed in the small (rows, C)
-    operands, never in the logits; grad_w accumulates inside the matmul (addmm_).
-    """
-    valid = targets != IGNORE_INDEX  # (N,)
-    safe = targets.clamp(min=0)  # ignored rows still need an index to gather
-    total = torch.zeros((), dtype=torch.float32, device=h.device)
-    grad_h = torch.empty_like(h) if with_grads else None
-    grad_w = None
-    n_max = min(rows, h.shape[0])
-    plain = h.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled(h.device.type)
-    logits_buf = torch.empty(n_max, weight.shape[0], dtype=torch.float32, device=h.device) if plain else None
-    logp_buf = torch.empty(n_max, weight.shape[0], dtype=torch.float32, device=h.device)
-    for s in range(0, h.shape[0], rows):
-        hc, tc, vc = h[s : s + rows], safe[s : s + rows], valid[s : s + rows]
-        n = hc.shape[0]
-        # (n, V), in the autocast dtype when autocast is on
-        raw = torch.mm(hc, weight.T, out=logits_buf[:n]) if plain else hc @ weight.T
-        logp = torch.log_softmax(raw.float(), dim=-1, out=logp_buf[:n])  # (n, V)
-        picked = logp.gather(1, tc[:, None])[:, 0]  # (n,) log-probability of the target
-        total = total - torch.where(vc, picked, 0.0).sum()
-        if with_grads:
-            g = logp.exp_()  # softmax, in place: the log-probabilities are done with
-            g[torch.arange(n, device=g.device), tc] -= 1.0
-            g = g.to(raw.dtype)
-            keep = vc[:, None].to(hc.dtype)  # (n, 1): ignored rows get no gradient
-            grad_h[s : s + rows] = (g @ weight) * keep
-            if grad_w is None:
-                grad_w = (g.T @ (hc * keep)).float()  # (V, C)
-            elif plain:
-                grad_w.addmm_(g.T, hc * keep)  # accumulated by the matmul itself: no extra pass over (V, C)
-            else:
-                grad_w += (g.T @ (hc * keep)).float()
-    if with_grads and grad_w is None:  # no rows at all
-        grad_w = torch.zeros_like(weight, dtype=torch.float32)
-    return total, valid.sum(), grad_h, grad_w
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, h, weight, targets, rows):
-        total, count, grad_h, grad_w = _chunked_ce(h, weight, targets, rows, with_grads=True)
-        ctx.save_for_backward(grad_h, grad_w, count)
-        ctx.weight_dtype = weight.dtype
-        return total / count
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        grad_h, grad_w, count = ctx.saved_tensors
-        scale = grad_out / count
-        return (grad_h * scale.to(grad_h.dtype), (grad_w * scale).to(ctx.weight_dtype), None, None)
-
-
-def chunked_cross_entropy(
-    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int | None = None
-) -> torch.Tensor:
-    """Mean cross-entropy of the logits h @ weight.T against targets, skipping IGNORE_INDEX.
-
-    h (N, C), weight (V, C), targets (N,). Equals F.cross_entropy(h @ weight.T,
-    targets, ignore_index=-1), but at most `chunk_rows` x V logits exist at a
-    time, in the forward and in the backward.
-    """
-    budget = GPU_LOSS_CHUNK_ELEMENTS if h.device.type == "cuda" else LOSS_CHUNK_ELEMENTS
-    rows = chunk_rows or max(1, budget // weight.shape[0])
-    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-        return _LinearCrossEntropy.apply(h, weight, targets, rows)
-    total, count, _, _ = _chunked_ce(h, weight, targets, rows, with_grads=False)
-    return total / count
-
-
 # --- positions --------------------------------------------------------------
 
 
@@ -267,22 +178,6 @@ def rope_tables(pos: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.T
     freqs = pos.float()[..., None] * inv_freq  # (..., T, D/2)
     angles = torch.cat((freqs, freqs), dim=-1)[..., None, :]  # (..., T, 1, D): broadcasts over heads
     return angles.cos(), angles.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (B, T, heads, D), in rotate-half layout, by the angles in cos/sin (the reference form)."""
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
-
-
-def _attention_mask(positions: torch.Tensor, kv_len: int, window: int | None) -> torch.Tensor:
-    """(..., S) bool: which of keys 0..S-1 a query at each position sees (causal, within `window`)."""
-    dist = positions[..., None] - torch.arange(kv_len, device=positions.device)  # i - j
-    mask = dist >= 0
-    if window is not None:
-        mask &= dist < window
-    return mask
 
 
 def rope_rotations(length: int, head_dim: int, theta: float) -> torch.Tensor:
@@ -322,16 +217,35 @@ _SDPA_GQA = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 5)
 """SDPA takes fewer key/value heads than query heads itself (enable_gqa) from torch 2.5 on."""
 
 
+class Cache(Protocol):
+    """What the forward reads and writes of a KV cache (`tinystories.decode.KVCache`)."""
+
+    max_len: int  # positions a row holds
+    lengths: torch.Tensor  # (B,) tokens held per row
+    kv: list[torch.Tensor]  # per layer (B, 2K, max_len, D): key heads, then value heads
+    keys: list[torch.Tensor]  # per layer (B, K, max_len, D), views of kv
+    values: list[torch.Tensor]
+
+
+def attention_mask(positions: torch.Tensor, kv_len: int, window: int | None) -> torch.Tensor:
+    """(..., S) bool: which of keys 0..S-1 a query at each position sees (causal, within `window`)."""
+    dist = positions[..., None] - torch.arange(kv_len, device=positions.device)  # i - j
+    mask = dist >= 0
+    if window is not None:
+        mask &= dist < window
+    return mask
+
+
 @dataclass
 class _Step:
     """What every layer of one forward shares; built in GPT.forward, never kept."""
 
     rope: tuple[torch.Tensor, torch.Tensor] | None  # rotations (T, heads, D/2, 2) or (B, T, 1, D/2, 2); qkv rows
     masks: dict[int | None, torch.Tensor | None]  # window -> bool mask (True = visible); None: see `Attention`
-    cache: KVCache | None
+    cache: Cache | None
     past: int  # cached tokens of every row when `slots` is None (rows in step); else the longest row's
     slots: tuple[torch.Tensor, torch.Tensor] | None  # rows out of step only: flat cache slots of the new keys and
-    # values, (B*K*T,) each, in the order (b, k, t); see KVCache.kv
+    # values, (B*K*T,) each, in the order (b, k, t); see Cache.kv
     kv_len: int  # S: keys visible to this step, cached ones included
     positions: torch.Tensor  # (T,) shared by all rows, or (B, T)
 
@@ -425,8 +339,12 @@ class Attention(nn.Module):
         z = _hook(hooks, self.prefix, "hook_z", y.transpose(1, 2))  # (B, T, H, D)
         return _dropout(self.out(z.reshape(B, T, H * D)), self.dropout, self.training)  # (B, T, C)
 
-    def _explicit(self, q, k, v, mask, dropout, hooks):
-        """Attention with the probabilities materialised, so a hook can read or replace them."""
+    def _explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                  dropout: float, hooks: Hooks) -> torch.Tensor:
+        """Attention with the probabilities materialised, so a hook can read or replace them.
+
+        q (B, H, T, D), k and v (B, H, S, D); mask as in `_Step.masks`.
+        """
         T, S = q.shape[-2], k.shape[-2]
         if mask is None and T > 1:  # the causal case SDPA handles with is_causal; here S == T
             mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
@@ -464,7 +382,7 @@ class MLP(nn.Module):
         return _dropout(self.proj(h), self.dropout, self.training)  # (B, T, C)
 
 
-def _norm(config: ModelConfig) -> nn.Module:
+def _norm(config: ModelConfig) -> nn.LayerNorm | nn.RMSNorm:
     if config.norm == "rms":
         return nn.RMSNorm(config.d_model, eps=config.norm_eps)
     return nn.LayerNorm(config.d_model, eps=config.norm_eps)
@@ -500,6 +418,10 @@ class GPT(nn.Module):
     `ln_final`, `lm_head` (untied classifier only).
     """
 
+    # Buffers of RoPE models (see __init__), declared for the type checker.
+    rope_rotations: torch.Tensor
+    qkv_pair_rows: torch.Tensor
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -518,9 +440,6 @@ class GPT(nn.Module):
             rows = torch.cat([pair_order(config.n_head + config.kv_heads, config.head_dim),
                               torch.arange(qk_rows, qk_rows + config.kv_heads * config.head_dim)])
             self.register_buffer("qkv_pair_rows", rows, persistent=False)
-        # Parameters prepared for `decode`, built on first use (see _decode_weights).
-        self._decode_params: list[nn.Parameter] | None = None
-        self._decode_cache: _DecodeWeights | None = None
         self.reset_parameters()
 
     @torch.no_grad()
@@ -530,14 +449,18 @@ class GPT(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear | nn.Embedding):
                 nn.init.normal_(module.weight, 0.0, std)
-                if getattr(module, "bias", None) is not None:
+                if isinstance(module, nn.Linear) and module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.LayerNorm | nn.RMSNorm):
                 module.reset_parameters()
         # Each block adds two outputs to the residual stream; this keeps its variance from growing with depth.
-        for block in self.blocks:
+        for block in self.layers():
             nn.init.normal_(block.attn.out.weight, 0.0, std / math.sqrt(2 * self.config.n_layer))
             nn.init.normal_(block.mlp.proj.weight, 0.0, std / math.sqrt(2 * self.config.n_layer))
+
+    def layers(self) -> list[Block]:
+        """The blocks, in order (iterating `blocks`, an nn.ModuleList, gives them typed as plain Modules)."""
+        return cast("list[Block]", list(self.blocks))
 
     @property
     def classifier_weight(self) -> torch.Tensor:
@@ -557,7 +480,7 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         *,
         logits: Literal["all", "last", "none"] | torch.Tensor = "all",
-        cache: KVCache | None = None,
+        cache: Cache | None = None,
         hooks: Hooks | None = None,
     ) -> ModelOutput:
         """Run the decoder on idx (B, T).
@@ -565,14 +488,12 @@ class GPT(nn.Module):
         targets (B, T): next-token ids, IGNORE_INDEX (-1) skipped; the loss is
         computed in chunks (training should pass logits="none"). logits: "all"
         (B, T, V), "last" (B, 1, V), "none", or a (B,) long tensor of per-row
-        positions within the T tokens (B, 1, V). cache: new tokens of row b take
-        positions cache.lengths[b] + t; lengths advance by T. hooks: see module doc.
+        positions within the T tokens (B, 1, V). cache (a `decode.KVCache`): new
+        tokens of row b take positions cache.lengths[b] + t; lengths advance by T.
+        hooks: see module doc. One new token per row is what `decode.decode_step`
+        computes faster; the sampler calls it itself.
         """
         B, T = idx.shape
-        if T == 1 and cache is not None and hooks is None and targets is None and not _is_none(logits) and (
-            self._decoding()
-        ):
-            return ModelOutput(self.decode(idx[:, 0], cache)[:, None], None)  # (B, 1, V)
         if hooks is not None:
             unknown = sorted(set(hooks) - set(self.hook_sites()))
             if unknown:
@@ -602,143 +523,12 @@ class GPT(nn.Module):
             raise ValueError(f"logits must be 'all', 'last', 'none' or a (B,) tensor, got {logits!r}")
         return ModelOutput(F.linear(x, self.classifier_weight), loss)
 
-    def _decoding(self) -> bool:
-        """Whether a one-token forward may take `decode`: nothing needs autograd, dropout or tracing."""
-        return (
-            not torch.is_grad_enabled()
-            and not (self.training and self.config.dropout > 0)
-            and not torch.compiler.is_compiling()
-        )
-
-    def decode(self, tokens: torch.Tensor, cache: KVCache, static: bool = False) -> torch.Tensor:
-        """Logits (B, V) for the token after `tokens` (B,): one new token per row, at position cache.lengths[b].
-
-        Computes what `forward(tokens[:, None], cache=cache, logits="last")` does;
-        forward calls it when no gradient, hook, loss or dropout is involved. Why a
-        separate path: a decode step of a small model is a few hundred kernels of
-        a few microseconds each, so what surrounds them (module calls, mask
-        building, transposing weights, reordering the RoPE rows, Python-level
-        tensor methods) costs as much as the arithmetic. Operands are prepared
-        once (`_decode_weights`), and a layer is: the norm, one matmul for q, k
-        and v, attention, the output matmul with the residual add folded in, and
-        the MLP likewise.
-
-        Attention, two ways. fp32 on the CPU: the C kernels of `kernels.py`
-        rotate q and k, write the cache and attend in one call per layer, and
-        RMSNorm and SwiGLU are one call each; the logits agree with forward's
-        to float32 rounding. Otherwise (other devices and dtypes, or kernels
-        off): the same PyTorch kernels as forward on the same operands, so the
-        logits are bitwise the same: one complex multiply rotating q and k, one indexed
-        copy into the cache, and SDPA with no mask unless rows are at different
-        positions or a local layer's window hides keys.
-
-        `static`: the shapes do not depend on the lengths and nothing is read back
-        to the host, as a CUDA graph needs (`sample._GraphStep`): every row
-        attends over the whole cache through a mask. The caller keeps each
-        length below `cache.max_len`. The logits agree with the other path to
-        rounding (masking keys instead of slicing them changes the kernels).
-        """
-        cfg = self.config
-        B = tokens.shape[0]
-        H, K, D = cfg.n_head, cfg.kv_heads, cfg.head_dim
-        prepared = _decode_weights(self)
-        if static:
-            kv_len, shortest, longest = cache.max_len, -1, 0  # rows "at different positions": always a mask
-        else:
-            lengths = cache.lengths.tolist()  # the host needs the longest row to size attention: one sync
-            shortest, longest = min(lengths), max(lengths)
-            kv_len = longest + 1
-        if kv_len > cache.max_len:
-            raise UserError(f"KV cache holds {cache.max_len} positions; this step needs {kv_len}")
-        if cfg.pos == "learned" and kv_len > cfg.max_seq_len:
-            raise UserError(f"sequence of {kv_len} tokens exceeds the model's max_seq_len {cfg.max_seq_len}")
-        pos = cache.lengths  # (B,)
-
-        x = torch.embedding(prepared.embedding, tokens)  # (B, C)
-        if prepared.positions is not None:
-            x = x + torch.embedding(prepared.positions, pos)
-        # fp32 on the CPU: a C kernel rotates, writes the cache and attends in one call per layer (kernels.py).
-        fast = not static and kernels.usable(x, cache.kv[0])
-        if fast:
-            rope = prepared.rope
-            if rope is not None and kv_len > len(rope):  # a cache longer than max_seq_len: extend the table
-                rope = torch.view_as_complex(rope_rotations(kv_len, D, cfg.rope_theta))
-            table = None if rope is None else torch.view_as_real(rope)  # (positions, D/2, 2)
-            threads = kernels.threads_for(B * H * kv_len * D)  # an upper bound of the keys read
-        else:
-            slots = (cache.head_slots() + pos[:, None]).view(-1)  # (B*2K,) flat slots of the new keys, then values
-            rotation = None
-            if prepared.rope is not None:
-                table = prepared.rope
-                if kv_len > len(table):  # a cache longer than max_seq_len: extend the table, as forward does
-                    table = torch.view_as_complex(rope_rotations(kv_len, D, cfg.rope_theta).to(tokens.device))
-                # Broadcast over the heads: the same kernel, and so the same rounding, as forward's.
-                rotation = table[pos].unsqueeze(1)  # (B, 1, D/2)
-            # Each layer's attention mask: none when every key is visible, as forward decides, so that both paths
-            # run the same kernel (slicing a window's keys instead of masking them changes the rounding).
-            masks: dict[int | None, torch.Tensor | None] = {}
-            for window in prepared.windows:
-                if shortest != longest:
-                    masks[window] = _attention_mask(pos, kv_len, window)[:, None, None]  # (B, 1, 1, S)
-                elif window is None or window >= kv_len:  # every row at position `longest`, every key visible
-                    masks[window] = None
-                else:
-                    masks[window] = _attention_mask(torch.arange(longest, kv_len, device=pos.device), kv_len, window)  # (1, S)
-
-        norm = prepared.norm
-        if fast and cfg.norm == "rms":  # PyTorch's RMSNorm is about ten kernels on the CPU; this is one call
-            def norm(x: torch.Tensor, wb: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
-                return kernels.rms_norm(x, wb[0], cfg.norm_eps)
-
-        for layer, kv, flat, keys, values in zip(prepared.layers, cache.kv, cache.flat, cache.keys, cache.values):
-            h = norm(x, layer.norm1)
-            qkv = torch.mm(h, layer.qkv) if layer.qkv_bias is None else torch.addmm(layer.qkv_bias, h, layer.qkv)
-            if fast:
-                y = kernels.decode_attention(qkv, kv, pos, table, H, layer.window, prepared.scale, threads)  # (B, H*D)
-            else:
-                heads = qkv.view(B, H + 2 * K, D)
-                if rotation is None:
-                    q = heads.narrow(1, 0, H)  # (B, H, D)
-                    new = heads.narrow(1, H, 2 * K).reshape(B * 2 * K, D)  # keys, then values
-                else:
-                    qk = heads.narrow(1, 0, H + K)
-                    if qk.dtype not in (torch.float32, torch.float64):
-                        qk = qk.float()  # complex numbers need fp32 or fp64
-                    turned = torch.view_as_complex(qk.view(B, H + K, D // 2, 2)) * rotation
-                    turned = torch.view_as_real(turned).view(B, H + K, D)
-                    if turned.dtype != x.dtype:
-                        turned = turned.to(x.dtype)
-                    q = turned.narrow(1, 0, H)
-                    new = torch.cat((turned.narrow(1, H, K), heads.narrow(1, H + K, K)), dim=1).view(B * 2 * K, D)
-                flat.index_copy_(0, slots, new if new.dtype == flat.dtype else new.to(flat.dtype))
-                mask = masks[layer.window]
-                k, v = keys.narrow(2, 0, kv_len), values.narrow(2, 0, kv_len)  # (B, K, S, D)
-                if k.dtype != x.dtype:  # a cache kept in another precision
-                    k, v = k.to(x.dtype), v.to(x.dtype)
-                # The H / K query heads sharing a key/value head act as that many queries against it.
-                y = F.scaled_dot_product_attention(q.view(B, K, H // K, D), k, v, attn_mask=mask,
-                                                   scale=prepared.scale).view(B, H * D)
-            x = _residual(x, y, layer.out, layer.out_bias)
-            h = norm(x, layer.norm2)
-            h = torch.mm(h, layer.fc) if layer.fc_bias is None else torch.addmm(layer.fc_bias, h, layer.fc)
-            if prepared.gated and fast:  # SwiGLU in one C call
-                h = kernels.silu_mul(h)  # (B, F)
-            elif prepared.gated:  # SwiGLU: columns [gate; up]
-                half = h.shape[1] // 2
-                h = F.silu(h.narrow(1, 0, half)) * h.narrow(1, half, half)  # (B, F)
-            else:
-                h = F.gelu(h, approximate="tanh")
-            x = _residual(x, h, layer.proj, layer.proj_bias)
-        x = norm(x, prepared.norm_final)
-        cache.lengths += 1
-        return torch.mm(x, prepared.classifier)  # (B, V)
-
-    def _positions(self, T: int, device: torch.device, cache: KVCache | None) -> torch.Tensor:
+    def _positions(self, T: int, device: torch.device, cache: Cache | None) -> torch.Tensor:
         """Positions of the new tokens: (T,) without a cache, (B, T) with one."""
         new = torch.arange(T, device=device)
         return new if cache is None else cache.lengths[:, None] + new
 
-    def _plan(self, B: int, T: int, device: torch.device, cache: KVCache | None) -> _Step:
+    def _plan(self, B: int, T: int, device: torch.device, cache: Cache | None) -> _Step:
         """Positions, rotary tables, attention masks and cache slots, shared by all layers of one forward."""
         cfg = self.config
         shortest = longest = 0
@@ -760,7 +550,7 @@ class GPT(nn.Module):
             if (longest == 0 and (window is None or window >= T)) or (T == 1 and in_step and covers):
                 masks[window] = None  # plain causal (SDPA's is_causal fast path), or one query seeing all keys
                 continue
-            mask = _attention_mask(pos, kv_len, window)  # (T, S) or (B, T, S)
+            mask = attention_mask(pos, kv_len, window)  # (T, S) or (B, T, S)
             masks[window] = mask if pos.dim() == 1 else mask[:, None]  # (T, S) or (B, 1, T, S)
 
         rope = None
@@ -788,233 +578,4 @@ class GPT(nn.Module):
             key_slots = (base[:, :, None] + pos[:, None, :]).reshape(-1)  # (B*K*T,)
             slots = (key_slots, key_slots + K * M)
         return _Step(rope=rope, masks=masks, cache=cache, past=longest, slots=slots, kv_len=kv_len, positions=pos)
-
-    def num_params(self, non_embedding: bool = False) -> int:
-        """Number of parameters (a tied classifier counted once, as the embedding).
-
-        non_embedding=True leaves out the token and position embeddings. An untied
-        classifier (lm_head) is a matmul every token pays for, so it stays in the
-        non-embedding count; a tied one is the token embedding and is left out.
-        """
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            n -= self.tok_emb.weight.numel()
-            if self.pos_emb is not None:
-                n -= self.pos_emb.weight.numel()
-        return n
-
-    def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token (forward + backward) at sequence length seq_len (default max_seq_len).
-
-        6 * N + 12 * sum over layers of (H * D * keys_l), where N counts the
-        weights of every matmul (non-embedding parameters plus the classifier,
-        tied or not), and keys_l is the number of keys a query attends to in
-        layer l, averaged over the T positions: (T + 1) / 2 for a global causal
-        layer, less for a windowed one. The 12 is 2 matmuls (q.k and p.v) x 2
-        FLOPs per multiply-add x 3 (forward and the two backward matmuls).
-        """
-        cfg = self.config
-        T = seq_len or cfg.max_seq_len
-        n = self.num_params(non_embedding=True)
-        if self.lm_head is None:
-            n += self.tok_emb.weight.numel()
-        attn = 0.0
-        for layer in range(cfg.n_layer):
-            w = min(cfg.layer_window(layer) or T, T)
-            # sum_{i<T} min(i + 1, w) = w(w+1)/2 + (T - w) * w
-            keys = (w * (w + 1) / 2 + (T - w) * w) / T
-            attn += 12 * cfg.n_head * cfg.head_dim * keys
-        return 6 * n + attn
-
-
-# --- KV cache -------------------------------------------------------------------
-
-
-class KVCache:
-    """Keys and values of past tokens, per layer, with a length per row.
-
-    Rows advance independently: row b's next token goes to slot lengths[b], and
-    slots at or beyond lengths[b] are never attended to, so a right-padded
-    prefill is fixed by setting lengths[b] back to the real length, and a row is
-    emptied for a new sequence by `reset`. Plain tensors, owned by the caller.
-    In RoPE models each key head's dimensions are stored in pair order (see
-    `pair_order`), as attention computes them; values are stored as they are.
-
-    Each layer's keys and values live in one tensor, `kv[layer]` (B, 2K, max_len, D):
-    heads [0, K) are keys, [K, 2K) values, so a decode step writes both with one
-    copy; `keys[layer]` and `values[layer]` are views of its two halves.
-    """
-
-    def __init__(
-        self,
-        config: ModelConfig,
-        batch_size: int,
-        max_len: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ):
-        if config.pos == "learned" and max_len > config.max_seq_len:
-            raise UserError(f"a KV cache of {max_len} positions exceeds max_seq_len {config.max_seq_len}")
-        shape = (batch_size, 2 * config.kv_heads, max_len, config.head_dim)  # (B, 2K, S, D)
-        dtype = dtype or torch.get_default_dtype()
-        self.max_len = max_len
-        self.kv = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
-        """(B,) tokens held per row; the next token of row b takes position lengths[b]."""
-        self._split()
-
-    def _split(self) -> None:
-        K = self.kv[0].shape[1] // 2 if self.kv else 0
-        self.keys = [t[:, :K] for t in self.kv]  # (B, K, max_len, D) views
-        self.values = [t[:, K:] for t in self.kv]
-        self.flat = [t.view(-1, t.shape[-1]) for t in self.kv]  # (B*2K*max_len, D): one row per slot
-        self._head_slots: torch.Tensor | None = None
-
-    def head_slots(self) -> torch.Tensor:
-        """(B, 2K) long: the row in `flat[layer]` of slot 0 of each row and head (keys, then values)."""
-        if self._head_slots is None:
-            B, heads, M, _ = self.kv[0].shape
-            device = self.lengths.device
-            self._head_slots = (torch.arange(B, device=device)[:, None] * heads + torch.arange(heads, device=device)) * M
-        return self._head_slots
-
-    @property
-    def batch_size(self) -> int:
-        return self.lengths.shape[0]
-
-    def rows(self, start: int, stop: int) -> KVCache:
-        """A KVCache over rows [start, stop), sharing this one's tensors (writes, lengths included, land here)."""
-        view = KVCache.__new__(KVCache)
-        view.max_len = self.max_len
-        view.kv = [t[start:stop] for t in self.kv]
-        view.lengths = self.lengths[start:stop]
-        view._split()
-        return view
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Row i becomes old row index[i] (beam search); index may repeat rows or change B."""
-        self.kv = [t.index_select(0, index) for t in self.kv]
-        self.lengths = self.lengths.index_select(0, index)
-        self._split()
-
-    def reset(self, rows: torch.Tensor | list[int] | None = None) -> None:
-        """Empty the given rows (indices or a (B,) bool mask; all when None) to start new sequences."""
-        if rows is None:
-            self.lengths.zero_()
-            return
-        rows = torch.as_tensor(rows, device=self.lengths.device)
-        self.lengths[rows if rows.dtype == torch.bool else rows.long()] = 0  # a mask or row indices
-
-
-# --- one-token decoding ---------------------------------------------------------
-
-
-def _is_none(logits: str | torch.Tensor) -> bool:
-    return isinstance(logits, str) and logits == "none"
-
-
-def _residual(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x + h @ weight (+ bias): without a bias the add is folded into the matmul (addmm), one kernel fewer."""
-    if bias is None:
-        return torch.addmm(x, h, weight)
-    return x + torch.addmm(bias, h, weight)
-
-
-class _DecodeLayer(NamedTuple):
-    """One block's parameters as `GPT.decode` uses them: matmul operands as (in, out) views, ready for mm."""
-
-    norm1: tuple[torch.Tensor, torch.Tensor | None]  # weight, bias (None for RMSNorm)
-    qkv: torch.Tensor  # (C, (H + 2K) * D); RoPE models: query and key columns in pair order (a copy)
-    qkv_bias: torch.Tensor | None
-    out: torch.Tensor  # (H * D, C)
-    out_bias: torch.Tensor | None
-    norm2: tuple[torch.Tensor, torch.Tensor | None]
-    fc: torch.Tensor  # (C, F), or (C, 2F) for SwiGLU
-    fc_bias: torch.Tensor | None
-    proj: torch.Tensor  # (F, C)
-    proj_bias: torch.Tensor | None
-    window: int | None
-
-
-class _DecodeWeights(NamedTuple):
-    key: tuple  # storage address and version counter of every parameter they were built from
-    sources: list[torch.Tensor]  # those storages, kept alive so that no new parameter can reuse an address
-    layers: list[_DecodeLayer]
-    embedding: torch.Tensor  # (V, C)
-    positions: torch.Tensor | None  # (max_seq_len, C), learned positions only
-    rope: torch.Tensor | None  # (max_seq_len, D/2) complex: each position's rotation
-    norm: Callable[[torch.Tensor, tuple[torch.Tensor, torch.Tensor | None]], torch.Tensor]
-    norm_final: tuple[torch.Tensor, torch.Tensor | None]
-    classifier: torch.Tensor  # (C, V)
-    windows: set[int | None]
-    scale: float  # of the attention scores
-    gated: bool  # SwiGLU MLP
-
-
-def _decode_weights(model: GPT) -> _DecodeWeights:
-    """The model's parameters prepared for `GPT.decode`, rebuilt only when one of them changed.
-
-    A parameter counts as changed when its storage or version counter did
-    (in-place updates, load_state_dict, .to()). Not seen: edits made through
-    `.data` (they bypass the version counter), and parameters replaced by new
-    Parameter objects after the first decode.
-    """
-    if model._decode_params is None:
-        model._decode_params = list(model.parameters())
-    key = tuple([(p.data_ptr(), p._version) for p in model._decode_params])  # ~10 us: 2% of a step
-    cached = model._decode_cache
-    if cached is not None and cached.key == key:
-        return cached
-    cfg = model.config
-
-    def bias(linear: nn.Linear, rows: torch.Tensor | None = None) -> torch.Tensor | None:
-        if linear.bias is None or rows is None:
-            return linear.bias
-        return linear.bias.index_select(0, rows)
-
-    def norm_params(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return module.weight, getattr(module, "bias", None)
-
-    rows = model.qkv_pair_rows if cfg.pos == "rope" else None
-    layers = []
-    for layer, block in enumerate(model.blocks):
-        qkv = block.attn.qkv.weight
-        layers.append(_DecodeLayer(
-            norm1=norm_params(block.ln1),
-            qkv=(qkv if rows is None else qkv.index_select(0, rows)).t(),
-            qkv_bias=bias(block.attn.qkv, rows),
-            out=block.attn.out.weight.t(), out_bias=block.attn.out.bias,
-            norm2=norm_params(block.ln2),
-            fc=block.mlp.fc.weight.t(), fc_bias=block.mlp.fc.bias,
-            proj=block.mlp.proj.weight.t(), proj_bias=block.mlp.proj.bias,
-            window=cfg.layer_window(layer),
-        ))
-    rope = None
-    if cfg.pos == "rope":
-        table = model.rope_rotations  # cast off fp32 with the model: rebuilt in fp32, as forward does
-        if table.dtype != torch.float32:
-            table = rope_rotations(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta).to(table.device)
-        rope = torch.view_as_complex(table)
-    # torch.rms_norm / torch.layer_norm: what F.rms_norm / F.layer_norm call, less a Python layer.
-    shape, eps = (cfg.d_model,), cfg.norm_eps
-    if cfg.norm == "rms":
-        def norm(x: torch.Tensor, wb: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
-            return torch.rms_norm(x, shape, wb[0], eps)
-    else:
-        def norm(x: torch.Tensor, wb: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
-            return torch.layer_norm(x, shape, wb[0], wb[1], eps)
-
-    model._decode_cache = _DecodeWeights(
-        key=key, sources=[p.detach() for p in model._decode_params], layers=layers,
-        embedding=model.tok_emb.weight, positions=None if model.pos_emb is None else model.pos_emb.weight,
-        rope=rope, norm=norm, norm_final=norm_params(model.ln_final), classifier=model.classifier_weight.t(),
-        windows={layer.window for layer in layers}, scale=model.blocks[0].attn.scale, gated=cfg.mlp == "swiglu",
-    )
-    return model._decode_cache
-
-
-def count_params(config: ModelConfig, non_embedding: bool = False) -> int:
-    """`GPT.num_params` without allocating weights (the model is built on the meta device)."""
-    with torch.device("meta"):
-        return GPT(config).num_params(non_embedding=non_embedding)
 

@@ -2,19 +2,19 @@
 
 Layers, bottom up:
 
-- `filtered_probs` / `_weights`: temperature, top-k and top-p for a batch of
-  rows, each with its own settings, vectorised.
+- `tinystories.draw`: temperature, top-k and top-p for a batch of rows, each
+  with its own settings, vectorised, and the inverse-CDF draw.
 - `Sampler`: a fixed pool of `max_batch` cache rows. `add(prompt, params)`
   prefills the prompt into a free row; `step()` samples one token for every
-  live sequence and runs one batched forward to get the next logits; finished
-  sequences free their row for the next `add`. This is what a server or the LLM
-  judge drives.
+  live sequence and runs one batched decode step (`tinystories.decode`) to get
+  the next logits; finished sequences free their row for the next `add`. This
+  is what a server or the LLM judge drives.
 - `complete` / `generate`: run a list of prompts to the end through a Sampler
   (more prompts than rows simply wait for a free row).
 - `IncrementalDecoder` / `stream_text`: text as it comes, never half a UTF-8
   character.
-- `beam_search`: beams over one prompt, reordering the cache each step.
-- `SampleConfig` / `sample`: the `tinystories sample` command.
+- `SampleConfig` / `sample`: the `tinystories sample` command (beam search:
+  `tinystories.beam`).
 
 Prompts: the dataset stores each story as `[eot] + tokens`, so a text prompt is
 `[eot] + encode(text)` (`prompt_ids`); the empty prompt is `[eot]` alone.
@@ -33,23 +33,31 @@ import os
 import random
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
-from tinystories import kernels
+from tinystories.beam import BeamResult, beam_search
+from tinystories.decode import (
+    FINISH_CONTEXT,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    GraphStep,
+    KVCache,
+    graphs_wanted,
+    next_logits,
+    step_threads,
+)
+from tinystories.draw import draw, fp32, token_weights
 from tinystories.errors import UserError
-from tinystories.model import GPT, KVCache, _decode_weights
+from tinystories.flops import count_params
+from tinystories.io import atomic_write_json
+from tinystories.model import GPT
+from tinystories.options import RunOptions, SamplingOptions
+from tinystories.rundir import load_run, with_device
 
-FINISH_STOP = "stop"
-"""The sequence produced end-of-text."""
-FINISH_LENGTH = "length"
-"""The sequence produced max_new_tokens tokens."""
-FINISH_CONTEXT = "context"
-"""The sequence filled the model's context (max_seq_len); nothing more fits."""
 MAX_LOGPROBS = 20
 """Most alternatives a sequence may ask log-probabilities for."""
 
@@ -91,105 +99,6 @@ class SampleParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
-
-
-# --- temperature, top-k, top-p ------------------------------------------------------
-
-
-_TOP_CANDIDATES = 64
-"""Candidates looked at first by top-k / top-p (grown 4x while a row's cut-off lies beyond them)."""
-
-
-def _weights(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, filtered: bool) -> torch.Tensor:
-    """Per-row sampling weights (B, V), in vocabulary order and not normalised, from scaled logits.
-
-    scaled (B, V) float, temperature applied; it is overwritten (the weights are
-    computed in place: at a 50,257-token vocabulary every pass counts). top_k
-    (B,) long, 0 = off; top_p (B,). Top-k is applied first, then top-p on the
-    renormalised survivors (the usual order). filtered=False: no row filters,
-    weights exp(logit - max). A full sort of a 50,257-token
-    vocabulary costs far more than a forward, so only the best candidates are
-    sorted (torch.topk), 64 at first, 4x more while some row's cut-off is not
-    yet inside them; the result is exact either way. Rows that do not filter
-    keep every token, so their draw does not depend on their neighbours.
-    """
-    if not filtered:
-        return scaled.sub_(scaled.amax(dim=-1, keepdim=True)).exp_()
-    B, V = scaled.shape
-    active = (top_k > 0) | (top_p < 1.0)  # (B,)
-    k = torch.where(top_k > 0, top_k.clamp(max=V), V)  # (B,), V = no top-k
-    lse_all = torch.logsumexp(scaled, dim=-1)  # (B,)
-    n = min(V, max(_TOP_CANDIDATES, int(top_k.max())))
-    while True:
-        vals, ids = scaled.topk(n, dim=-1)  # (B, n), best first
-        rank = torch.arange(n, device=scaled.device)
-        in_k = rank < k[:, None]  # (B, n)
-        # Renormalising over the top k needs all k values; rows with k > n wait for a larger n.
-        lse_k = torch.logsumexp(vals.masked_fill(~in_k, float("-inf")), dim=-1)
-        lse = torch.where(k <= n, lse_k, lse_all)  # (B,)
-        p = (vals - lse[:, None]).exp() * in_k  # (B, n) probabilities after top-k
-        before = p.cumsum(dim=-1) - p  # probability of the better candidates
-        # A candidate survives while the better ones have not yet reached p; the best always does.
-        keep = in_k & ((before < top_p[:, None]) | (rank == 0))
-        mass = p.sum(dim=-1)
-        resolved = ~active | (k <= n) | ((k == V) & (mass >= top_p))
-        if n == V or bool(resolved.all()):
-            break
-        n = min(V, 4 * n)
-    keep_v = torch.zeros(B, V, dtype=torch.bool, device=scaled.device).scatter_(1, ids, keep)
-    keep_v |= ~active[:, None]
-    scaled.masked_fill_(~keep_v, float("-inf"))
-    return scaled.sub_(scaled.amax(dim=-1, keepdim=True)).exp_()
-
-
-def _fp32(x: torch.Tensor) -> torch.Tensor:
-    """x in float32, or float64 when it already is (half-precision logits are upcast to sample)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-def filtered_probs(
-    logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
-) -> torch.Tensor:
-    """The distribution a sampler draws from: (B, V) probabilities, each row summing to 1."""
-    B = logits.shape[0]
-    w = _weights(_fp32(logits) / temperature, torch.full((B,), top_k), torch.full((B,), float(top_p)), True)
-    return w / w.sum(dim=-1, keepdim=True)
-
-
-_DRAW_BLOCK = 1024
-"""Vocabulary block of the two-level inverse-CDF draw."""
-
-
-def _draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Inverse CDF: the first column whose cumulative probability exceeds u * total; (B, N), (B,) -> (B,).
-
-    Rows need not be normalised. For a large vocabulary a full cumulative sum is
-    one of the dearest passes of a step, so the draw goes in two levels: block
-    totals pick a block of _DRAW_BLOCK columns, a cumulative sum inside it picks
-    the column. A column with probability 0 is never drawn.
-    """
-    B, N = probs.shape
-    if N <= 4 * _DRAW_BLOCK:
-        return _draw_in(probs, u * probs.sum(dim=-1))
-    full = N // _DRAW_BLOCK
-    sums = probs[:, : full * _DRAW_BLOCK].reshape(B, full, _DRAW_BLOCK).sum(dim=-1)  # (B, full)
-    sums = torch.cat([sums, probs[:, full * _DRAW_BLOCK :].sum(dim=-1, keepdim=True)], dim=1)  # (B, full + 1)
-    cdf = sums.cumsum(dim=-1)
-    x = u * cdf[:, -1]  # (B,)
-    block = _draw_in(sums, x, cdf)  # (B,)
-    x = x - (cdf.gather(1, (block - 1).clamp(min=0)[:, None])[:, 0] * (block > 0))
-    cols = block[:, None] * _DRAW_BLOCK + torch.arange(_DRAW_BLOCK, device=probs.device)  # (B, block)
-    inside = probs.gather(1, cols.clamp(max=N - 1)) * (cols < N)  # (B, block)
-    return block * _DRAW_BLOCK + _draw_in(inside, x)
-
-
-def _draw_in(probs: torch.Tensor, x: torch.Tensor, cdf: torch.Tensor | None = None) -> torch.Tensor:
-    """The first column whose cumulative probability exceeds x; x is kept below the row total so
-    rounding can never pick a trailing column of probability 0."""
-    cdf = probs.cumsum(dim=-1) if cdf is None else cdf  # (B, N)
-    total = cdf[:, -1]
-    x = torch.minimum(x, torch.nextafter(total, torch.zeros_like(total)))
-    return torch.searchsorted(cdf, x[:, None], right=True)[:, 0].clamp_(max=probs.shape[-1] - 1)
 
 
 # --- the engine -----------------------------------------------------------------
@@ -248,79 +157,6 @@ class _Live:
     top_logprobs: int  # most alternatives a live row wants log-probabilities for; -1 = none asks
 
 
-PARALLEL_MIN_FLOPS = 64e6
-"""Forward FLOPs a decode step needs before it is worth more than one intra-op thread."""
-
-
-@contextmanager
-def _threads_for(flops: float, device: torch.device) -> Iterator[None]:
-    """Run a step on one intra-op thread when its work is below PARALLEL_MIN_FLOPS (CPU only).
-
-    A decode step of a small model is a few hundred microsecond-sized kernels.
-    Some of them (SDPA, matmuls) open a parallel region anyway, and each region
-    costs a thread wake-up and a barrier: more than the work it splits, and far
-    more when another process holds the other core (the waiting thread spins
-    until it is scheduled). Bigger steps keep every thread the caller set.
-    """
-    before = torch.get_num_threads()
-    if device.type != "cpu" or before == 1 or flops >= PARALLEL_MIN_FLOPS:
-        yield
-        return
-    torch.set_num_threads(1)
-    budget = kernels.thread_budget.set(before)  # the attention kernel is one region per layer: it keeps them
-    try:
-        yield
-    finally:
-        kernels.thread_budget.reset(budget)
-        torch.set_num_threads(before)
-
-
-def _graphs_wanted(device: torch.device) -> bool:
-    """Decode steps replay a CUDA graph on CUDA devices unless TINYSTORIES_CUDA_GRAPHS=0."""
-    return device.type == "cuda" and os.environ.get("TINYSTORIES_CUDA_GRAPHS", "1") != "0"
-
-
-class _GraphStep:
-    """The decode step of every row of a cache, captured once as a CUDA graph and then replayed.
-
-    A decode step of a small model is a few hundred short kernels, and launching
-    them from Python takes longer than the GPU needs to run them; a replay
-    launches them all at once. The graph covers all rows of the cache at fixed
-    shapes (`GPT.decode(static=True)`): free rows take a dummy token at length 0,
-    which the caller empties again, as in the uncaptured step.
-    """
-
-    def __init__(self, model: GPT, cache: KVCache):
-        self.tokens = torch.zeros(cache.batch_size, dtype=torch.long, device=cache.lengths.device)  # (B,)
-        saved = cache.lengths.clone()
-        # Capture needs the kernels warmed up (and their workspaces allocated) on a side stream first. The
-        # warm-up writes keys and values only into each row's next slot, which the first real step overwrites.
-        side = torch.cuda.Stream(device=cache.lengths.device)
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                model.decode(self.tokens, cache, static=True)
-                cache.lengths.copy_(saved)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = model.decode(self.tokens, cache, static=True)  # (B, V), refilled by each replay
-        cache.lengths.copy_(saved)
-        self.weights_key = _decode_weights(model).key  # the graph reads these very tensors
-
-    def stale(self, model: GPT) -> bool:
-        """Whether the model's parameters changed since the capture (the graph would read the old ones)."""
-        return _decode_weights(model).key != self.weights_key
-
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits (B, V) after feeding tokens (n,) to rows [0, n) and a dummy token to the rest."""
-        n = tokens.shape[0]
-        self.tokens[:n].copy_(tokens)
-        self.tokens[n:].zero_()
-        self.graph.replay()
-        return self.logits
-
-
 class Sampler:
     """Batched, KV-cached generation through which sequences join and leave.
 
@@ -364,9 +200,9 @@ class Sampler:
         self._live_plan: _Live | None = None  # built on the first step after a change of members
         self._next_id = 0
         self._vocab = V
-        self._graph: _GraphStep | None = None  # built on the first decode step on CUDA (_graphs_wanted)
-        # Forward FLOPs per token (2 per weight of every matmul, the classifier included); see _threads_for.
-        self._token_flops = 2 * (model.num_params(non_embedding=True) + V * self.config.d_model)
+        self._graph: GraphStep | None = None  # built on the first decode step on CUDA (graphs_wanted)
+        # Forward FLOPs per token (2 per weight of every matmul, the classifier included); see step_threads.
+        self._token_flops = 2 * (count_params(self.config, non_embedding=True) + V * self.config.d_model)
 
     # -- membership --
 
@@ -433,11 +269,11 @@ class Sampler:
         view = self.cache.rows(start, stop)
         view.lengths.zero_()
         last = torch.as_tensor(lengths, device=self.device) - 1  # (n,)
-        with _threads_for(idx.numel() * self._token_flops, self.device):
-            out = self.model(idx, logits=last, cache=view).logits  # (n, 1, V)
+        with step_threads(idx.numel() * self._token_flops, self.device):
+            out = next_logits(self.model, idx, view, last)  # (n, V)
         view.lengths.copy_(last + 1)  # undo the padding's advance
         for i, (row, _) in enumerate(run):
-            self._fresh[row] = out[i, 0]
+            self._fresh[row] = out[i]
 
     def remove(self, seq_id: int) -> None:
         """Free a sequence's row (a client went away, or it finished); unknown ids are ignored."""
@@ -494,7 +330,7 @@ class Sampler:
         """Sample one token for each live sequence, then run the forward that prepares the next step."""
         if not self._seqs:
             return []
-        with _threads_for(self._plan().hi * self._token_flops, self.device):
+        with step_threads(self._plan().hi * self._token_flops, self.device):
             return self._step()
 
     @torch.inference_mode()
@@ -503,7 +339,7 @@ class Sampler:
         logits = self._gather_logits(plan.hi)  # (hi, V)
         logp = None
         if plan.top_logprobs >= 0:  # before sampling, which overwrites the logits
-            logp = torch.log_softmax(_fp32(logits), dim=-1)  # (hi, V)
+            logp = torch.log_softmax(fp32(logits), dim=-1)  # (hi, V)
         if plan.all_greedy:
             tokens = logits.argmax(dim=-1)  # (hi,)
         else:
@@ -535,17 +371,16 @@ class Sampler:
         self._logits = None
         if self._seqs:
             hi = self._plan().hi
-            if _graphs_wanted(self.device):
+            if graphs_wanted(self.device):
                 if self._graph is None or self._graph.stale(self.model):
-                    self._graph = _GraphStep(self.model, self.cache)
+                    self._graph = GraphStep(self.model, self.cache)
                 self._logits = self._graph(tokens[:hi])  # (max_batch, V); rows past hi are free
                 self.cache.lengths.mul_(self._live)  # free rows took a dummy token; keep them empty
                 return events
             view = self._view(hi)
-            out = self.model(tokens[:hi, None], logits="last", cache=view).logits  # (hi, 1, V)
+            self._logits = next_logits(self.model, tokens[:hi, None], view)  # (hi, V)
             if len(self._seqs) < hi:
                 view.lengths.mul_(self._live[:hi])  # free rows took a dummy token; keep them empty
-            self._logits = out[:, 0]
         return events
 
     @staticmethod
@@ -559,12 +394,13 @@ class Sampler:
 
     def _gather_logits(self, hi: int) -> torch.Tensor:
         """Next-token logits of rows [0, hi): last step's forward, with freshly prefilled rows patched in."""
-        have = 0 if self._logits is None else self._logits.shape[0]
-        if not self._fresh and have >= hi:
-            return self._logits[:hi]
+        last = self._logits
+        have = 0 if last is None else last.shape[0]
+        if not self._fresh and last is not None and have >= hi:
+            return last[:hi]
         logits = torch.zeros(hi, self._vocab, device=self.device, dtype=self._fresh_dtype())
-        if have:
-            logits[: min(have, hi)] = self._logits[:hi]
+        if last is not None and have:
+            logits[: min(have, hi)] = last[:hi]
         for row, row_logits in self._fresh.items():
             logits[row] = row_logits
         self._fresh.clear()
@@ -581,11 +417,11 @@ class Sampler:
         greedy = None
         if plan.is_greedy is not None:
             greedy = (plan.is_greedy, logits.argmax(dim=-1))  # before the in-place passes below
-        scaled = _fp32(logits)  # the logits themselves when already fp32: they are scratch now
+        scaled = fp32(logits)  # the logits themselves when already fp32: they are scratch now
         if plan.tempered:
             scaled = scaled.div_(self._temperature[:hi, None])
-        weights = _weights(scaled, self._top_k[:hi], self._top_p[:hi], plan.filtered)
-        sampled = _draw(weights, self._next_uniforms(plan))  # (hi,)
+        w = token_weights(scaled, self._top_k[:hi], self._top_p[:hi], plan.filtered)
+        sampled = draw(w, self._next_uniforms(plan))  # (hi,)
         if greedy is not None:
             sampled = torch.where(greedy[0], greedy[1], sampled)
         return sampled
@@ -737,123 +573,21 @@ def stream_text(
         yield tail
 
 
-# --- beam search ------------------------------------------------------------------
-
-
-@dataclass
-class BeamResult:
-    tokens: list[int]
-    """New token ids, end-of-text left out."""
-    logprob: float
-    """Sum of the log-probabilities of the new tokens (end-of-text included when it ended the beam)."""
-    score: float
-    """logprob / (number of new tokens) ** length_penalty: what beams are ranked by."""
-    finish_reason: str
-
-
-@torch.inference_mode()
-def beam_search(
-    model: GPT,
-    prompt: Sequence[int],
-    beams: int = 5,
-    max_new_tokens: int = 256,
-    length_penalty: float = 1.0,
-    eot_id: int | None = None,
-) -> BeamResult:
-    """The most likely continuation found by beam search with `beams` beams.
-
-    Each step every live beam is extended by every token and the extensions are
-    scanned best first: one ending in end-of-text becomes a finished hypothesis,
-    the others become the next live beams until there are `beams` of them.
-    Search stops once `beams` hypotheses are finished, or at max_new_tokens or
-    the end of the context (then the live beams count as hypotheses too). The
-    best hypothesis by `score` wins: length_penalty 0 ranks by plain
-    log-probability, larger values favour longer continuations.
-    """
-    if beams < 1:
-        raise UserError(f"beams must be >= 1, got {beams}")
-    cfg = model.config
-    param = next(model.parameters())
-    device = param.device
-    max_len = cfg.max_seq_len
-    if not prompt or len(prompt) >= max_len:
-        raise UserError(f"a prompt needs 1 to {max_len - 1} tokens, got {len(prompt)}")
-
-    def hypothesis(tokens: list[int], logprob: float, n: int, reason: str) -> BeamResult:
-        return BeamResult(tokens, logprob, logprob / max(n, 1) ** length_penalty, reason)
-
-    # The cache starts with one row; reorder grows it to the live beams after the first step.
-    cache = KVCache(cfg, 1, max_len, device=device, dtype=param.dtype)
-    idx = torch.as_tensor([list(prompt)], dtype=torch.long, device=device)
-    logits = model(idx, logits="last", cache=cache).logits[:, 0]  # (1, V)
-    live: list[list[int]] = [[]]
-    scores = torch.zeros(1, dtype=torch.float64, device=device)  # (k,) summed log-probs of live beams
-    done: list[BeamResult] = []
-    reason = FINISH_LENGTH
-    for step in range(max_new_tokens):
-        logp = torch.log_softmax(logits.double(), dim=-1)  # (k, V)
-        V = logp.shape[-1]
-        total = (scores[:, None] + logp).flatten()  # (k * V,)
-        best, flat = total.topk(min(2 * beams, total.numel()))
-        parents, tokens, kept = [], [], []
-        for s, f in zip(best.tolist(), flat.tolist()):
-            parent, tok = divmod(f, V)
-            if eot_id is not None and tok == eot_id:
-                done.append(hypothesis(live[parent], s, len(live[parent]) + 1, FINISH_STOP))
-            else:
-                parents.append(parent)
-                tokens.append(tok)
-                kept.append(s)
-            if len(done) >= beams or len(parents) == beams:
-                break
-        if len(done) >= beams or not parents:
-            live = []
-            break
-        live = [live[p] + [t] for p, t in zip(parents, tokens)]
-        scores = torch.tensor(kept, dtype=torch.float64, device=device)
-        if len(prompt) + step + 1 >= max_len:
-            reason = FINISH_CONTEXT  # the new tokens have no cache slot left to be fed into
-            break
-        if step == max_new_tokens - 1:
-            break
-        cache.reorder(torch.as_tensor(parents, device=device))
-        fed = torch.as_tensor(tokens, device=device)[:, None]  # (k, 1)
-        logits = model(fed, logits="last", cache=cache).logits[:, 0]  # (k, V)
-    done += [hypothesis(t, s, len(t), reason) for t, s in zip(live, scores.tolist())]
-    return max(done, key=lambda r: r.score)
-
-
 # --- the command ---------------------------------------------------------------------
 
 
 @dataclass
-class SampleConfig:
-    """`tinystories sample`: completions of prompts by a trained run."""
+class SampleConfig(RunOptions, SamplingOptions):
+    """`tinystories sample`: completions of prompts by a trained run (completion i uses seed + i)."""
 
-    run: str = ""
-    """Run folder to sample from."""
     prompt: tuple[str, ...] = ("",)
     """Prompt text(s); each is encoded as [eot] + tokens. Empty = a story from scratch."""
     n: int = field(default=1, metadata={"aliases": ("-n",)})
     """Completions per prompt."""
-    max_new_tokens: int = 256
-    """New tokens per completion at most."""
-    temperature: float = 1.0
-    """Softmax temperature; 0 = greedy."""
-    top_k: int = 0
-    """Sample from the k most likely tokens only; 0 = off."""
-    top_p: float = 1.0
-    """Nucleus sampling threshold; 1 = off."""
     beams: int = 0
     """Beam search with this many beams instead of sampling (the paper's authors used 5); 0 = sample."""
     length_penalty: float = 1.0
     """Beam search: score = log-prob / length ** length_penalty."""
-    seed: int = 1337
-    """Seed; completion i of the command uses seed + i."""
-    step: int | None = None
-    """Checkpoint step to load; default = the latest."""
-    device: str = "auto"
-    """Torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps."""
     batch: int = 64
     """Sequences decoded together at most."""
     compile: bool = False
@@ -866,9 +600,6 @@ class SampleConfig:
 
 def sample(cfg: SampleConfig) -> None:
     """Print completions of cfg.prompt(s) by the run's model."""
-    from tinystories.io import atomic_write_json
-    from tinystories.rundir import load_run, with_device
-
     cfg = with_device(cfg)
     if not cfg.run:
         raise UserError("--run is required: the run folder to sample from")
@@ -877,7 +608,8 @@ def sample(cfg: SampleConfig) -> None:
     loaded = load_run(cfg.run, step=cfg.step, device=cfg.device)
     model, tok = loaded.model, loaded.tokenizer
     if cfg.compile:
-        model.forward = torch.compile(model.forward, dynamic=True)
+        # One-token steps then take the compiled forward too, not the decode step (see decode.lean).
+        model.forward = torch.compile(model.forward, dynamic=True)  # type: ignore[method-assign]
     texts = [p for p in cfg.prompt for _ in range(cfg.n)]
     ids = [prompt_ids(tok, t) for t in texts]
     base = SampleParams(cfg.temperature, cfg.top_k, cfg.top_p, cfg.max_new_tokens, seed=cfg.seed)
@@ -889,9 +621,9 @@ def sample(cfg: SampleConfig) -> None:
         for text, p in zip(texts, ids):
             if text not in found:
                 found[text] = beam_search(model, p, cfg.beams, cfg.max_new_tokens, cfg.length_penalty, tok.eot_id)
-            r = found[text]
-            results.append({"prompt": text, "tokens": r.tokens, "finish_reason": r.finish_reason,
-                            "logprob": r.logprob})
+            beam = found[text]
+            results.append({"prompt": text, "tokens": beam.tokens, "finish_reason": beam.finish_reason,
+                            "logprob": beam.logprob})
     elif stream:
         for i, (text, p) in enumerate(zip(texts, ids)):
             params = dataclasses.replace(base, seed=cfg.seed + i)

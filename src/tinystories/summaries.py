@@ -31,10 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin
 
-import torch
-
 from tinystories.errors import UserError
-from tinystories.model import GPT, ModelConfig
+from tinystories.flops import count_params, flops_per_token
+from tinystories.model import ModelConfig
 from tinystories.rundir import ENV_FILE, METRICS_FILE, RunConfig, read_config
 
 T = TypeVar("T")
@@ -159,11 +158,8 @@ class ModelSizes:
 
 
 def model_sizes(cfg: ModelConfig) -> ModelSizes:
-    """Parameter and FLOP counts of the model `cfg` describes (built on the meta device: no memory, no weights)."""
-    # The counting lives on the model class for now; it needs no weights.
-    with torch.device("meta"):
-        model = GPT(cfg)
-    return ModelSizes(model.num_params(), model.num_params(True), model.flops_per_token())
+    """Parameter and FLOP counts of the model `cfg` describes (counted from the config: no model is built)."""
+    return ModelSizes(count_params(cfg), count_params(cfg, True), flops_per_token(cfg))
 
 
 @dataclass

@@ -34,7 +34,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm  # type: ignore[import-untyped]
 
-from tinystories import rundir
+from tinystories import flops, rundir
 from tinystories.data.loader import Layout, TrainBatches, to_device, val_windows
 from tinystories.data.shards import Dataset, open_dataset
 from tinystories.errors import UserError
@@ -131,7 +131,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype = torch.float32) -> floa
 
 def train_flops_per_token(model: Any, seq_len: int) -> float:
     """Forward + backward FLOPs per training token at `seq_len` (the model's own count)."""
-    return float(model.flops_per_token(seq_len))
+    return flops.flops_per_token(model.config, seq_len)
 
 
 # --- one step -------------------------------------------------------------------

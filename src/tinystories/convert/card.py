@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from tinystories.errors import UserError
-from tinystories.model import ModelConfig, count_params
+from tinystories.flops import count_params
+from tinystories.model import ModelConfig
 from tinystories.rundir import read_config
 
 

@@ -28,6 +28,7 @@ from tinystories.convert.llama2c import BOS_ID, llama2c_v0_bytes, read_llama2c
 from tinystories.data.llama2c_tokenizer import tokenizer_to_llama2c
 from tinystories.data.tokenizer import load_tokenizer, tokenizer_in_folder
 from tinystories.errors import UserError
+from tinystories.flops import count_params
 from tinystories.io import (
     atomic_folder,
     atomic_write_bytes,
@@ -35,7 +36,7 @@ from tinystories.io import (
     atomic_write_text,
     sha256_file,
 )
-from tinystories.model import GPT, ModelConfig, count_params
+from tinystories.model import GPT, ModelConfig
 from tinystories.rundir import is_run, load_run, save_checkpoint, write_config, write_env
 
 

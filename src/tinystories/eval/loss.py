@@ -35,7 +35,8 @@ from tinystories.data.shards import is_dataset, open_dataset
 from tinystories.data.stories import SEPARATOR, read_source, resolve
 from tinystories.errors import UserError
 from tinystories.io import atomic_write_json
-from tinystories.model import GPT, IGNORE_INDEX
+from tinystories.loss import IGNORE_INDEX
+from tinystories.model import GPT
 from tinystories.options import RunOptions
 from tinystories.rundir import load_run, with_device
 

@@ -53,7 +53,7 @@ from tinystories.data.stories import json_lines
 from tinystories.errors import UserError
 from tinystories.eval.loss import target_logprobs
 from tinystories.io import atomic_save, atomic_write_json, sha256_file
-from tinystories.model import IGNORE_INDEX
+from tinystories.loss import IGNORE_INDEX
 from tinystories.options import RunOptions
 from tinystories.rundir import (
     MODEL_FILE,
