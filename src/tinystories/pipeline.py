@@ -226,9 +226,6 @@ def _synth_config(p: Pipeline) -> SynthConfig:
     return build(SynthConfig, {**p.section("synth"), "out": str(p.corpus)})
 
 
-LLM_JOB_SETTINGS = ("budget_usd", "concurrency", "rpm", "tpm", "timeout", "retries", "retry_base", "api_key_env")
-"""Settings of an LLM synth job that only pace or stop it: changing them continues the job."""
-
 
 def _synth_txt(p: Pipeline) -> Path:
     return p.corpus / "stories.txt"
@@ -556,7 +553,8 @@ STAGES: tuple[Stage, ...] = (
         run=_run_synth,
         fingerprint=lambda p: _fingerprint_file(_synth_txt(p)),
         clean=_clean_synth,
-        resume_config=lambda p: _asdict(_synth_config(p), ("out", "resume", "progress", *LLM_JOB_SETTINGS)),
+        # The job's pacing, budget and paths are operational (config metadata): changing them continues it.
+        resume_config=lambda p: result_fields(_synth_config(p)),
     ),
     Stage(
         "tokenize",
