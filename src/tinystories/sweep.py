@@ -198,7 +198,7 @@ def grid_points(cfg: SweepConfig) -> list[Point]:
     axes = parse_grid(cfg.grid)
     # Names carry the axes that vary; a single-valued key (e.g. n_head=4) applies to all points alike.
     named = [k for k, vals in axes if len(vals) > 1] or [k for k, _ in axes]
-    points = []
+    points: list[Point] = []
     for combo in itertools.product(*(vals for _, vals in axes)):
         values = dict(zip((k for k, _ in axes), combo))
         shape = "-".join(_label(k, values[k]) for k in named)
