@@ -67,6 +67,13 @@ def _panels(plt: Any, n: int, cols: int = 4, size: tuple[float, float] = (3.4, 2
     return fig, flat[:n]
 
 
+def _style(ax: Any, title: str, xlabel: str) -> None:
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+
+
 def _yerr(rows: list[dict[str, Any]], score: str) -> list[list[float]] | None:
     lo = [r.get(f"{score}_lo") for r in rows]
     hi = [r.get(f"{score}_hi") for r in rows]
@@ -98,10 +105,8 @@ def _scores_vs_params(plots: _Plots, shapes: list[dict[str, Any]], scores: list[
                 ax.errorbar([r["non_embedding_params"]], [r[score]], yerr=_yerr([r], score), fmt="o", ms=4,
                             capsize=3, color=cmap(names.index(r["shape"])))
         _log_x(ax)
-        ax.set_title(_label(score) + (" (lower is better)" if score in SCORES_LOWER_BETTER else ""), fontsize=9)
-        ax.set_xlabel("non-embedding parameters", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
+        _style(ax, _label(score) + (" (lower is better)" if score in SCORES_LOWER_BETTER else ""),
+               "non-embedding parameters")
     fig.tight_layout()
     _shape_legend(plt, fig, names)
     plots.save(fig, "scores_vs_params", "Every score against non-embedding parameters: one dot per shape (mean "
@@ -158,6 +163,17 @@ def _frontier(plots: _Plots, curves: dict[str, dict[str, Any]], shapes: list[str
                "the lowest loss any point reached with at most that much compute.")
 
 
+def _accuracy(curve: list[dict[str, Any]], key: str) -> list[tuple[dict[str, Any], float]]:
+    """(checkpoint entry, log-likelihood accuracy of `key`: "all" or a category) along a probes curve."""
+    out = []
+    for e in curve:
+        ll = e.get("log_likelihood") or {}
+        block = ll if key == "all" else ll.get(key) or {}
+        if _is_num(block.get("accuracy")):
+            out.append((e, float(block["accuracy"])))
+    return out
+
+
 def _scores_vs_flops(plots: _Plots, curves: dict[str, dict[str, Any]], shapes: list[str]) -> None:
     plt = pyplot()
     keys = ["all", *CATEGORIES]
@@ -165,18 +181,10 @@ def _scores_vs_flops(plots: _Plots, curves: dict[str, dict[str, Any]], shapes: l
     cmap = plt.get_cmap("viridis", max(2, len(shapes)))
     for ax, key in zip(axes, keys):
         for c in curves.values():
-            pts = []
-            for e in c["curve"]:
-                ll = e.get("log_likelihood") or {}
-                block = ll if key == "all" else ll.get(key) or {}
-                if _is_num(block.get("accuracy")) and _is_num(e.get("tokens")):
-                    pts.append((c["fpt"] * e["tokens"], block["accuracy"]))
+            pts = [(c["fpt"] * e["tokens"], acc) for e, acc in _accuracy(c["curve"], key) if _is_num(e.get("tokens"))]
             if pts:
                 ax.plot(*zip(*pts), marker=".", lw=0.8, color=cmap(shapes.index(c["shape"])))
-        ax.set_title(f"probes: {key}", fontsize=9)
-        ax.set_xlabel("training FLOPs", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
+        _style(ax, f"probes: {key}", "training FLOPs")
     fig.tight_layout()
     _shape_legend(plt, fig, shapes)
     plots.save(fig, "scores_vs_flops", "Probe accuracy at each evaluated checkpoint against the training FLOPs "
@@ -201,12 +209,13 @@ def _heatmaps(plots: _Plots, shapes: list[dict[str, Any]], scores: list[str], ax
     ys = sorted({r[yk] for r in shapes}, key=_sort_key)
     fig, axes = _panels(plt, len(scores), size=(3.4, 2.9))
     for ax, score in zip(axes, scores):
-        grid = [[math.nan] * len(xs) for _ in ys]
+        cells: dict[tuple[int, int], list[float]] = {}
         for r in shapes:
-            if _is_num(r.get(score)):
-                # Extra grid keys (a third axis) are averaged into the cell.
-                cell = grid[ys.index(r[yk])][xs.index(r[xk])]
-                grid[ys.index(r[yk])][xs.index(r[xk])] = r[score] if math.isnan(cell) else (cell + r[score]) / 2
+            if _is_num(r.get(score)):  # extra grid keys (a third axis) are averaged into the cell
+                cells.setdefault((ys.index(r[yk]), xs.index(r[xk])), []).append(r[score])
+        grid = [[math.nan] * len(xs) for _ in ys]
+        for (i, j), vals in cells.items():
+            grid[i][j] = sum(vals) / len(vals)
         cmap = "viridis_r" if score in SCORES_LOWER_BETTER else "viridis"  # bright = better
         im = ax.imshow(grid, cmap=cmap, aspect="auto", origin="lower")
         for i in range(len(ys)):
@@ -238,20 +247,12 @@ def _emergence(plots: _Plots, curves: dict[str, dict[str, Any]], shapes: list[st
         points = [c for c in curves.values() if c["shape"] == shape]
         for k, c in enumerate(points):
             for key, color in colors.items():
-                pts = []
-                for e in c["curve"]:
-                    ll = e.get("log_likelihood") or {}
-                    block = ll if key == "all" else ll.get(key) or {}
-                    if _is_num(block.get("accuracy")):
-                        pts.append((e["step"], block["accuracy"]))
+                pts = [(e["step"], acc) for e, acc in _accuracy(c["curve"], key)]
                 if pts:
                     ax.plot(*zip(*pts), color=color, ls="-" if k == 0 else "--", marker=".", lw=1,
                             label=key if k == 0 else None)
-        ax.set_title(shape, fontsize=9)
-        ax.set_xlabel("training step", fontsize=8)
+        _style(ax, shape, "training step")
         ax.set_ylim(0.2, 0.8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
     if axes:
         axes[0].legend(fontsize=6, loc="upper left")
     fig.tight_layout()
