@@ -52,6 +52,7 @@ from typing import Any
 from tinystories.config import OPERATIONAL, build, parse_count, parse_duration, result_fields
 from tinystories.errors import UserError
 from tinystories.io import atomic_write_json, atomic_write_text
+from tinystories.sweep_report import score_columns, write_report
 
 SPEC_FILE = "sweep.json"
 POINTS_DIR = "points"
@@ -478,11 +479,9 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
     points = grid_points(cfg)
     out = Path(cfg.out)
     if cfg.report:
-        from tinystories.sweep_report import write_report
-
         results = write_results(cfg, points)
         return {"out": str(out), "points": len(points), "finished": results["finished"],
-                **write_report(out, results)}
+                **write_report(out, results, out / POINTS_DIR)}
     _check_points(cfg, points)
     if not (out / SPEC_FILE).is_file():
         atomic_write_json(out / SPEC_FILE, {"settings": result_fields(cfg),
@@ -550,9 +549,6 @@ def point_row(cfg: SweepConfig, point: Point) -> dict[str, Any] | None:
     return row
 
 
-SCORES_LOWER_BETTER = ("val_loss", "val_bpb", "real_loss", "real_bpb", "train_loss")
-
-
 def shape_rows(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
     """Rows averaged over seeds, per shape: each score's mean, and an interval.
 
@@ -582,18 +578,6 @@ def shape_rows(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, An
                 agg[f"{score}_lo"], agg[f"{score}_hi"] = (min(present), max(present)) if present else (None, None)
         out.append(agg)
     return out
-
-
-def score_columns(rows: list[dict[str, Any]]) -> list[str]:
-    """The score columns of results rows (losses, probe accuracies, judge scores), in column order."""
-    names: list[str] = []
-    for r in rows:
-        for k in r:
-            if k in names or k.endswith(("_lo", "_hi", "_n")):
-                continue
-            if k in SCORES_LOWER_BETTER or k.startswith(("probes", "greedy", "judge_")):
-                names.append(k)
-    return names
 
 
 def _mean(vals: list[Any]) -> Any:

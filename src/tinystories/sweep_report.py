@@ -21,11 +21,24 @@ from typing import Any
 from tinystories.io import atomic_write_bytes, atomic_write_text
 from tinystories.report.html import Raw, details, esc, how_to_read, num, page, pct, table
 from tinystories.report.plots import palette_png, pyplot
-from tinystories.sweep import POINTS_DIR, SCORES_LOWER_BETTER, score_columns
 
 PLOTS_DIR = "plots"
+SCORES_LOWER_BETTER = ("val_loss", "val_bpb", "real_loss", "real_bpb", "train_loss")
+"""The score columns where lower is better (colour scales and titles turn with them)."""
 CATEGORIES = ("fact", "reasoning", "context")
 """The probe categories whose per-checkpoint accuracy the probes stage records (its `curve`)."""
+
+
+def score_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The score columns of results rows (losses, probe accuracies, judge scores), in column order."""
+    names: list[str] = []
+    for r in rows:
+        for k in r:
+            if k in names or k.endswith(("_lo", "_hi", "_n")):
+                continue
+            if k in SCORES_LOWER_BETTER or k.startswith(("probes", "greedy", "judge_")):
+                names.append(k)
+    return names
 
 
 def _is_num(v: Any) -> bool:
@@ -113,11 +126,11 @@ def _scores_vs_params(plots: _Plots, shapes: list[dict[str, Any]], scores: list[
                "over seeds); bars: probes 95% Wilson interval pooled over seeds, losses lowest-highest seed.")
 
 
-def _point_curves(out: Path, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def _point_curves(points_dir: Path, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per point: its training-loss trajectory [(flops, loss)] and its probe curve (from eval/probes.json)."""
     curves: dict[str, dict[str, Any]] = {}
     for r in rows:
-        run = out / POINTS_DIR / r["point"]
+        run = points_dir / r["point"]
         fpt = float(r.get("flops_per_token") or 0)
         loss: list[tuple[float, float]] = []
         metrics = run / "metrics.jsonl"
@@ -276,8 +289,9 @@ def results_table(rows: list[dict[str, Any]], scores: list[str], first: str = "s
     return table(body, header, "fig")
 
 
-def write_report(out: Path, results: dict[str, Any]) -> dict[str, Any]:
-    """plots/*.png and report.html in the sweep folder from `results` (as `sweep.write_results` returns it)."""
+def write_report(out: Path, results: dict[str, Any], points_dir: Path) -> dict[str, Any]:
+    """plots/*.png and report.html in the sweep folder `out` from `results` (as `sweep.write_results` returns
+    it) and the points' run folders under `points_dir` (their training losses and probe curves)."""
     out = Path(out)
     rows, shapes = results["points"], results["shapes"]
     scores = score_columns(rows)
@@ -285,7 +299,7 @@ def write_report(out: Path, results: dict[str, Any]) -> dict[str, Any]:
     shapes = sorted(shapes, key=lambda r: shape_names.index(r["shape"]))  # grid order, as the points
     plots = _Plots(out)
     if rows:
-        curves = _point_curves(out, rows)
+        curves = _point_curves(Path(points_dir), rows)
         _scores_vs_params(plots, shapes, scores, shape_names)
         _frontier(plots, curves, shape_names)
         if any(c["curve"] for c in curves.values()):
