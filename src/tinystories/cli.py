@@ -100,6 +100,11 @@ COMMANDS: dict[str, Command] = {
         "old name of `pipeline` (deprecated)",
         deprecated="pipeline",
     ),
+    "sweep": Command(
+        "tinystories.sweep:sweep",
+        "train and grade a grid of model shapes x seeds at one budget (FLOPs, tokens or time); --report for "
+        "the table and plots",
+    ),
     "eval probes": Command(
         "tinystories.eval.probes:evaluate_probes",
         "multiple-choice capability probes (fact / reasoning / context) scored by log-likelihood",
