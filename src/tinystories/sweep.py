@@ -49,10 +49,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from tinystories import rundir
 from tinystories.config import OPERATIONAL, build, parse_count, parse_duration, result_fields
+from tinystories.data.shards import open_dataset
 from tinystories.errors import UserError
+from tinystories.eval.judge import JudgeConfig, evaluate_judge, read_beginnings
+from tinystories.eval.loss import LossConfig, evaluate_loss
+from tinystories.eval.probes import ProbesConfig, evaluate_probes, wilson_interval
+from tinystories.flops import count_params, flops_per_token
 from tinystories.io import atomic_write_json, atomic_write_text
+from tinystories.model import ModelConfig
 from tinystories.sweep_report import score_columns, write_report
+from tinystories.train import TrainConfig, train
+from tinystories.train_setup import build_model_config
 
 SPEC_FILE = "sweep.json"
 POINTS_DIR = "points"
@@ -141,7 +152,6 @@ class Point:
 
 def _field_parser(name: str) -> Any:
     """The value parser of ModelConfig field `name` (UserError for fields a grid cannot vary)."""
-    from tinystories.model import ModelConfig
 
     hints = typing.get_type_hints(ModelConfig)
     names = [f.name for f in dataclasses.fields(ModelConfig)]
@@ -216,8 +226,6 @@ def _point_data(cfg: SweepConfig, point: Point) -> str:
 
 def model_config(cfg: SweepConfig, point: Point) -> Any:
     """The point's ModelConfig (UserError when the shape is not a valid model, e.g. d_model % n_head)."""
-    from tinystories.data.shards import open_dataset
-    from tinystories.train import build_model_config
 
     overrides = {k: v for k, v in point.values.items() if k != GRID_DATA}
     return build_model_config(cfg.preset, overrides, open_dataset(_point_data(cfg, point)).vocab_size)
@@ -225,15 +233,9 @@ def model_config(cfg: SweepConfig, point: Point) -> Any:
 
 def model_counts(model_cfg: Any, seq_len: int) -> dict[str, Any]:
     """Parameters (all, embedding, non-embedding) and training FLOPs per token, from the model's own count."""
-    import torch
-
-    from tinystories.model import GPT
-
-    with torch.device("meta"):  # shapes only: no memory, no init time
-        model = GPT(model_cfg)
-    total, non_emb = model.num_params(), model.num_params(non_embedding=True)
+    total, non_emb = count_params(model_cfg), count_params(model_cfg, non_embedding=True)
     return {"params": total, "embedding_params": total - non_emb, "non_embedding_params": non_emb,
-            "flops_per_token": model.flops_per_token(seq_len)}
+            "flops_per_token": flops_per_token(model_cfg, seq_len)}
 
 
 def train_settings(cfg: SweepConfig, point: Point, run: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -338,8 +340,6 @@ def _cli_args(values: dict[str, Any], prefix: str = "") -> list[str]:
 
 
 def _stage_train(cfg: SweepConfig, point: Point, run: Path) -> dict[str, Any]:
-    from tinystories import rundir
-    from tinystories.train import TrainConfig, train
 
     values, overrides = train_settings(cfg, point, run)
     if rundir.latest_checkpoint(run) is not None:
@@ -365,7 +365,6 @@ def _stage_train(cfg: SweepConfig, point: Point, run: Path) -> dict[str, Any]:
 
 
 def _summary_from_run(run: Path) -> dict[str, Any]:
-    from tinystories import rundir
 
     ckpt = rundir.latest_checkpoint(run)
     if ckpt is None:
@@ -393,7 +392,6 @@ def _loss_brief(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stage_eval(cfg: SweepConfig, point: Point, run: Path) -> dict[str, Any]:
-    from tinystories.eval.loss import LossConfig, evaluate_loss
 
     common = {"run": str(run), "max_stories": cfg.eval_stories, "device": cfg.device, "write": False}
     out: dict[str, Any] = {}
@@ -409,8 +407,6 @@ def _stage_eval(cfg: SweepConfig, point: Point, run: Path) -> dict[str, Any]:
 
 
 def _stage_probes(cfg: SweepConfig, point: Point, run: Path) -> dict[str, Any]:
-    from tinystories import rundir
-    from tinystories.eval.probes import ProbesConfig, evaluate_probes
 
     several = len(rundir.list_checkpoints(run)) > 1
     procedural = "procedural" in cfg.probe_sets
@@ -423,7 +419,6 @@ def _stage_probes(cfg: SweepConfig, point: Point, run: Path) -> dict[str, Any]:
 
 def judge_prompts(cfg: SweepConfig, out: Path) -> Path:
     """A file with the first `judge_beginnings` built-in beginnings (the same small subset for every point)."""
-    from tinystories.eval.judge import read_beginnings
 
     beginnings, _ = read_beginnings(None)
     path = out / "judge_beginnings.jsonl"
@@ -434,7 +429,6 @@ def judge_prompts(cfg: SweepConfig, out: Path) -> Path:
 
 
 def _stage_judge(cfg: SweepConfig, point: Point, run: Path) -> dict[str, Any]:
-    from tinystories.eval.judge import JudgeConfig, evaluate_judge
 
     result = evaluate_judge(build(JudgeConfig, {
         "run": str(run), "judge_model": cfg.judge_model, "base_url": cfg.judge_base_url,
@@ -465,7 +459,6 @@ def run_point(cfg: SweepConfig, point: Point) -> dict[str, Any]:
 
 
 def _worker(cfg: SweepConfig, point: Point, threads: int) -> str:
-    import torch
 
     torch.set_num_threads(threads)
     run_point(cfg, point)
@@ -556,7 +549,6 @@ def shape_rows(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, An
     pooled count); losses and judge scores give the lowest and highest seed
     (with two seeds a 95% interval on their mean would be uninformative).
     """
-    from tinystories.eval.probes import wilson_interval
 
     out = []
     for shape, group in itertools.groupby(sorted(rows, key=lambda r: r["shape"]), key=lambda r: r["shape"]):
@@ -587,7 +579,6 @@ def _mean(vals: list[Any]) -> Any:
 
 def write_results(cfg: SweepConfig, points: list[Point]) -> dict[str, Any]:
     """results.csv (one row per finished point) and results.json (points, shapes, settings)."""
-    from tinystories.io import atomic_write_text
 
     keys = [k if k != GRID_DATA else GRID_DATA for k, _ in parse_grid(cfg.grid)]
     rows = [r for r in (point_row(cfg, p) for p in points) if r is not None]
