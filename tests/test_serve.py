@@ -549,3 +549,42 @@ def test_text_chunks_are_the_events_sse_writes():
                 delta = {"content": text} if text or finish is None else {}
                 choice = {"index": 3, "delta": delta, "logprobs": None, "finish_reason": finish}
             assert chunks(3, text, finish) == _sse({**meta, "object": obj, "choices": [choice]})
+
+
+# --- the worker's slices ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("slice_s, max_events_per_s, expected", [
+    (10.0, 1e9, [1, 29]),  # a long slice: the first token at once, the rest with the last
+    (0.0, 1.0, [1, 29]),  # a short slice grown by the event budget (2 live jobs at 1 event/s: 2 s)
+    (0.0, 1e9, [1] * 30),  # neither: every step's token goes out after its step
+])
+def test_worker_sends_the_first_token_at_once_and_slices_grow_with_live_jobs(
+        run_dir, slice_s, max_events_per_s, expected):
+    from tinystories.rundir import load_run
+    from tinystories.sample import SampleParams, Sampler
+    from tinystories.serve.engine import Job, Worker
+
+    loaded = load_run(run_dir)
+    prompt = loaded.tokenizer.encode(PROMPT)
+    params = SampleParams(max_new_tokens=30, temperature=0.0, stop_at_eot=False)
+
+    async def run() -> list[list[int]]:
+        worker = Worker({"m": Sampler(loaded.model, 2)}, max_queue=4, slice_s=slice_s,
+                        max_events_per_s=max_events_per_s)
+        worker.start()
+        sizes: list[list[int]] = [[], []]
+        done = asyncio.Event()
+
+        def deliver(i: int, events) -> None:
+            assert not isinstance(events, BaseException)
+            sizes[i].append(len(events))
+            if sum(sizes[0]) == sum(sizes[1]) == 30:
+                done.set()
+
+        worker.submit("m", [Job(prompt, params, lambda ev, i=i: deliver(i, ev)) for i in range(2)])
+        await asyncio.wait_for(done.wait(), timeout=20)
+        worker.stop()
+        return sizes
+
+    assert asyncio.run(run()) == [expected, expected]

@@ -165,6 +165,12 @@ class Sampler:
     is freed at once, and `remove` frees one early. Forwards cover rows
     [0, highest live row], so a full pool runs at full batch and a draining one
     shrinks.
+
+    A prompt's last token is not prefilled: it rides in the next step's
+    decode forward with everyone else's token, and the sequence's first token
+    comes from the step after. A one-token prompt (a story from the start)
+    thus costs no forward of its own, which matters when sequences join a
+    running batch one or two at a time.
     """
 
     def __init__(
@@ -193,7 +199,7 @@ class Sampler:
         self._arange = torch.arange(max_batch, device=self.device)
         self._views: dict[int, KVCache] = {max_batch: self.cache}  # hi -> cache over rows [0, hi)
         self._live = torch.zeros(max_batch, dtype=torch.long, device=self.device)  # 1 = row in use
-        self._fresh: dict[int, torch.Tensor] = {}  # row -> (V,) logits from its prefill
+        self._pending: dict[int, int] = {}  # row -> its prompt's last token, fed by the next step's forward
         self._logits: torch.Tensor | None = None  # (rows, V) from the last step's forward
         self._rows: list[_Seq | None] = [None] * max_batch
         self._seqs: dict[int, _Seq] = {}
@@ -245,20 +251,23 @@ class Sampler:
             self._top_k[row] = prm.top_k
             self._top_p[row] = prm.top_p
             self._live[row] = 1
+            self._pending[row] = prompt[-1]
+            self.cache.lengths[row] = 0
             ids.append(seq.seq_id)
-        # Prefill runs of neighbouring rows together.
-        order = sorted(zip(free, prompts))
+        # All but the last token of each longer prompt; runs of neighbouring rows together.
+        order = sorted((row, p[:-1]) for row, p in zip(free, prompts) if len(p) > 1)
         run: list[tuple[int, Sequence[int]]] = []
         for item in order:
             if run and item[0] != run[-1][0] + 1:
                 self._prefill(run)
                 run = []
             run.append(item)
-        self._prefill(run)
+        if run:
+            self._prefill(run)
         return ids
 
     def _prefill(self, run: list[tuple[int, Sequence[int]]]) -> None:
-        """Right-padded prefill of prompts into rows run[0][0] ... (consecutive rows)."""
+        """Right-padded prefill of token lists into the caches of rows run[0][0] ... (consecutive rows)."""
         start, stop = run[0][0], run[-1][0] + 1
         lengths = [len(p) for _, p in run]
         T = max(lengths)
@@ -270,10 +279,8 @@ class Sampler:
         view.lengths.zero_()
         last = torch.as_tensor(lengths, device=self.device) - 1  # (n,)
         with step_threads(idx.numel() * self._token_flops, self.device):
-            out = next_logits(self.model, idx, view, last)  # (n, V)
+            self.model(idx, logits="none", cache=view)
         view.lengths.copy_(last + 1)  # undo the padding's advance
-        for i, (row, _) in enumerate(run):
-            self._fresh[row] = out[i]
 
     def remove(self, seq_id: int) -> None:
         """Free a sequence's row (a client went away, or it finished); unknown ids are ignored."""
@@ -282,17 +289,20 @@ class Sampler:
             return
         self._rows[seq.row] = None
         self._live_plan = None
-        self._fresh.pop(seq.row, None)
+        self._pending.pop(seq.row, None)
         self._live[seq.row] = 0
         self.cache.lengths[seq.row] = 0
 
     # -- one token for everyone --
 
-    def _next_uniforms(self, plan: _Live) -> torch.Tensor:
-        """One uniform number per row in [0, hi), from each sequence's own generator; (hi,)."""
+    def _next_uniforms(self, plan: _Live, pending: dict[int, int]) -> torch.Tensor:
+        """One uniform number per row in [0, hi), from each sequence's own generator; (hi,).
+
+        Rows in `pending` make no token this step and draw nothing.
+        """
         for seq in plan.drawn:
             # Every live sequence has consumed `generated` numbers; a block is drawn when one runs out.
-            if seq.generated % _UNIFORM_BLOCK == 0:
+            if seq.generated % _UNIFORM_BLOCK == 0 and seq.row not in pending:
                 block = torch.rand(_UNIFORM_BLOCK, generator=seq.generator)
                 self._uniforms[seq.row] = block.to(self.device)
                 self._col[seq.row] = 0
@@ -327,7 +337,10 @@ class Sampler:
         return view
 
     def step(self) -> list[StepEvent]:
-        """Sample one token for each live sequence, then run the forward that prepares the next step."""
+        """Sample one token for each live sequence, then run the forward that prepares the next step.
+
+        A sequence added since the last step makes no token in this one: its prompt's last token is fed now.
+        """
         if not self._seqs:
             return []
         with step_threads(self._plan().hi * self._token_flops, self.device):
@@ -336,19 +349,47 @@ class Sampler:
     @torch.inference_mode()
     def _step(self) -> list[StepEvent]:
         plan = self._plan()
-        logits = self._gather_logits(plan.hi)  # (hi, V)
+        pending, self._pending = self._pending, {}
+        events = []
+        if len(pending) == len(plan.seqs):  # nobody has logits yet: only the forward below
+            tokens = torch.zeros(plan.hi, dtype=torch.long, device=self.device)
+        else:
+            tokens = self._emit(plan, pending, events)
+        if pending:  # the prompts' last tokens go in with everyone else's
+            rows = list(pending)
+            tokens[rows] = torch.tensor([pending[r] for r in rows], device=self.device)
+
+        self._logits = None
+        if self._seqs:
+            hi = self._plan().hi
+            if graphs_wanted(self.device):
+                if self._graph is None or self._graph.stale(self.model):
+                    self._graph = GraphStep(self.model, self.cache)
+                self._logits = self._graph(tokens[:hi])  # (max_batch, V); rows past hi are free
+                self.cache.lengths.mul_(self._live)  # free rows took a dummy token; keep them empty
+                return events
+            view = self._view(hi)
+            self._logits = next_logits(self.model, tokens[:hi, None], view)  # (hi, V)
+            if len(self._seqs) < hi:
+                view.lengths.mul_(self._live[:hi])  # free rows took a dummy token; keep them empty
+        return events
+
+    def _emit(self, plan: _Live, pending: dict[int, int], events: list[StepEvent]) -> torch.Tensor:
+        """Sample the next token of every row but the pending ones, appending their events; tokens (hi,)."""
+        logits = self._gather_logits(plan.hi)  # (hi, V); pending rows' are stale or zero, and unused
         logp = None
         if plan.top_logprobs >= 0:  # before sampling, which overwrites the logits
             logp = torch.log_softmax(fp32(logits), dim=-1)  # (hi, V)
         if plan.all_greedy:
             tokens = logits.argmax(dim=-1)  # (hi,)
         else:
-            tokens = self._sample(logits, plan)
+            tokens = self._sample(logits, plan, pending)
         token_list = tokens.tolist()  # the one host sync of a step
         lps = None if logp is None else self._logprobs(logp, tokens, plan.top_logprobs)
 
-        events = []
         for seq in plan.seqs:
+            if seq.row in pending:
+                continue
             tok = token_list[seq.row]
             seq.generated += 1
             seq.length += 1
@@ -367,21 +408,7 @@ class Sampler:
             events.append(StepEvent(seq.seq_id, tok, reason, lp))
             if reason is not None:
                 self.remove(seq.seq_id)
-
-        self._logits = None
-        if self._seqs:
-            hi = self._plan().hi
-            if graphs_wanted(self.device):
-                if self._graph is None or self._graph.stale(self.model):
-                    self._graph = GraphStep(self.model, self.cache)
-                self._logits = self._graph(tokens[:hi])  # (max_batch, V); rows past hi are free
-                self.cache.lengths.mul_(self._live)  # free rows took a dummy token; keep them empty
-                return events
-            view = self._view(hi)
-            self._logits = next_logits(self.model, tokens[:hi, None], view)  # (hi, V)
-            if len(self._seqs) < hi:
-                view.lengths.mul_(self._live[:hi])  # free rows took a dummy token; keep them empty
-        return events
+        return tokens
 
     @staticmethod
     def _logprobs(logp: torch.Tensor, tokens: torch.Tensor, k: int) -> tuple[list, list, list]:
@@ -393,25 +420,16 @@ class Sampler:
         return chosen, top_ids.tolist(), top_lps.tolist()
 
     def _gather_logits(self, hi: int) -> torch.Tensor:
-        """Next-token logits of rows [0, hi): last step's forward, with freshly prefilled rows patched in."""
+        """Next-token logits of rows [0, hi) from the last step's forward; rows it did not cover are zero."""
         last = self._logits
-        have = 0 if last is None else last.shape[0]
-        if not self._fresh and last is not None and have >= hi:
+        if last is not None and last.shape[0] >= hi:
             return last[:hi]
-        logits = torch.zeros(hi, self._vocab, device=self.device, dtype=self._fresh_dtype())
-        if last is not None and have:
-            logits[: min(have, hi)] = last[:hi]
-        for row, row_logits in self._fresh.items():
-            logits[row] = row_logits
-        self._fresh.clear()
+        logits = torch.zeros(hi, self._vocab, device=self.device, dtype=next(self.model.parameters()).dtype)
+        if last is not None:
+            logits[: last.shape[0]] = last
         return logits
 
-    def _fresh_dtype(self) -> torch.dtype:
-        if self._logits is not None:
-            return self._logits.dtype
-        return next(iter(self._fresh.values())).dtype
-
-    def _sample(self, logits: torch.Tensor, plan: _Live) -> torch.Tensor:
+    def _sample(self, logits: torch.Tensor, plan: _Live, pending: dict[int, int]) -> torch.Tensor:
         """Sampled tokens for rows [0, hi), greedy rows keeping their argmax; (hi,). Overwrites `logits`."""
         hi = plan.hi
         greedy = None
@@ -421,7 +439,7 @@ class Sampler:
         if plan.tempered:
             scaled = scaled.div_(self._temperature[:hi, None])
         w = token_weights(scaled, self._top_k[:hi], self._top_p[:hi], plan.filtered)
-        sampled = draw(w, self._next_uniforms(plan))  # (hi,)
+        sampled = draw(w, self._next_uniforms(plan, pending))  # (hi,)
         if greedy is not None:
             sampled = torch.where(greedy[0], greedy[1], sampled)
         return sampled

@@ -128,7 +128,7 @@ def _load(state: State, loop: asyncio.AbstractEventLoop) -> None:
         # Everything loaded so far (torch, the models) lives as long as the server: moved out of the
         # garbage collector's way, a full collection under load takes a few ms instead of ~0.1 s.
         gc.freeze()
-        worker = Worker(samplers, state.cfg.max_queue, state.cfg.step_slice_ms / 1000)
+        worker = Worker(samplers, state.cfg.max_queue, state.cfg.step_slice_ms / 1000, state.cfg.max_events_per_s)
         worker.start()
         state.worker = worker
         log.info("serving %s", ", ".join(state.models))
@@ -421,6 +421,7 @@ class Api:
                                         "finish_reason": None}))
             if first:
                 yield "".join(first)
+            out: list[str] = []
             while any(c.finish is None for c in choices):
                 items = [await queue.get()]
                 while not queue.empty():  # a slow reader gets what piled up in one write
@@ -431,7 +432,7 @@ class Api:
                         self._feed(worker, jobs, choices, i, events)
                         touched[i] = choices[i]
                 except ApiError as e:
-                    yield _sse(e.body())
+                    out = [_sse(e.body())]
                     break
                 out = []
                 for c in touched.values():
@@ -449,11 +450,14 @@ class Api:
                         delta = {"content": text} if text or c.finish is None else {}
                         out.append(chunk({"index": c.index, "delta": delta, "logprobs": lp,
                                           "finish_reason": c.finish}))
-                if out:
+                if out and any(c.finish is None for c in choices):
                     yield "".join(out)
+                    out = []
+            # The last tokens, the usage and [DONE] in one write: under load every write costs the same.
             if include_usage:
-                yield _sse({**meta, "object": obj, "choices": [], "usage": self._usage(choices, prompt_tokens)})
-            yield "data: [DONE]\n\n"
+                out.append(_sse({**meta, "object": obj, "choices": [], "usage": self._usage(choices, prompt_tokens)}))
+            out.append("data: [DONE]\n\n")
+            yield "".join(out)
         finally:  # also when the client went away: its rows are freed before the next step
             worker.cancel([j for j, c in zip(jobs, choices) if c.finish is None or j.seq_id is not None])
 

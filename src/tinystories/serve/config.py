@@ -40,7 +40,9 @@ class ServeConfig:
     max_body_bytes: int = field(default=1_000_000, metadata=AT_LEAST_1)
     """Largest request body; more gets 413."""
     step_slice_ms: float = 20.0
-    """Decode steps run for up to this long before the server sends what they made (longer: more tokens per event)."""
+    """Decode steps run for at least this long before the server sends what they made (longer: more tokens per event)."""
+    max_events_per_s: float = field(default=1600.0, metadata={"min": 1})
+    """Stream events sent per second in all, at most: with many live streams the slice grows to keep under it."""
     log_level: str = "info"
     """uvicorn's log level (critical, error, warning, info, debug)."""
 

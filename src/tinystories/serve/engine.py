@@ -5,8 +5,9 @@ Requests never run a forward themselves. Each choice of a request becomes a
 moves waiting jobs into free cache rows (continuous batching: they join the
 running batch), runs one `Sampler.step` per model with live sequences, and
 gathers each job's tokens; at the end of a time slice every job gets the
-tokens of that slice at once (a job that ends, at its last step). A finished or cancelled job leaves the batch at
-once, so its row is free for the next step. Everything runs on the event
+tokens of that slice at once (its first token and its last, right after their
+step). A finished or cancelled job leaves the batch at once, so its row is
+free for the next step. Everything runs on the event
 loop's thread, so a model is only ever used by one thread.
 """
 
@@ -35,8 +36,10 @@ class Job:
     prompt: list[int]
     params: SampleParams
     deliver: Callable[[list[StepEvent] | BaseException], None]
-    """Called with the job's token events of each slice (those of its last step at once), or the error that ended it."""
+    """Called with the job's token events of each slice (its first and last at once), or the error that ended it."""
     cancelled: bool = False
+    started: bool = False
+    """Whether the job's first token has been delivered."""
     seq_id: int | None = None
     pending: list[StepEvent] = field(default_factory=list)
     """Events made in this slice, not yet delivered."""
@@ -60,12 +63,17 @@ class Worker:
     batch at once), and only then hands each job the tokens of the slice: each
     stream sends them in one event, so the cost of an event (JSON, a socket
     write, waking the stream's task) is shared by all the tokens of a slice.
+    That cost is the same whatever the event carries, so with many live jobs
+    the slice grows (`max_events_per_s`): the HTTP side's share of the time
+    stays bounded, and the batch's steps keep the rest.
     """
 
-    def __init__(self, samplers: dict[str, Sampler], max_queue: int, slice_s: float = 0.02):
+    def __init__(self, samplers: dict[str, Sampler], max_queue: int, slice_s: float = 0.02,
+                 max_events_per_s: float = 1600.0):
         self.models = {name: _Model(s) for name, s in samplers.items()}
         self.max_queue = max_queue
         self.slice_s = slice_s
+        self.max_events_per_s = max_events_per_s
         self._cancelled: list[Job] = []
         self._ready: list[Job] = []  # jobs with pending events, in the order they got their first
         self._wake = asyncio.Event()
@@ -108,7 +116,9 @@ class Worker:
             if not self._busy():
                 self._wake.clear()
                 await self._wake.wait()
-            deadline = time.perf_counter() + self.slice_s
+            # At least slice_s, and long enough that each live job's one event per slice keeps the
+            # events under max_events_per_s (64 jobs at the defaults: 40 ms).
+            deadline = time.perf_counter() + max(self.slice_s, self.live() / self.max_events_per_s)
             while self._busy():
                 self._free_cancelled()
                 for name, m in self.models.items():
@@ -167,6 +177,12 @@ class Worker:
                 events.append(ev)
                 if not job.cancelled:
                     job.deliver(events)
+                continue
+            if not job.started:
+                # The first token goes out at once too: time to first token is a step or two, not a slice.
+                job.started = True
+                if not job.cancelled:
+                    job.deliver([ev])
                 continue
             if not job.pending:
                 ready.append(job)
