@@ -275,7 +275,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=200, help="new tokens per request at most (llama-15m: 256 ctx)")
     ap.add_argument("--max-requests", type=int, default=100_000, help="requests per load at most")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads of the server and the library sampler")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the server and the library sampler")
     ap.add_argument("--models", default="stories260K,llama-15m")
     ap.add_argument("--slice-ms", type=float, help="the server's --step-slice-ms (default: its own)")
     ap.add_argument("--out", default=str(RESULTS))

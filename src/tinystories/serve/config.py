@@ -41,7 +41,7 @@ class ServeConfig:
     """Largest request body; more gets 413."""
     step_slice_ms: float = 20.0
     """Decode steps run for at least this long before the server sends what they made (longer: more tokens per event)."""
-    max_events_per_s: float = field(default=1600.0, metadata={"min": 1})
+    max_events_per_s: float = field(default=1000.0, metadata={"min": 1})
     """Stream events sent per second in all, at most: with many live streams the slice grows to keep under it."""
     log_level: str = "info"
     """uvicorn's log level (critical, error, warning, info, debug)."""

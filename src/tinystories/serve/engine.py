@@ -69,7 +69,7 @@ class Worker:
     """
 
     def __init__(self, samplers: dict[str, Sampler], max_queue: int, slice_s: float = 0.02,
-                 max_events_per_s: float = 1600.0):
+                 max_events_per_s: float = 1000.0):
         self.models = {name: _Model(s) for name, s in samplers.items()}
         self.max_queue = max_queue
         self.slice_s = slice_s
@@ -117,7 +117,7 @@ class Worker:
                 self._wake.clear()
                 await self._wake.wait()
             # At least slice_s, and long enough that each live job's one event per slice keeps the
-            # events under max_events_per_s (64 jobs at the defaults: 40 ms).
+            # events under max_events_per_s (64 jobs at the defaults: 64 ms).
             deadline = time.perf_counter() + max(self.slice_s, self.live() / self.max_events_per_s)
             while self._busy():
                 self._free_cancelled()
