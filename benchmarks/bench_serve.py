@@ -220,16 +220,38 @@ def _free_port() -> int:
 
 
 def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its live descendants (the server's engine process)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(FileNotFoundError):
+                total += _cpu_s(int(child))
+    return total
+
+
+def _cpu_split(pid: int) -> dict[str, float]:
+    """CPU seconds of the server process itself and of each named descendant (the engine)."""
+    out = {"http": _own_cpu_s(pid)}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(FileNotFoundError):
+                out["engine"] = out.get("engine", 0.0) + _cpu_s(int(child))
+    return out
+
+
+def _own_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
-def server(run: Path, streams: int, threads: int, slice_ms: float | None = None):
+def server(run: Path, streams: int, threads: int, slice_ms: float | None = None, engine: str = "process"):
     port = _free_port()
     env = _env() | {"OMP_NUM_THREADS": str(threads)}  # torch's threads, as the library side sets them
     proc = subprocess.Popen(_tinystories("serve", "--run", str(run), "--port", str(port), "--max-streams",
                                          str(streams), "--max-queue", "1024", "--log-level", "warning",
+                                         "--engine", engine,
                                          *(["--step-slice-ms", str(slice_ms)] if slice_ms else [])),
                             env=env)
     try:
@@ -253,7 +275,7 @@ def server(run: Path, streams: int, threads: int, slice_ms: float | None = None)
 
 
 def load(proc: subprocess.Popen, port: int, model: str, clients: int, seconds: float, max_tokens: int) -> dict:
-    cpu0 = _cpu_s(proc.pid)
+    cpu0 = _cpu_split(proc.pid)
     t0 = time.perf_counter()
     gen = subprocess.run([sys.executable, __file__, "--client", "--port", str(port), "--model", model,
                           "--clients", str(clients), "--seconds", str(seconds), "--max-tokens", str(max_tokens)],
@@ -262,8 +284,11 @@ def load(proc: subprocess.Popen, port: int, model: str, clients: int, seconds: f
         raise RuntimeError(gen.stderr)
     out = json.loads(gen.stdout)
     wall = time.perf_counter() - t0
-    out["server_cpu_s"] = round(_cpu_s(proc.pid) - cpu0, 2)
+    cpu1 = _cpu_split(proc.pid)
+    split = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
+    out["server_cpu_s"] = round(sum(split.values()), 2)
     out["cpu_cores"] = {"server": round(out["server_cpu_s"] / wall, 2),
+                        **{f"server_{k}": round(v / wall, 2) for k, v in split.items()},
                         "load_generator": round(out["loadgen_cpu_s"] / wall, 2)}
     return out
 
@@ -278,6 +303,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the server and the library sampler")
     ap.add_argument("--models", default="stories260K,llama-15m")
     ap.add_argument("--slice-ms", type=float, help="the server's --step-slice-ms (default: its own)")
+    ap.add_argument("--engine", default="process", choices=["process", "inline"], help="the server's --engine")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -298,7 +324,7 @@ def main() -> None:
             uptime = [os.getloadavg()[0]]
             before = sample_rate(run, args.clients, args.max_tokens, args.threads)
             sample_one = sample_rate(run, 1, args.max_tokens, args.threads)
-            with server(run, args.clients, args.threads, args.slice_ms) as (proc, port):
+            with server(run, args.clients, args.threads, args.slice_ms, args.engine) as (proc, port):
                 many = load(proc, port, name, args.clients, args.seconds, args.max_tokens)
                 one = load(proc, port, name, 1, args.one_seconds, args.max_tokens)
             after = sample_rate(run, args.clients, args.max_tokens, args.threads)
@@ -329,6 +355,7 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": args.threads,
         "step_slice_ms": args.slice_ms,
+        "engine": args.engine,
         "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
         "targets": {"batched_vs_one_client": ">= 8 (stories260K)", "server_vs_sample": ">= 0.8"},
         "cases": cases,
@@ -337,7 +364,7 @@ def main() -> None:
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print("| model | clients | server tok/s | errors | TTFT p50 / p99 ms | event gap p50 / p99 ms | tokens/event "
           "| one client tok/s | batched / one | sample x64 tok/s | server / sample | sample x64 / x1 "
-          "| CPU server / loadgen |")
+          "| CPU server (HTTP + engine) / loadgen |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c in cases:
         s, o = c["server"], c["one_client"]
@@ -345,7 +372,8 @@ def main() -> None:
               f"{s['ttft_ms']['p50']} / {s['ttft_ms']['p99']} | {s['event_gap_ms']['p50']} / "
               f"{s['event_gap_ms']['p99']} | {s['tokens_per_event']} | {o['tokens_per_s']:,.0f} | "
               f"{c['batched_vs_one_client']}x | {statistics.mean(c['sample_64_streams_tokens_per_s']):,.0f} | "
-              f"{c['server_vs_sample']:.0%} | {c['sample_64_vs_1']}x | {s['cpu_cores']['server']} / {s['cpu_cores']['load_generator']} |")
+              f"{c['server_vs_sample']:.0%} | {c['sample_64_vs_1']}x | {s['cpu_cores']['server']} ({s['cpu_cores']['server_http']} + "
+              f"{s['cpu_cores'].get('server_engine', 0)}) / {s['cpu_cores']['load_generator']} |")
 
 
 if __name__ == "__main__":

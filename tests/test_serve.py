@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import http.client
 import json
+import multiprocessing
 import os
 import socket
 import threading
@@ -71,16 +72,30 @@ def request(port: int, method: str, path: str, body: object = None, key: str | N
     return resp.status, json.loads(text) if text else {}
 
 
-@pytest.fixture(scope="module")
-def port(run_dir):
+@contextlib.contextmanager
+def serving(run_dir, engine: str):
     os.environ[KEY_ENV] = KEY
     cfg = ServeConfig(run=(str(run_dir),), api_key_env=KEY_ENV, max_streams=4, max_queue=16, max_n=4,
-                      max_tokens=600, max_body_bytes=100_000)
+                      max_tokens=600, max_body_bytes=100_000, engine=engine)
     try:
         with server(cfg) as p:
             yield p
     finally:
-        del os.environ[KEY_ENV]
+        os.environ.pop(KEY_ENV, None)
+
+
+@pytest.fixture(scope="module")
+def port(run_dir):
+    """The server as it runs by default: the model steps in an engine process of its own."""
+    with serving(run_dir, "process") as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def inline_port(run_dir):
+    """The server with the model stepping on its own event loop (--engine inline): tests can patch the sampler."""
+    with serving(run_dir, "inline") as p:
+        yield p
 
 
 def greedy(port: int, prompt: str = PROMPT, max_tokens: int = 120, **extra) -> dict:
@@ -306,8 +321,10 @@ def _hang_up_and_see_rows_freed(sock: socket.socket, port: int) -> float:
     return t0
 
 
-def test_client_disconnecting_mid_stream_frees_its_row(port, monkeypatch):
+def test_client_disconnecting_mid_stream_frees_its_row(inline_port, monkeypatch):
     from tinystories.sample import Sampler
+
+    port = inline_port
 
     step = Sampler.step
 
@@ -353,7 +370,14 @@ async def _post(port: int, body: dict) -> int:
     return int(answer.split(b" ", 2)[1])
 
 
-def test_200_requests_against_a_queue_of_16(port):
+@pytest.fixture(params=["process", "inline"])
+def either_port(request):
+    """Each engine's server in turn."""
+    return request.getfixturevalue("port" if request.param == "process" else "inline_port")
+
+
+def test_200_requests_against_a_queue_of_16(either_port):
+    port = either_port
     before = greedy(port)
 
     async def flood() -> list[int]:
@@ -449,7 +473,8 @@ def test_playground_in_headless_chromium(run_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(Sampler, "step", slow_step)
     shots = Path(os.environ.get("TINYSTORIES_SCREENSHOT_DIR", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
-    with server(ServeConfig(run=(str(run_dir),))) as port:
+    # Inline: the patched step runs in this process (the page is the same with either engine).
+    with server(ServeConfig(run=(str(run_dir),), engine="inline")) as port:
         browser = Chromium(exe, tempfile.mkdtemp(dir=tmp_path))
         try:
             target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
@@ -588,3 +613,38 @@ def test_worker_sends_the_first_token_at_once_and_slices_grow_with_live_jobs(
         return sizes
 
     assert asyncio.run(run()) == [expected, expected]
+
+
+# --- the engine process -------------------------------------------------------------------------
+
+
+def test_engine_process_dying_fails_its_streams_and_health(run_dir):
+    """A crashed engine: a live stream ends with an error event, then /health and new requests say 503."""
+    before = set(multiprocessing.active_children())
+    with serving(run_dir, "process") as port:
+        engines = [p for p in set(multiprocessing.active_children()) - before if p.name == "tinystories-engine"]
+        assert len(engines) == 1
+        sock = socket.create_connection(("127.0.0.1", port))
+        body = json.dumps({"model": "s260k", "prompt": PROMPT, "max_tokens": 500, "n": 4, "stream": True,
+                           "stop": "no such stop"}).encode()  # 4 x 500 tokens: far longer than the kill takes
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer "
+                     + KEY.encode() + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        got = b""
+        while b"data: " not in got:
+            got += sock.recv(65536)
+        engines[0].kill()
+        while chunk := sock.recv(65536):
+            got += chunk
+        sock.close()
+        assert b"engine process exited" in got and b"data: [DONE]\n\n" in got  # then the end of the chunked body
+        status, health = request(port, "GET", "/health")
+        assert status == 503 and "engine process exited" in health["error"]
+        status, answer = request(port, "POST", "/v1/completions", {"model": "s260k", "prompt": PROMPT})
+        assert status == 503 and "engine process exited" in answer["error"]["message"]
+
+
+def test_engine_inline_and_process_give_the_same_tokens(port, inline_port):
+    for body in ({"temperature": 0}, {"temperature": 1.0, "top_p": 0.9, "seed": 5, "n": 3, "logprobs": 2}):
+        answers = [request(p, "POST", "/v1/completions", {"model": "s260k", "prompt": PROMPT, "max_tokens": 40,
+                                                        **body})[1]["choices"] for p in (port, inline_port)]
+        assert answers[0] == answers[1]

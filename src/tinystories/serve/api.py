@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -46,6 +47,7 @@ from tinystories.sample import (
 from tinystories.serve.choices import Choice, chat_logprobs, completion_logprobs
 from tinystories.serve.config import ServeConfig, api_key
 from tinystories.serve.engine import Job, QueueFull, Worker
+from tinystories.serve.remote import RemoteWorker
 from tinystories.serve.requests import (
     ApiError,
     attention_spec,
@@ -87,7 +89,7 @@ class State:
     key: str | None
     runs: dict[str, Path]
     models: dict[str, Served] = field(default_factory=dict)
-    worker: Worker | None = None
+    worker: Worker | RemoteWorker | None = None
     load_error: str | None = None
 
     @property
@@ -112,26 +114,38 @@ def _run_names(runs: tuple[str, ...]) -> dict[str, Path]:
 
 
 def _load(state: State, loop: asyncio.AbstractEventLoop) -> None:
-    """Load every run on a thread (/health answers 503 meanwhile), then start the worker on the loop."""
+    """Load every run on a thread (/health answers 503 meanwhile), then start the worker on the loop.
+
+    The HTTP side keeps its own copy of each model (names, tokenizer, the attention view); with
+    `--engine process` the engine process loads the runs again and does all the generating.
+    """
+    cfg = state.cfg
     try:
-        samplers = {}
         for name, path in state.runs.items():
-            loaded = rundir.load_run(path, step=state.cfg.step, device=state.cfg.device)
+            loaded = rundir.load_run(path, step=cfg.step, device=cfg.device)
             state.models[name] = Served(name, loaded.model, loaded.tokenizer, loaded.step, int(time.time()))
-            samplers[name] = Sampler(loaded.model, state.cfg.max_streams, eot_id=loaded.tokenizer.eot_id)
+        worker: Worker | RemoteWorker
+        if cfg.engine == "process":
+            worker = RemoteWorker({name: str(path) for name, path in state.runs.items()}, cfg.step, cfg.device,
+                                  cfg.max_streams, cfg.max_queue, cfg.step_slice_ms / 1000, cfg.max_events_per_s,
+                                  torch.get_num_threads())
+            worker.on_exit = functools.partial(setattr, state, "load_error")
+        else:
+            samplers = {name: Sampler(m.model, cfg.max_streams, eot_id=m.tokenizer.eot_id)
+                        for name, m in state.models.items()}
+            worker = Worker(samplers, cfg.max_queue, cfg.step_slice_ms / 1000, cfg.max_events_per_s)
     except Exception as e:  # reported by /health and every request
         state.load_error = f"{type(e).__name__}: {e}"
         log.error("loading failed: %s", state.load_error)
         return
 
-    def start() -> None:  # on the event loop, which the worker runs on
+    def start() -> None:  # on the event loop, which the worker (or its handle) runs on
         # Everything loaded so far (torch, the models) lives as long as the server: moved out of the
         # garbage collector's way, a full collection under load takes a few ms instead of ~0.1 s.
         gc.freeze()
-        worker = Worker(samplers, state.cfg.max_queue, state.cfg.step_slice_ms / 1000, state.cfg.max_events_per_s)
         worker.start()
         state.worker = worker
-        log.info("serving %s", ", ".join(state.models))
+        log.info("serving %s (engine: %s)", ", ".join(state.models), cfg.engine)
 
     loop.call_soon_threadsafe(start)
 
@@ -208,7 +222,7 @@ class Api:
         if not hmac.compare_digest(token.strip().encode(), key.encode()):
             raise ApiError(401, "incorrect API key", code="invalid_api_key", type_="authentication_error")
 
-    def _worker(self) -> Worker:
+    def _worker(self) -> Worker | RemoteWorker:
         s = self.state
         if s.load_error is not None:
             raise ApiError(503, f"the models failed to load: {s.load_error}", type_="server_error",
@@ -239,7 +253,7 @@ class Api:
                            param="prompt", code="context_length_exceeded")
         return ids
 
-    async def _start(self, request: Request, kind: str) -> tuple[dict[str, Any], Served, Worker]:
+    async def _start(self, request: Request, kind: str) -> tuple[dict[str, Any], Served, Worker | RemoteWorker]:
         self._auth(request)
         body = await read_json_body(request, self.state.cfg.max_body_bytes)
         args = check_body(body, completion_spec(self.state.cfg) if kind == "completion" else chat_spec(self.state.cfg))
@@ -317,7 +331,7 @@ class Api:
 
     # generation
 
-    async def _run(self, request: Request, served: Served, worker: Worker, args: dict[str, Any],
+    async def _run(self, request: Request, served: Served, worker: Worker | RemoteWorker, args: dict[str, Any],
                    prompts: list[list[int]], max_tokens: int, logprobs: int | None, kind: str,
                    echo: list[str]) -> Response:
         queue: asyncio.Queue[tuple[int, list[StepEvent] | BaseException]] = asyncio.Queue()
@@ -353,7 +367,7 @@ class Api:
         done = sum(c.tokens for c in choices)
         return {"prompt_tokens": prompt_tokens, "completion_tokens": done, "total_tokens": prompt_tokens + done}
 
-    async def _gather(self, request: Request, worker: Worker, jobs: list[Job], choices: list[Choice],
+    async def _gather(self, request: Request, worker: Worker | RemoteWorker, jobs: list[Job], choices: list[Choice],
                       queue: asyncio.Queue, meta: dict[str, Any], kind: str, echo: list[str], n: int,
                       prompt_tokens: int) -> Response:
         async def until_disconnect() -> None:
@@ -389,7 +403,7 @@ class Api:
         return JSONResponse({**meta, "object": obj, "choices": out, "usage": self._usage(choices, prompt_tokens)})
 
     @staticmethod
-    def _feed(worker: Worker, jobs: list[Job], choices: list[Choice], i: int,
+    def _feed(worker: Worker | RemoteWorker, jobs: list[Job], choices: list[Choice], i: int,
               events: list[StepEvent] | BaseException) -> None:
         if isinstance(events, BaseException):
             raise ApiError(500, f"generation failed: {events}", type_="server_error", code="server_error")
@@ -400,7 +414,7 @@ class Api:
         if c.finish is not None and events[-1].finish_reason is None:
             worker.cancel([jobs[i]])  # a stop string ended it: free its row now
 
-    async def _stream(self, worker: Worker, jobs: list[Job], choices: list[Choice], queue: asyncio.Queue,
+    async def _stream(self, worker: Worker | RemoteWorker, jobs: list[Job], choices: list[Choice], queue: asyncio.Queue,
                       meta: dict[str, Any], kind: str, echo: list[str], n: int, include_usage: bool,
                       prompt_tokens: int) -> AsyncIterator[str]:
         obj = "text_completion" if kind == "completion" else "chat.completion.chunk"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Literal
 
 from tinystories.config import check
 from tinystories.errors import UserError
@@ -43,6 +44,9 @@ class ServeConfig:
     """Decode steps run for at least this long before the server sends what they made (longer: more tokens per event)."""
     max_events_per_s: float = field(default=1000.0, metadata={"min": 1})
     """Stream events sent per second in all, at most: with many live streams the slice grows to keep under it."""
+    engine: Literal["process", "inline"] = "process"
+    """Where the model steps: `process`, a process of its own (the HTTP work runs meanwhile, on another core);
+    `inline`, the HTTP process's event loop (one process, one core)."""
     log_level: str = "info"
     """uvicorn's log level (critical, error, warning, info, debug)."""
 
