@@ -350,7 +350,7 @@ class Sampler:
     def _step(self) -> list[StepEvent]:
         plan = self._plan()
         pending, self._pending = self._pending, {}
-        events = []
+        events: list[StepEvent] = []
         if len(pending) == len(plan.seqs):  # nobody has logits yet: only the forward below
             tokens = torch.zeros(plan.hi, dtype=torch.long, device=self.device)
         else:

@@ -193,7 +193,7 @@ class RemoteWorker:
         ids = []
         for job in jobs:
             job.cancelled = True
-            if self._jobs.pop(job.seq_id, None) is job:
+            if job.seq_id is not None and self._jobs.pop(job.seq_id, None) is job:
                 ids.append(job.seq_id)
                 if not job.started:
                     self._unstarted -= 1
