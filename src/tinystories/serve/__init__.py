@@ -2,6 +2,7 @@
 
 - `config.py`: `ServeConfig` and the API key.
 - `engine.py`: the model worker (continuous batching over `sample.Sampler`).
+- `remote.py`: the worker in an engine process of its own, and the HTTP side's handle on it.
 - `api.py`: the Starlette app (OpenAI-shaped answers and errors, streaming).
 - `requests.py`: checking request bodies field by field.
 - `choices.py`: a choice's text and log-probabilities as its tokens arrive.

@@ -7,8 +7,9 @@ running batch), runs one `Sampler.step` per model with live sequences, and
 gathers each job's tokens; at the end of a time slice every job gets the
 tokens of that slice at once (its first token and its last, right after their
 step). A finished or cancelled job leaves the batch at once, so its row is
-free for the next step. Everything runs on the event
-loop's thread, so a model is only ever used by one thread.
+free for the next step. Everything runs on the event loop's thread, so a
+model is only ever used by one thread: the HTTP server's loop (`--engine
+inline`), or the engine process's own (`remote.py`, the default).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class _Model:
 
 
 class Worker:
-    """Continuous batching over one `Sampler` per model, as a task on the server's event loop.
+    """Continuous batching over one `Sampler` per model, as a task on an event loop.
 
     The model runs on the event loop's own thread: a worker thread would fight
     the HTTP side for the interpreter lock at every one of a step's many short
@@ -64,8 +65,8 @@ class Worker:
     stream sends them in one event, so the cost of an event (JSON, a socket
     write, waking the stream's task) is shared by all the tokens of a slice.
     That cost is the same whatever the event carries, so with many live jobs
-    the slice grows (`max_events_per_s`): the HTTP side's share of the time
-    stays bounded, and the batch's steps keep the rest.
+    the slice grows (`max_events_per_s`): the HTTP side's work stays bounded
+    (on the same loop, the batch's steps keep the rest of the time).
     """
 
     def __init__(self, samplers: dict[str, Sampler], max_queue: int, slice_s: float = 0.02,
