@@ -29,6 +29,7 @@ import gc
 import itertools
 import logging
 import multiprocessing
+import signal
 import sys
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -51,6 +52,9 @@ def engine_main(conn: Connection, runs: dict[str, str], step: int | None, device
     from tinystories import rundir
     from tinystories.sample import Sampler
 
+    # Ctrl-C reaches the whole process group: the HTTP process shuts down and tells this one to stop
+    # (or its pipe closes), rather than both printing a KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)  # as the HTTP process has it (a spawned process starts from the defaults)
     try:
         samplers = {}
