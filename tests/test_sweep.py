@@ -134,3 +134,32 @@ def test_rerun_skips_finished_points_and_report_draws_them(dataset: Path, tmp_pa
     assert names == ["emergence.png", "frontier.png", "scores_vs_flops.png", "scores_vs_params.png"]  # 1 varying axis
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(names) and "n_layer2-seed0" in html
+
+
+MICRO = dict(grid="d_model=16;n_layer=1,2;n_head=2;n_kv_head=2;max_seq_len=32", tokens=512, batch_size=4,
+             checkpoints=2, eval_stories=4, real="", probe_sets="fact", probe_n=0, device="cpu")
+
+
+def _scores(out: Path) -> list[dict[str, str]]:
+    with open(out / "results.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if not k.endswith(("seconds", "_s"))} for row in csv.DictReader(f)]
+
+
+@pytest.mark.slow  # three micro sweeps, one through a process pool and one under torchrun
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("one_thread")
+def test_points_side_by_side_and_under_torchrun_score_as_one_by_one(dataset: Path, tmp_path: Path) -> None:
+    # One torch thread everywhere (pool workers get cpu_count // workers = 1 here; torchrun's process
+    # is set by OMP_NUM_THREADS), so the same points train to the same weights and scores.
+    sweep(SweepConfig(out=str(tmp_path / "serial"), data=str(dataset), **MICRO))
+    sweep(SweepConfig(out=str(tmp_path / "pool"), data=str(dataset), workers=2, **MICRO))
+    env = {**_env(), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(_cli("sweep", "--out", str(tmp_path / "ddp"), "--data", str(dataset), "--grid", MICRO["grid"],
+                            "--tokens", "512", "--batch-size", "4", "--checkpoints", "2", "--eval-stories", "4",
+                            "--real", "", "--probe-sets", "fact", "--probe-n", "0", "--device", "cpu",
+                            "--torchrun", "1"), env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    serial = _scores(tmp_path / "serial")
+    assert [row["point"] for row in serial] == ["n_layer1-seed0", "n_layer2-seed0"]
+    assert _scores(tmp_path / "pool") == serial
+    assert _scores(tmp_path / "ddp") == serial

@@ -348,7 +348,8 @@ def _stage_train(cfg: SweepConfig, point: Point, run: Path) -> dict[str, Any]:
         shutil.rmtree(run)
     t0 = time.perf_counter()
     if cfg.torchrun > 0:
-        values = {**values, "run_dir": values.pop("run")}  # torchrun's own parser takes --run for --run-path
+        values = dict(values)
+        values["run_dir"] = values.pop("run")  # torchrun's own parser would take --run for its --run-path
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.torchrun}",
                "-m", "tinystories", "train", *_cli_args(values), *_cli_args(overrides, "model_")]
         if subprocess.run(cmd).returncode != 0:
