@@ -573,7 +573,8 @@ def plot_curve(curve: Sequence[dict[str, Any]], path: Path, chance: dict[str, An
                      else "greedy completion names the answer")
         ax.set_xlabel("step")
         ax.set_ylim(0, 1)
-        ax.legend()
+        if ax.lines:  # a measure no category has (e.g. greedy, when no item names its answer) stays empty
+            ax.legend()
     fig.tight_layout()
     atomic_save(path, lambda name: fig.savefig(name, format="png", dpi=100))
     plt.close(fig)
