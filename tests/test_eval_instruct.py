@@ -92,6 +92,8 @@ def test_words_in_any_form():
     # irregular forms from the lexicon; a part of a longer word does not count
     assert missing_words("Three mice ran and the children ran too.", ["run", "mouse", "child"], lex) == []
     assert missing_words("The warmth was nice.", ["warm"], lex) == ["warm"]
+    # a possessive is the word ("The horse's name was Buddy": the procedural engine writes this)
+    assert missing_words("The horse's name was Buddy.", ["horse"], lex) == []
     # a word outside the lexicon counts only as written
     assert missing_words("The zorbs were happy.", ["zorb"], lex) == ["zorb"]
     assert missing_words("A zorb was happy.", ["zorb"], lex) == []
@@ -175,6 +177,7 @@ def test_instruct_eval_on_a_procedural_instruct_model(instruct_run):
     assert item["set"] == "instruct-01" and item["tokens"] <= 24 and isinstance(item["missing_words"], list)
     assert checks["words_present"]["mean"] == pytest.approx(sum(i["words_present"] for i in result["items"]) / 100)
     assert result["sampling"]["completions"] == 2 and result["model"]["n_layer"] == 2
+    assert sum(result["finish_reasons"].values()) == 100 and set(result["finish_reasons"]) <= {"stop", "length"}
 
 
 class ScriptedJudge:
@@ -221,6 +224,23 @@ def test_instruct_eval_with_a_judge(instruct_run, tmp_path, monkeypatch):
     assert "The story should contain the following sentence: The dog ran fast." in first
     assert any("The general plot of the story should be: A cat naps." in t for t in judge.first_turns)
     assert any("something unexpected happens / there is a plot twist" in t for t in judge.first_turns)
+
+
+def test_stories_cut_by_the_context_are_counted(instruct_run, tmp_path):
+    # A prompt that leaves a few tokens of the 256-token context: every story ends there, not at
+    # --max-new-tokens, and the summary says so (such stories may lack words they would have had).
+    from tinystories.rundir import load_run
+    from tinystories.sample import prompt_ids
+
+    tok = load_run(instruct_run / "run").tokenizer
+    prompt = "Words: run, dog, red\nRandom sentence: The dog ran.\nStory:"
+    while len(prompt_ids(tok, prompt.replace("ran.", "ran and ran."))) < 250:
+        prompt = prompt.replace("ran.", "ran and ran.")
+    sets = tmp_path / "long.jsonl"
+    sets.write_text(json.dumps({"id": "a", "instruct": prompt}) + "\n")
+    brief = evaluate_instruct(InstructEvalConfig(run=str(instruct_run / "run"), sets=str(sets), completions=3,
+                                                 max_new_tokens=200, bootstrap=100, progress=False, write=False))  # fmt: skip
+    assert brief["finish_reasons"] == {"context": 3}
 
 
 def test_cli_options_reach_the_command(instruct_run, tmp_path, capsys):

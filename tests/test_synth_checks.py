@@ -37,6 +37,13 @@ def test_inflected_forms_count():
     )
 
 
+def test_possessives_use_the_word():
+    # "the horse's name" uses "horse"; "the mice's hole" uses "mice", a form of "mouse" (BODY has ran, big)
+    assert check_story(BODY + " The horse's name was Buddy.", ["run", "horse", "big"], LEX) is None
+    assert check_story(BODY + " The mice's hole was small.", ["run", "mouse", "big"], LEX) is None
+    assert check_story(BODY + " The stable was small.", ["run", "horse", "big"], LEX) == "missing words: horse"
+
+
 def test_hyphenated_words():
     words = ["run", "dog", "grown-up"]
     assert check_story(BODY + " A grown-up dog saw them run.", words, LEX) is None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,6 +287,9 @@ def evaluate_instruct(cfg: InstructEvalConfig) -> dict[str, Any]:
         "sampling": sampling_record(cfg, "story k of set i: seed + i * completions + k"),
         "bootstrap": bootstrap_record(cfg, "instruction set"),
         "checks": summarize_checks(checks, groups, len(sets), cfg.bootstrap, cfg.seed),
+        # A story cut off by the model's context ("context") may lack words it would have written
+        # later: the checks can only be read next to how many were.
+        "finish_reasons": dict(Counter(item["finish_reason"] for item in items)),
         "seen_in_training": contamination,
         "judge": None,
     }

@@ -104,13 +104,15 @@ def words_of(text: str) -> list[str]:
 
 
 def story_words(text: str, toks: list[str] | None = None, compounds: bool = True) -> set[str]:
-    """The word forms a story uses: plain words, and hyphenated compounds also when written with a space.
+    """The word forms a story uses: plain words (possessives too), and hyphenated compounds also with a space.
 
     `toks` is `words_of(text)` when the caller has it already; `compounds=False` skips the compounds.
     """
     low = text.lower()
     toks = _WORD.findall(low) if toks is None else toks
     out = set(toks)
+    # "the horse's name" uses "horse": the word regex keeps "horse's" whole (for "don't", "I'll")
+    out.update(t[:-2] for t in toks if t.endswith("'s"))
     if compounds:
         out.update(_COMPOUND.findall(low))
         # "grown up" and "grown-up" are the same word to a reader
