@@ -219,30 +219,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) of a process and its live descendants (the server's engine process)."""
+def _own_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of one process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _descendants_cpu_s(pid: int) -> float:
+    """CPU seconds of a process's live descendants."""
+    total = 0.0
     for task in Path(f"/proc/{pid}/task").iterdir():
         for child in (task / "children").read_text().split():
             with contextlib.suppress(FileNotFoundError):
-                total += _cpu_s(int(child))
+                total += _own_cpu_s(int(child)) + _descendants_cpu_s(int(child))
     return total
 
 
 def _cpu_split(pid: int) -> dict[str, float]:
-    """CPU seconds of the server process itself and of each named descendant (the engine)."""
-    out = {"http": _own_cpu_s(pid)}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            with contextlib.suppress(FileNotFoundError):
-                out["engine"] = out.get("engine", 0.0) + _cpu_s(int(child))
-    return out
-
-
-def _own_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of the server process itself ("http") and of its descendants ("engine": the engine
+    process, and multiprocessing's resource tracker, which uses next to none)."""
+    return {"http": _own_cpu_s(pid), "engine": _descendants_cpu_s(pid)}
 
 
 @contextlib.contextmanager
@@ -373,7 +369,7 @@ def main() -> None:
               f"{s['event_gap_ms']['p99']} | {s['tokens_per_event']} | {o['tokens_per_s']:,.0f} | "
               f"{c['batched_vs_one_client']}x | {statistics.mean(c['sample_64_streams_tokens_per_s']):,.0f} | "
               f"{c['server_vs_sample']:.0%} | {c['sample_64_vs_1']}x | {s['cpu_cores']['server']} ({s['cpu_cores']['server_http']} + "
-              f"{s['cpu_cores'].get('server_engine', 0)}) / {s['cpu_cores']['load_generator']} |")
+              f"{s['cpu_cores']['server_engine']}) / {s['cpu_cores']['load_generator']} |")
 
 
 if __name__ == "__main__":

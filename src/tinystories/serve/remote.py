@@ -155,8 +155,7 @@ class RemoteWorker:
         self.max_queue = max_queue
         self.on_exit: Callable[[str], None] | None = None
         """Called once with a message if the engine process exits while serving."""
-        self._jobs: dict[int, Job] = {}
-        self._unstarted = 0
+        self._jobs: dict[int, Job] = {}  # submitted and neither finished nor cancelled
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -175,21 +174,20 @@ class RemoteWorker:
             self._process.terminate()
 
     def waiting(self) -> int:
-        return self._unstarted
+        return sum(not job.started for job in self._jobs.values())
 
     def live(self) -> int:
-        return len(self._jobs) - self._unstarted
+        return len(self._jobs) - self.waiting()
 
     def submit(self, model: str, jobs: list[Job]) -> None:
         """Queue a request's jobs together, or raise QueueFull when they do not fit in the queue."""
-        if self._unstarted + len(jobs) > self.max_queue:
+        if self.waiting() + len(jobs) > self.max_queue:
             raise QueueFull(f"the queue is full ({self.max_queue} waiting sequences); try again later")
         items = []
         for job in jobs:
             job.seq_id = next(self._ids)
             self._jobs[job.seq_id] = job
             items.append((job.seq_id, job.prompt, job.params))
-        self._unstarted += len(jobs)
         self._conn.send(("submit", model, items))
 
     def cancel(self, jobs: list[Job]) -> None:
@@ -199,8 +197,6 @@ class RemoteWorker:
             job.cancelled = True
             if job.seq_id is not None and self._jobs.pop(job.seq_id, None) is job:
                 ids.append(job.seq_id)
-                if not job.started:
-                    self._unstarted -= 1
         if ids:
             self._conn.send(("cancel", ids))
 
@@ -215,9 +211,7 @@ class RemoteWorker:
                 job = self._jobs.get(job_id)
                 if job is None:
                     continue  # cancelled meanwhile
-                if not job.started:
-                    job.started = True
-                    self._unstarted -= 1
+                job.started = True
                 if isinstance(events, str):
                     del self._jobs[job_id]
                     job.deliver(RuntimeError(events))
@@ -232,7 +226,7 @@ class RemoteWorker:
         self._process.join(1)
         message = f"the engine process exited (code {self._process.exitcode})"
         log.error(message)
-        jobs, self._jobs, self._unstarted = list(self._jobs.values()), {}, 0
+        jobs, self._jobs = list(self._jobs.values()), {}
         for job in jobs:
             job.deliver(RuntimeError(message))
         if self.on_exit is not None:
