@@ -163,3 +163,13 @@ def test_points_side_by_side_and_under_torchrun_score_as_one_by_one(dataset: Pat
     assert [row["point"] for row in serial] == ["n_layer1-seed0", "n_layer2-seed0"]
     assert _scores(tmp_path / "pool") == serial
     assert _scores(tmp_path / "ddp") == serial
+
+
+def test_emergence_bands_read_each_checkpoints_interval() -> None:
+    from tinystories.sweep_report import _ci95
+
+    entry = {"log_likelihood": {"accuracy": 0.5, "ci95": [0.4, 0.6], "fact": {"accuracy": 0.5, "ci95": [0.3, 0.7]}}}
+    assert _ci95(entry, "all") == (0.4, 0.6)
+    assert _ci95(entry, "fact") == (0.3, 0.7)
+    assert _ci95(entry, "context") is None  # a category this checkpoint has no items for: no band
+    assert _ci95({"log_likelihood": {"ci95": [None, 0.6]}}, "all") is None

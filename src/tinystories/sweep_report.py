@@ -187,6 +187,13 @@ def _accuracy(curve: list[dict[str, Any]], key: str) -> list[tuple[dict[str, Any
     return out
 
 
+def _ci95(entry: dict[str, Any], key: str) -> tuple[float, float] | None:
+    """The 95% interval of `key` ("all" or a category) at one checkpoint of a probes curve, if recorded."""
+    ll = entry.get("log_likelihood") or {}
+    ci = (ll if key == "all" else ll.get(key) or {}).get("ci95")
+    return (float(ci[0]), float(ci[1])) if isinstance(ci, list) and len(ci) == 2 and all(map(_is_num, ci)) else None
+
+
 def _scores_vs_flops(plots: _Plots, curves: dict[str, dict[str, Any]], shapes: list[str]) -> None:
     plt = pyplot()
     keys = ["all", *CATEGORIES]
@@ -260,17 +267,23 @@ def _emergence(plots: _Plots, curves: dict[str, dict[str, Any]], shapes: list[st
         points = [c for c in curves.values() if c["shape"] == shape]
         for k, c in enumerate(points):
             for key, color in colors.items():
-                pts = [(e["step"], acc) for e, acc in _accuracy(c["curve"], key)]
+                pts = _accuracy(c["curve"], key)
                 if pts:
-                    ax.plot(*zip(*pts), color=color, ls="-" if k == 0 else "--", marker=".", lw=1,
-                            label=key if k == 0 else None)
+                    steps = [e["step"] for e, _ in pts]
+                    ax.plot(steps, [acc for _, acc in pts], color=color, ls="-" if k == 0 else "--", marker=".",
+                            lw=1, label=key if k == 0 else None)
+                    band = [_ci95(e, key) for e, _ in pts]
+                    if all(band):  # each checkpoint's 95% interval over the probe items, lightly shaded
+                        ax.fill_between(steps, [b[0] for b in band], [b[1] for b in band], color=color,
+                                        alpha=0.07, lw=0)
         _style(ax, shape, "training step")
         ax.set_ylim(0.2, 0.8)
     if axes:
         axes[0].legend(fontsize=6, loc="upper left")
     fig.tight_layout()
     plots.save(fig, "emergence", "Probe accuracy per category against training step, one panel per shape "
-               "(solid: first seed, dashed: second); the points are the evaluated checkpoints.")
+               "(solid: first seed, dashed: second; shaded: each checkpoint's 95% Wilson interval over the probe "
+               "items); the points are the evaluated checkpoints.")
 
 
 def _cell(row: dict[str, Any], score: str) -> str:
