@@ -272,8 +272,8 @@ def _emergence(plots: _Plots, curves: dict[str, dict[str, Any]], shapes: list[st
                     steps = [e["step"] for e, _ in pts]
                     ax.plot(steps, [acc for _, acc in pts], color=color, ls="-" if k == 0 else "--", marker=".",
                             lw=1, label=key if k == 0 else None)
-                    band = [_ci95(e, key) for e, _ in pts]
-                    if all(band):  # each checkpoint's 95% interval over the probe items, lightly shaded
+                    band = [b for e, _ in pts if (b := _ci95(e, key)) is not None]
+                    if len(band) == len(pts):  # each checkpoint's 95% interval over the probe items, lightly shaded
                         ax.fill_between(steps, [b[0] for b in band], [b[1] for b in band], color=color,
                                         alpha=0.07, lw=0)
         _style(ax, shape, "training step")
