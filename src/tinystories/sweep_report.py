@@ -176,12 +176,17 @@ def _frontier(plots: _Plots, curves: dict[str, dict[str, Any]], shapes: list[str
                "the lowest loss any point reached with at most that much compute.")
 
 
+def _scores_at(entry: dict[str, Any], key: str) -> dict[str, Any]:
+    """One checkpoint's log-likelihood scores of `key`: "all" (the whole set) or a category."""
+    ll = entry.get("log_likelihood") or {}
+    return ll if key == "all" else ll.get(key) or {}
+
+
 def _accuracy(curve: list[dict[str, Any]], key: str) -> list[tuple[dict[str, Any], float]]:
     """(checkpoint entry, log-likelihood accuracy of `key`: "all" or a category) along a probes curve."""
     out = []
     for e in curve:
-        ll = e.get("log_likelihood") or {}
-        block = ll if key == "all" else ll.get(key) or {}
+        block = _scores_at(e, key)
         if _is_num(block.get("accuracy")):
             out.append((e, float(block["accuracy"])))
     return out
@@ -189,8 +194,7 @@ def _accuracy(curve: list[dict[str, Any]], key: str) -> list[tuple[dict[str, Any
 
 def _ci95(entry: dict[str, Any], key: str) -> tuple[float, float] | None:
     """The 95% interval of `key` ("all" or a category) at one checkpoint of a probes curve, if recorded."""
-    ll = entry.get("log_likelihood") or {}
-    ci = (ll if key == "all" else ll.get(key) or {}).get("ci95")
+    ci = _scores_at(entry, key).get("ci95")
     return (float(ci[0]), float(ci[1])) if isinstance(ci, list) and len(ci) == 2 and all(map(_is_num, ci)) else None
 
 
