@@ -1,8 +1,10 @@
 """What the `eval instruct` figures of the Instruct demo should be read against.
 
-    python scripts/instruct_floor.py OUT [--runs story instruct] [--pool 300]
+    python scripts/instruct_floor.py OUT [--runs model instruct/model] [--pool 300]
 
-OUT is an `instruct_demo.sh` folder (heldout/, sets/, and the runs). Prints one JSON object:
+OUT is the folder of the `instruct` recipe (`tinystories pipeline --recipe instruct --out OUT`: the
+story model in model/, the held-out stories, the sets and the fine-tuned model in instruct/); --runs
+are run folders under OUT. Prints one JSON object:
 
 - ceiling: each set checked against its own held-out story, whole and cut to what fits the
   model's context after the prompt (what a model that follows the instructions perfectly scores);
@@ -39,12 +41,12 @@ def rates(checks: list[dict[str, Any]]) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
-    ap.add_argument("--runs", nargs="+", default=["story", "instruct"])
+    ap.add_argument("--runs", nargs="+", default=["model", "instruct/model"], help="run folders under OUT")
     ap.add_argument("--pool", type=int, default=300, help="other held-out stories for the chance rates")
     args = ap.parse_args()
     out, lex = Path(args.out), load_lexicon()
     torch.set_num_threads(1)
-    stories = [r["story"] for r in read_corpus(out / "heldout")[0]]
+    stories = [r["story"] for r in read_corpus(out / "instruct" / "heldout")[0]]
     # Disjoint from the training stories (0..) and from the sets' stories (1,000,000..).
     pool = [story_record(0, 2_000_000 + i, lex)["story"] for i in range(args.pool)]
     runs = {name: load_run(out / name) for name in args.runs}
@@ -52,7 +54,7 @@ def main() -> None:
     context = next(iter(runs.values())).model.config.max_seq_len
     report: dict[str, Any] = {"context": context, "pool": args.pool}
     for kind in ("id", "ood"):
-        sets, _ = read_sets(out / "sets" / f"{kind}.jsonl")
+        sets, _ = read_sets(out / "instruct" / "sets" / f"{kind}.jsonl")
         cut = []
         for s, story in zip(sets, stories):
             room = context - len(prompt_ids(tok, s["prompt"]))

@@ -19,13 +19,14 @@ from tinystories.config import to_toml
 from tinystories.errors import UserError
 from tinystories.interp.summary import read_interp
 from tinystories.pipeline import (
-    STAGES,
+    MODEL_STAGES,
     Pipeline,
     PipelineConfig,
     builtin_recipes,
     closing_note,
     load_recipe,
     run_pipeline,
+    selected_stages,
 )
 from tinystories.report import ReportConfig, render
 from tinystories.summaries import (
@@ -103,7 +104,8 @@ def test_every_stage_writes_its_outputs_and_a_rerun_skips_them(done):
     assert all(f'id="{section}"' in page for section in ("config", "training", "samples", "eval", "heads", "neurons"))
     assert (root / "recipe.toml").read_text() == Path(recipe).read_text()
     state = json.loads((root / "pipeline.json").read_text())
-    assert all(state["stages"][s.name]["status"] == "done" for s in STAGES)
+    assert set(state["stages"]) == set(MODEL_STAGES)  # no [pipeline]: the model's stages, no experiment
+    assert all(state["stages"][name]["status"] == "done" for name in MODEL_STAGES)
 
     again = run_pipeline(PipelineConfig(recipe=recipe, out=str(root)))
     assert set(statuses(again).values()) == {"skipped"}
@@ -340,15 +342,17 @@ def test_recipe_mistakes_are_one_clear_line(tmp_path):
 
 
 def test_builtin_recipes_build_every_stage(tmp_path):
-    assert {"demo", "smoke", "micro"} <= set(builtin_recipes())
+    assert {"demo", "smoke", "micro", "sweep", "instruct"} <= set(builtin_recipes())
     for name in builtin_recipes():
         recipe = load_recipe(name)
         p = Pipeline(root=tmp_path / name, recipe=recipe)
-        for stage in STAGES:
+        for stage in selected_stages(p.stages):
             stage.config(p)
-        train = recipe.sections["train"]
         # A token (or step) budget decides the result; time is only a safety cap.
-        assert train.get("max_tokens") or train.get("max_steps")
+        for section in ("train", "finetune"):
+            if section in p.stages:
+                train = recipe.sections[section]
+                assert train.get("max_tokens") or train.get("max_steps")
     assert isinstance(load_recipe("demo").sections["train"]["time"], float)
     assert load_recipe("demo").sections["train"]["max_tokens"] >= 1_000_000
 

@@ -53,10 +53,12 @@ import torch
 
 from tinystories import rundir
 from tinystories.config import build, parse_duration, result_fields
+from tinystories.data.instruct import eval_sets
 from tinystories.data.stories import iter_stories
 from tinystories.data.tokenize import TokenizeConfig, tokenize
 from tinystories.errors import UserError
 from tinystories.eval.diversity import DiversityConfig, evaluate_diversity
+from tinystories.eval.instruct import InstructEvalConfig, evaluate_instruct
 from tinystories.eval.judge import BUILTIN_BEGINNINGS, JudgeConfig, evaluate_judge
 from tinystories.eval.loss import LossConfig, evaluate_loss
 from tinystories.eval.probes import BUILTIN_SETS, ProbesConfig, evaluate_probes
@@ -68,8 +70,11 @@ from tinystories.pipeline_note import REPORT_FILE, STATE_FILE, closing_note
 from tinystories.recipe import Recipe, builtin_recipes, read_recipe  # noqa: F401  (builtin_recipes: re-exported)
 from tinystories.report import ReportConfig, report
 from tinystories.sample import SampleConfig, sample
+from tinystories.sweep import SweepConfig, sweep
 from tinystories.synth.coherence import name_consistency
 from tinystories.synth.generate import SynthConfig, synth
+from tinystories.synth.instruct import InstructConfig, instruct
+from tinystories.synth.stats import read_corpus
 from tinystories.synth.world import BOY_NAMES, GIRL_NAMES
 from tinystories.train import TrainConfig, train
 
@@ -106,10 +111,39 @@ class EvalConfig:
     """Also measure memorization and diversity against the training corpus ([diversity] settings)."""
 
 
+MODEL_STAGES = ("synth", "tokenize", "train", "sample", "eval", "interpret", "report")
+"""The stages that make and grade one model: what a recipe without [pipeline] runs."""
+
+
+@dataclass
+class StagesConfig:
+    """[pipeline]: which stages a recipe runs."""
+
+    stages: tuple[str, ...] = MODEL_STAGES
+    """Stages to run, in the pipeline's order whatever order they are listed in: synth, tokenize, train,
+    sample, eval, interpret, report (one model), and the experiments: sweep (a grid of shapes on the
+    dataset), instruct (Instruct records, their dataset and held-out instruction sets), finetune (the
+    model fine-tuned on them), eval_instruct (both models on the sets), curriculum_ab (random order
+    against curricula)."""
+
+
+@dataclass
+class InstructSetsConfig:
+    """The instruct stage's held-out instruction sets for `eval instruct`: in-distribution and OOD apart."""
+
+    n: int = field(default=50, metadata={"min": 1})
+    """Sets of each kind, one per held-out story."""
+    start: int = field(default=1_000_000, metadata={"min": 0})
+    """Index of the first held-out story: [synth]'s job from this index on, beyond its training stories."""
+    seed: int = 0
+    """Seed for the order of each set's fields and its random sentence."""
+
+
 # --- recipes ----------------------------------------------------------------------
 
 
 SECTIONS: dict[str, type] = {
+    "pipeline": StagesConfig,
     "synth": SynthConfig,
     "tokenize": TokenizeConfig,
     "model": ModelConfig,
@@ -122,6 +156,11 @@ SECTIONS: dict[str, type] = {
     "heads": HeadsConfig,
     "neurons": NeuronsConfig,
     "report": ReportConfig,
+    "sweep": SweepConfig,
+    "instruct": InstructConfig,
+    "instruct_sets": InstructSetsConfig,
+    "finetune": TrainConfig,
+    "eval_instruct": InstructEvalConfig,
 }
 """Recipe section -> the config dataclass its fields belong to."""
 
@@ -139,6 +178,10 @@ OWNED: dict[str, tuple[str, ...]] = {
     "neurons": ("run", "out", "device"),
     "report": ("run", "out"),
     "model": ("vocab_size",),
+    "sweep": ("out", "data", "report", "device"),
+    "instruct": ("data", "out", "resume"),
+    "finetune": ("data", "run", "init", "resume", "device"),
+    "eval_instruct": ("run", "sets", "data", "write", "device"),
 }
 
 
@@ -173,6 +216,15 @@ class Pipeline:
     @property
     def model(self) -> Path:
         return self.root / "model"
+
+    @property
+    def instruct(self) -> Path:
+        """The Instruct experiment's folder: corpus/, data/, heldout/, sets/, model/, eval/."""
+        return self.root / "instruct"
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return build(StagesConfig, self.section("pipeline")).stages
 
     def section(self, name: str) -> dict[str, Any]:
         return dict(self.recipe.sections.get(name, {}))
@@ -267,39 +319,54 @@ def _dataset_fingerprint(p: Pipeline) -> str | None:
     return json.loads(meta.read_text())["content_hash"] if meta.is_file() else None
 
 
-def _train_config(p: Pipeline, resume: bool = False) -> TrainConfig:
-    values = {**p.section("train"), "data": str(p.data), "run": str(p.model), "resume": resume}
+def _train_paths(p: Pipeline, section: str) -> dict[str, Any]:
+    """Where the [train] model or the [finetune] one (from the [train] model's weights) reads and writes."""
+    if section == "finetune":
+        return {"data": str(p.instruct / "data"), "run": str(p.instruct / "model"), "init": str(p.model)}
+    return {"data": str(p.data), "run": str(p.model)}
+
+
+def _train_config(p: Pipeline, resume: bool = False, section: str = "train") -> TrainConfig:
+    values = {**p.section(section), **_train_paths(p, section), "resume": resume}
+    if resume:
+        values.pop("init", None)  # a resumed run keeps the weights source it recorded
     if p.time_cap is not None:
         values["time"] = p.time_cap
     values["device"] = p.device
     cfg = build(TrainConfig, values)
     if cfg.max_tokens is None and cfg.max_steps is None:
-        raise UserError("recipe [train] needs a budget: max_tokens (or max_steps); time is only a safety cap")
+        raise UserError(f"recipe [{section}] needs a budget: max_tokens (or max_steps); time is only a safety cap")
     return cfg
 
 
-def _train_key(p: Pipeline) -> dict[str, Any]:
+def _model_section(p: Pipeline, section: str) -> dict[str, Any]:
+    # A fine-tuned model is the [train] model's shape; [model] shapes only the model trained from scratch.
+    return {} if section == "finetune" else p.section("model")
+
+
+def _train_key(p: Pipeline, section: str = "train") -> dict[str, Any]:
     return {
-        "train": _asdict(_train_config(p), ("data", "run", "resume", "device", "progress")),
-        "model": p.section("model"),
+        "train": _asdict(_train_config(p, section=section), ("data", "run", "resume", "device", "progress")),
+        "model": _model_section(p, section),
     }
 
 
-def _train_resume_key(p: Pipeline) -> dict[str, Any]:
+def _train_resume_key(p: Pipeline, section: str = "train") -> dict[str, Any]:
     # The training config's operational fields (budget, intervals, paths) continue the run when changed.
-    cfg = result_fields(_train_config(p))
-    return {"train": {k: v for k, v in cfg.items() if k != "device"}, "model": p.section("model")}
+    cfg = result_fields(_train_config(p, section=section))
+    return {"train": {k: v for k, v in cfg.items() if k != "device"}, "model": _model_section(p, section)}
 
 
-def _run_train(p: Pipeline, resume: bool) -> dict[str, Any]:
-    ckpt = rundir.latest_checkpoint(p.model) if resume else None
+def _run_train(p: Pipeline, resume: bool, section: str = "train") -> dict[str, Any]:
+    run = Path(_train_paths(p, section)["run"])
+    ckpt = rundir.latest_checkpoint(run) if resume else None
     if ckpt is None:
-        _clean_train(p)
-    cfg = _train_config(p, resume=ckpt is not None)
+        _clean_train(p, section)
+    cfg = _train_config(p, resume=ckpt is not None, section=section)
     step0 = int(rundir.read_state(ckpt)["step"]) if ckpt is not None else 0
     if ckpt is not None:
-        print(f"[resume] train: from step {step0} ({ckpt})", flush=True)
-    r = train(cfg, model_overrides=p.section("model"))
+        print(f"[resume] {section}: from step {step0} ({ckpt})", flush=True)
+    r = train(cfg, model_overrides=_model_section(p, section))
     assert r is not None
     summary = {k: r[k] for k in ("step", "tokens", "params", "val_loss", "val_bpb", "tokens_per_s", "elapsed_s")}
     summary["resumed_from_step"] = step0 if ckpt is not None else None
@@ -308,24 +375,25 @@ def _run_train(p: Pipeline, resume: bool) -> dict[str, Any]:
     if short_of_tokens or short_of_steps:
         summary["stopped_by_time_cap"] = True
         print(
-            f"[note] train: the time cap stopped training at step {r['step']} ({r['tokens']:,} tokens), "
+            f"[note] {section}: the time cap stopped training at step {r['step']} ({r['tokens']:,} tokens), "
             "short of the budget; raise it (--time) and run again to continue",
             flush=True,
         )
     return summary
 
 
-def _train_fingerprint(p: Pipeline) -> str | None:
-    ckpt = rundir.latest_checkpoint(p.model)
+def _train_fingerprint(p: Pipeline, section: str = "train") -> str | None:
+    ckpt = rundir.latest_checkpoint(Path(_train_paths(p, section)["run"]))
     if ckpt is None:
         return None
     return f"{ckpt.name}:{sha256_file(ckpt / rundir.MODEL_FILE)}"
 
 
-def _clean_train(p: Pipeline) -> None:
-    if p.model.exists():
-        print(f"[note] train: starting the model over (removing {p.model})", flush=True)
-        shutil.rmtree(p.model)
+def _clean_train(p: Pipeline, section: str = "train") -> None:
+    run = Path(_train_paths(p, section)["run"])
+    if run.exists():
+        print(f"[note] {section}: starting the model over (removing {run})", flush=True)
+        shutil.rmtree(run)
 
 
 def _samples_path(p: Pipeline) -> Path:
@@ -540,6 +608,124 @@ def _run_report(p: Pipeline, resume: bool) -> dict[str, Any]:
     return report(_report_config(p))
 
 
+# --- experiments -------------------------------------------------------------------
+
+
+def _sweep_config(p: Pipeline) -> SweepConfig:
+    values = {**p.section("sweep"), "out": str(p.root / "sweep"), "data": str(p.data), "device": p.device}
+    return build(SweepConfig, values)
+
+
+def _run_sweep(p: Pipeline, resume: bool) -> dict[str, Any]:
+    # The sweep folder keeps its own per-point records: an interrupted sweep continues where it stopped.
+    cfg = _sweep_config(p)
+    trained = sweep(cfg)
+    drawn = sweep(dataclasses.replace(cfg, report=True))
+    return {"points": trained["points"], "trained": trained["trained"], "results": trained["results"],
+            "report": drawn.get("report")}
+
+
+def _sweep_fingerprint(p: Pipeline) -> str | None:
+    return _fingerprint_file(p.root / "sweep" / "results.json")
+
+
+def _instruct_config(p: Pipeline, data: Path, out: Path) -> InstructConfig:
+    return build(InstructConfig, {**p.section("instruct"), "data": str(data), "out": str(out)})
+
+
+def _sets_config(p: Pipeline) -> InstructSetsConfig:
+    return build(InstructSetsConfig, p.section("instruct_sets"))
+
+
+def _heldout_config(p: Pipeline) -> SynthConfig:
+    """[synth]'s job for the held-out stories the instruction sets are made from."""
+    sets, corpus = _sets_config(p), _synth_config(p)
+    if sets.start < corpus.start + corpus.n:
+        raise UserError(f"[instruct_sets] start {sets.start} is inside the training stories "
+                        f"({corpus.start}..{corpus.start + corpus.n - 1}); choose a start beyond them")
+    return dataclasses.replace(corpus, n=sets.n, start=sets.start, out=str(p.instruct / "heldout"))
+
+
+def _instruct_tokenize_config(p: Pipeline) -> TokenizeConfig:
+    # The story model's tokenizer, so the fine-tuned model reads the same token ids.
+    values = {**p.section("tokenize"), "data": (str(p.instruct / "corpus" / "stories.txt"),),
+              "out": str(p.instruct / "data"), "tokenizer": str(p.data)}
+    return build(TokenizeConfig, values)
+
+
+def _instruct_key(p: Pipeline) -> dict[str, Any]:
+    return {
+        "instruct": _asdict(_instruct_config(p, p.corpus, p.instruct / "corpus"), ("data", "out", "resume", "progress")),
+        "tokenize": _asdict(_instruct_tokenize_config(p), ("data", "out", "tokenizer", "workers")),
+        "heldout": _asdict(_heldout_config(p), ("out", "resume", "progress")),
+        "sets": dataclasses.asdict(_sets_config(p)),
+    }
+
+
+def _run_instruct(p: Pipeline, resume: bool) -> dict[str, Any]:
+    # Summaries an LLM wrote continue from their log (nothing is paid for twice).
+    corpus, heldout = p.instruct / "corpus", p.instruct / "heldout"
+    made = instruct(dataclasses.replace(_instruct_config(p, p.corpus, corpus), resume=resume))
+    tokenized = tokenize(_instruct_tokenize_config(p))
+    synth(_heldout_config(p))
+    held = instruct(dataclasses.replace(_instruct_config(p, heldout, p.instruct / "heldout-instruct"), resume=resume))
+    records, _ = read_corpus(held["jsonl"])
+    sets_cfg = _sets_config(p)
+    for kind, entries in eval_sets(records, sets_cfg.n, sets_cfg.seed).items():
+        atomic_write_text(p.instruct / "sets" / f"{kind}.jsonl", "".join(json.dumps(e) + "\n" for e in entries))
+    return {"records": made["records"], "tokens": tokenized.get("train"), "sets": sets_cfg.n}
+
+
+def _instruct_fingerprint(p: Pipeline) -> str | None:
+    meta = p.instruct / "data" / "meta.json"
+    sets = [p.instruct / "sets" / f"{kind}.jsonl" for kind in ("id", "ood")]
+    if not meta.is_file() or not all(f.is_file() for f in sets):
+        return None
+    return _hash([json.loads(meta.read_text())["content_hash"], *(sha256_file(f) for f in sets)])
+
+
+def _clean_instruct(p: Pipeline) -> None:
+    for name in ("corpus", "heldout-instruct"):
+        if (p.instruct / name / "summaries_0000.jsonl").is_file():
+            # Summaries an LLM wrote cost money and time: never thrown away here.
+            raise UserError(f"[instruct] changed, but {p.instruct / name} holds LLM summaries; "
+                            "move that folder away or choose another --out")
+    for name in ("corpus", "data", "heldout", "heldout-instruct", "sets"):
+        _rmtree(p.instruct / name)
+
+
+INSTRUCT_EVALS = (("story", "model"), ("instruct", "instruct/model"))
+"""(label, run folder under the pipeline folder) of the models eval_instruct grades: before and after fine-tuning."""
+
+
+def _eval_instruct_config(p: Pipeline, run: Path, kind: str) -> InstructEvalConfig:
+    values = {**p.section("eval_instruct"), "run": str(run), "sets": str(p.instruct / "sets" / f"{kind}.jsonl"),
+              "data": (str(p.instruct / "corpus"),), "write": False, "device": p.torch_device()}
+    return build(InstructEvalConfig, values)
+
+
+def _eval_instruct_files(p: Pipeline) -> list[Path]:
+    return [p.instruct / "eval" / f"{label}-{kind}.json" for label, _ in INSTRUCT_EVALS for kind in ("id", "ood")]
+
+
+def _run_eval_instruct(p: Pipeline, resume: bool) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for label, run in INSTRUCT_EVALS:
+        for kind in ("id", "ood"):
+            t0 = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()):
+                r = evaluate_instruct(_eval_instruct_config(p, p.root / run, kind))
+            atomic_write_json(p.instruct / "eval" / f"{label}-{kind}.json", r)
+            print(f"[time] eval instruct {label} {kind}: {time.perf_counter() - t0:.1f}s", flush=True)
+            summary[f"{label}-{kind}"] = {k: {"mean": v["mean"], "ci95": v["ci95"]} for k, v in r["checks"].items()}
+    return summary
+
+
+def _eval_instruct_fingerprint(p: Pipeline) -> str | None:
+    files = _eval_instruct_files(p)
+    return _hash([sha256_file(f) for f in files]) if all(f.is_file() for f in files) else None
+
+
 def _rmtree(path: Path) -> None:
     if path.exists():
         shutil.rmtree(path)
@@ -602,6 +788,41 @@ STAGES: tuple[Stage, ...] = (
         run=_run_report,
         fingerprint=lambda p: _fingerprint_file(_report_path(p)),
     ),
+    Stage(
+        "sweep",
+        reads=("tokenize",),
+        config=lambda p: result_fields(_sweep_config(p)),
+        run=_run_sweep,
+        fingerprint=_sweep_fingerprint,
+        clean=lambda p: _rmtree(p.root / "sweep"),
+        # Only operational settings (workers, torchrun) may change in a sweep that continues.
+        resume_config=lambda p: result_fields(_sweep_config(p)),
+    ),
+    Stage(
+        "instruct",
+        reads=("synth", "tokenize"),
+        config=_instruct_key,
+        run=_run_instruct,
+        fingerprint=_instruct_fingerprint,
+        clean=_clean_instruct,
+        resume_config=_instruct_key,
+    ),
+    Stage(
+        "finetune",
+        reads=("instruct", "train"),
+        config=lambda p: _train_key(p, "finetune"),
+        run=lambda p, resume: _run_train(p, resume, "finetune"),
+        fingerprint=lambda p: _train_fingerprint(p, "finetune"),
+        clean=lambda p: _clean_train(p, "finetune"),
+        resume_config=lambda p: _train_resume_key(p, "finetune"),
+    ),
+    Stage(
+        "eval_instruct",
+        reads=("instruct", "train", "finetune"),
+        config=lambda p: _asdict(_eval_instruct_config(p, p.model, "id"), ("run", "sets", "data", "write", "device")),
+        run=_run_eval_instruct,
+        fingerprint=_eval_instruct_fingerprint,
+    ),
 )
 """The stages in order; a later stage is one more entry."""
 
@@ -615,6 +836,20 @@ def _keys(stage: Stage, p: Pipeline) -> tuple[str, str]:
 
 
 # --- running -------------------------------------------------------------------------
+
+
+def selected_stages(names: tuple[str, ...]) -> list[Stage]:
+    """The stages [pipeline] names, in the pipeline's order; each must come with the stages it reads."""
+    known = [stage.name for stage in STAGES]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UserError(f"[pipeline] stages: unknown stage {unknown[0]!r} (stages: {', '.join(known)})")
+    stages = [stage for stage in STAGES if stage.name in names]
+    for stage in stages:
+        missing = [r for r in stage.reads if r not in names]
+        if missing:
+            raise UserError(f"[pipeline] stages: {stage.name} reads what {missing[0]} makes; add {missing[0]}")
+    return stages
 
 
 def _read_state(root: Path) -> dict[str, Any]:
@@ -642,8 +877,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     root = Path(cfg.out or Path("runs") / recipe.name)
     p = Pipeline(root=root, recipe=recipe, device=cfg.device, time_cap=cfg.time)
     _check_root(root)
+    stages = selected_stages(p.stages)
     # Build every stage's config before any work, so a mistake in the recipe stops nothing half-done.
-    for stage in STAGES:
+    for stage in stages:
         stage.config(p)
     state = _read_state(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -651,7 +887,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     state["recipe"] = recipe.name
     t_all = time.perf_counter()
     outcome: dict[str, str] = {}
-    for stage in STAGES:
+    for stage in stages:
         key, resume_key = _keys(stage, p)
         rec = state["stages"].get(stage.name, {})
         now = stage.fingerprint(p)

@@ -8,6 +8,8 @@ stages' typed summaries (`tinystories.summaries`).
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from pathlib import Path
 
@@ -128,11 +130,47 @@ def _judge_lines(r: JudgeResult | None) -> list[str]:
     return [f"judge ({model}): {cells or 'no grades'}; parse failures {failures:.0%}"]
 
 
+def _sweep_lines(folder: Path) -> list[str]:
+    """Per shape (seeds pooled): validation loss and the probes, lowest loss first."""
+    path = folder / "results.json"
+    if not path.is_file():
+        return []
+    results = json.loads(path.read_text(encoding="utf-8"))
+    lines = [f"sweep: {results['finished']} of {results['total']} points finished; per shape, lowest "
+             "validation loss first (probes pooled over seeds, 95% interval):"]
+    for r in sorted(results["shapes"], key=lambda r: r.get("val_loss") or math.inf):
+        probes = f"probes {r['probes']:.2f} ({r['probes_lo']:.2f}-{r['probes_hi']:.2f})" if "probes" in r else ""
+        lines.append(f"  {r['shape']}: {r['non_embedding_params']:,.0f} non-embedding params, "
+                     f"{r['tokens']:,.0f} tokens, val loss {r['val_loss']:.3f}, {probes}")
+    lines.append(f"sweep outputs: {folder / 'results.csv'}, {folder / 'report.html'}")
+    return lines
+
+
+def _instruct_lines(folder: Path) -> list[str]:
+    """The required checks of the story model and the fine-tuned one, in- and out-of-distribution."""
+    found = [folder / f"{label}-{kind}.json" for kind in ("id", "ood") for label in ("story", "instruct")]
+    found = [f for f in found if f.is_file()]
+    if not found:
+        return []
+    lines = ["instruct: share of stories (95% interval over sets):"]
+    for f in found:
+        checks = json.loads(f.read_text(encoding="utf-8"))["checks"]
+        cells = ", ".join(f"{name.replace('_', ' ')} {c['mean']:.1%} [{c['ci95'][0]:.1%}, {c['ci95'][1]:.1%}]"
+                          for name, c in checks.items())
+        lines.append(f"  {f.stem}: {cells}")
+    return lines
+
+
 def closing_note(root: Path, n_samples: int = 3, bold: bool = False) -> str:
     """Samples with their names marked, name consistency, loss and bits per byte on procedural vs real
-    text, and the probes, from the stage outputs."""
+    text, and the probes, from the stage outputs; an experiment's results when the recipe ran one."""
     model = root / "model"
     lines = [f"== {root} =="]
+    experiments = _sweep_lines(root / "sweep") + _instruct_lines(root / "instruct" / "eval")
+    if (root / "ab" / "results.md").is_file():
+        experiments += ["curriculum A/B:", *(root / "ab" / "results.md").read_text(encoding="utf-8").splitlines()]
+    if not model.is_dir():
+        return "\n".join(lines + experiments)
     samples = model / "samples" / "samples.json"
     if samples.is_file():
         lines.append("samples (character names marked):")
@@ -145,6 +183,7 @@ def closing_note(root: Path, n_samples: int = 3, bold: bool = False) -> str:
     lines += _diversity_lines(read_eval(model, DiversityResult, "diversity"))
     lines += _judge_lines(read_eval(model, JudgeResult, "judge"))
     lines += _target_lines(model)
+    lines += experiments
     lines.append(f"outputs: {model} (eval/, samples/, interp/), records: {root / STATE_FILE}")
     report = root / REPORT_FILE
     if report.is_file():

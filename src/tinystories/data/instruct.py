@@ -17,6 +17,7 @@ Summary. The parser takes the fields in any order, including after the story.
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -122,3 +123,29 @@ def parse_instruct(text: str) -> InstructRecord:
         else:
             rec.summary = value
     return rec
+
+
+def eval_sets(records: Sequence[dict], n: int = 50, seed: int = 0) -> dict[str, list[dict[str, str]]]:
+    """Instruction sets for `eval instruct` from story records not used in training: {"id": [...], "ood": [...]}.
+
+    Every set asks for the story's words and one of its sentences; the in-distribution
+    ("id") sets add its Features, a combination the OOD training records have, and the
+    "ood" sets its Summary, so Words come with Summary, which OOD training records never
+    do. Each entry is {"id", "instruct"}, the prompt up to and including "Story:".
+    """
+    short = [r.get("index", k) for k, r in enumerate(records[:n]) if not r.get("summary") or not r.get("words")]
+    if short:
+        raise UserError(f"{len(short)} held-out stories lack a summary or words (e.g. index {short[0]}); "
+                        "the sets need both")
+    rng = random.Random(seed)
+    out: dict[str, list[dict[str, str]]] = {}
+    for kind, extra in (("id", "Features"), ("ood", "Summary")):
+        entries = []
+        for i, rec in enumerate(records[:n]):
+            fields = ["Words", "Random sentence", extra]
+            rng.shuffle(fields)
+            entry = format_instruct(rec["story"], features=rec.get("features", []), words=rec["words"],
+                                    summary=rec["summary"], seed=seed, i=i, fields=fields)
+            entries.append({"id": f"{kind}-{i:03d}", "instruct": entry[: entry.index("Story:") + len("Story:")]})
+        out[kind] = entries
+    return out
