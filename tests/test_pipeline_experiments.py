@@ -143,3 +143,28 @@ def test_instruct_recipe_fine_tunes_the_story_model_and_grades_both(tmp_path: Pa
     assert third["stages"]["finetune"] == "done" and third["stages"]["eval_instruct"] == "done"
     assert third["records"]["finetune"]["summary"]["resumed_from_step"] == 5
     assert third["records"]["finetune"]["summary"]["step"] == 10
+
+
+def test_curriculum_ab_recipe_runs_the_arms_and_more_seeds_extend_it(tmp_path: Path) -> None:
+    ab = {"arms": ["random", "length-reverse"], "seeds": [1], "shape": "d_model=16;n_layer=1;n_head=2;n_kv_head=2;"
+          "max_seq_len=32", "batch_size": 4, "steps": 10, "eval_every": 5, "eval_tokens": 2000}
+    sections = {"pipeline": {"stages": ["synth", "tokenize", "curriculum_ab"]}, **CORPUS, "curriculum_ab": ab}
+    root = tmp_path / "p"
+    result = run_pipeline(PipelineConfig(recipe=write_recipe(tmp_path / "a.toml", sections), out=str(root)))
+    assert result["stages"]["curriculum_ab"] == "done"
+    summary = result["records"]["curriculum_ab"]["summary"]
+    assert set(summary["arms"]) == {"random", "length-reverse"}
+    assert summary["arms"]["random"]["steps_to_target"] == 10  # the random arm reaches its own final loss last
+    config = tomllib.loads((root / "ab" / "length-reverse-s1" / "config.toml").read_text())
+    assert config["train"]["curriculum"] == "length" and config["train"]["curriculum_reverse"] is True
+    assert config["train"]["data"] == str(root / "data")
+    assert "curriculum A/B:" in closing_note(root) and "| length-reverse |" in closing_note(root)
+    first = (root / "ab" / "random-s1" / "metrics.jsonl").stat().st_mtime_ns
+
+    # A second seed extends the A/B: the seed-1 runs are kept, not trained again.
+    more = {**sections, "curriculum_ab": {**ab, "seeds": [1, 2]}}
+    again = run_pipeline(PipelineConfig(recipe=write_recipe(tmp_path / "b.toml", more), out=str(root)))
+    assert again["stages"]["curriculum_ab"] == "done"
+    assert (root / "ab" / "random-s1" / "metrics.jsonl").stat().st_mtime_ns == first
+    assert (root / "ab" / "random-s2" / "metrics.jsonl").is_file()
+    assert json.loads((root / "ab" / "results.json").read_text())["seeds"] == [1, 2]

@@ -105,6 +105,11 @@ COMMANDS: dict[str, Command] = {
         "train and grade a grid of model shapes x seeds at one budget (FLOPs, tokens or time); --report for "
         "the table and plots",
     ),
+    "curriculum-ab": Command(
+        "tinystories.curriculum_ab:curriculum_ab",
+        "curriculum A/B: random order vs curricula and a reverse control, equal tokens, several seeds; "
+        "--report for the table",
+    ),
     "eval probes": Command(
         "tinystories.eval.probes:evaluate_probes",
         "multiple-choice capability probes (fact / reasoning / context) scored by log-likelihood",

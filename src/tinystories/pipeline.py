@@ -53,6 +53,7 @@ import torch
 
 from tinystories import rundir
 from tinystories.config import build, parse_duration, result_fields
+from tinystories.curriculum_ab import SHARED, CurriculumABConfig, curriculum_ab
 from tinystories.data.instruct import eval_sets
 from tinystories.data.stories import iter_stories
 from tinystories.data.tokenize import TokenizeConfig, tokenize
@@ -161,6 +162,7 @@ SECTIONS: dict[str, type] = {
     "instruct_sets": InstructSetsConfig,
     "finetune": TrainConfig,
     "eval_instruct": InstructEvalConfig,
+    "curriculum_ab": CurriculumABConfig,
 }
 """Recipe section -> the config dataclass its fields belong to."""
 
@@ -182,6 +184,7 @@ OWNED: dict[str, tuple[str, ...]] = {
     "instruct": ("data", "out", "resume"),
     "finetune": ("data", "run", "init", "resume", "device"),
     "eval_instruct": ("run", "sets", "data", "write", "device"),
+    "curriculum_ab": ("data", "out", "report", "device"),
 }
 
 
@@ -726,6 +729,19 @@ def _eval_instruct_fingerprint(p: Pipeline) -> str | None:
     return _hash([sha256_file(f) for f in files]) if all(f.is_file() for f in files) else None
 
 
+def _ab_config(p: Pipeline) -> CurriculumABConfig:
+    values = {**p.section("curriculum_ab"), "data": str(p.data), "out": str(p.root / "ab"), "device": p.device}
+    return build(CurriculumABConfig, values)
+
+
+def _run_ab(p: Pipeline, resume: bool) -> dict[str, Any]:
+    # The A/B folder keeps its runs: an interrupted A/B continues (finished runs skipped, the cut one resumed).
+    result = curriculum_ab(_ab_config(p))
+    brief = ("steps_to_target", "steps_ci95", "final_val_loss")
+    return {"target_val_loss": result["target_val_loss"],
+            "arms": {arm: {k: r[k] for k in brief} for arm, r in result["arms"].items()}}
+
+
 def _rmtree(path: Path) -> None:
     if path.exists():
         shutil.rmtree(path)
@@ -822,6 +838,16 @@ STAGES: tuple[Stage, ...] = (
         config=lambda p: _asdict(_eval_instruct_config(p, p.model, "id"), ("run", "sets", "data", "write", "device")),
         run=_run_eval_instruct,
         fingerprint=_eval_instruct_fingerprint,
+    ),
+    Stage(
+        "curriculum_ab",
+        reads=("tokenize",),
+        config=lambda p: result_fields(_ab_config(p)),
+        run=_run_ab,
+        fingerprint=lambda p: _fingerprint_file(p.root / "ab" / "results.json"),
+        clean=lambda p: _rmtree(p.root / "ab"),
+        # More arms or seeds extend the A/B; any other change starts it over.
+        resume_config=lambda p: {k: v for k, v in result_fields(_ab_config(p)).items() if k not in SHARED},
     ),
 )
 """The stages in order; a later stage is one more entry."""
