@@ -2,13 +2,17 @@
 
     tinystories pipeline --recipe demo --out runs/demo      # a built-in recipe (demo, smoke, micro)
     tinystories pipeline --recipe my.toml --out runs/mine   # the same stages, the user's settings
+    tinystories pipeline --recipe sweep --out runs/sweep    # an experiment (sweep, instruct, curriculum-ab)
 
 A recipe (`tinystories.recipe`) is a TOML file with one section per
 component, each holding fields of that component's config dataclass
 (`SECTIONS`: `[synth]`, `[tokenize]`, `[model]` over the preset, `[train]`,
 `[sample]`, `[eval]` (EvalConfig below), `[probes]`, `[diversity]`, `[judge]`,
-`[heads]`, `[neurons]`, `[report]`). Paths between stages are the pipeline's
-to choose, so a recipe may not set them (`OWNED`).
+`[heads]`, `[neurons]`, `[report]`, and the experiments' `[sweep]`,
+`[instruct]`, `[instruct_sets]`, `[finetune]`, `[eval_instruct]`,
+`[curriculum_ab]`). `[pipeline] stages` picks the stages a recipe runs
+(default: the model's, synth to report). Paths between stages are the
+pipeline's to choose, so a recipe may not set them (`OWNED`).
 
 The pipeline folder:
 
@@ -22,6 +26,9 @@ The pipeline folder:
       eval/diversity.json, eval/judge.json (when a judge is set)           eval
       interp/heads.json, interp/neurons_layer*.json, *.png                interpret
     report.html       report: the whole run on one self-contained page
+    sweep/            sweep: the sweep folder (points/, results.csv, report.html)
+    instruct/         instruct: corpus/, data/, heldout/, sets/; finetune: model/; eval_instruct: eval/
+    ab/               curriculum_ab: the A/B folder (one run per arm and seed, results.md)
 
 Each stage calls its library function; nothing here repeats their logic. A
 stage's key hashes its resolved config and the fingerprints of the outputs it
