@@ -73,6 +73,13 @@ def test_sweep_recipe_trains_the_grid_and_a_rerun_skips_it(tmp_path: Path) -> No
     assert third["stages"] == {"synth": "skipped", "tokenize": "skipped", "sweep": "done"}
     points = [p.name for p in (root / "sweep" / "points").iterdir()]
     assert points == ["d_model16-n_layer1-n_head2-n_kv_head2-max_seq_len32-seed0"]  # the old points are gone
+    # More seeds extend it: the trained point stays as it is.
+    trained = (root / "sweep" / "points" / points[0] / "sweep" / "train.json").stat().st_mtime_ns
+    more = tomllib.loads(Path(changed).read_text())
+    more["sweep"]["seeds"] = 2
+    fourth = run_pipeline(PipelineConfig(recipe=write_recipe(tmp_path / "s3.toml", more), out=str(root), device="cpu"))
+    assert fourth["stages"]["sweep"] == "done" and fourth["records"]["sweep"]["summary"]["trained"] == 1
+    assert (root / "sweep" / "points" / points[0] / "sweep" / "train.json").stat().st_mtime_ns == trained
 
 
 def test_eval_sets_ask_for_words_and_a_sentence_with_features_or_summary() -> None:

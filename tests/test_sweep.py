@@ -140,6 +140,24 @@ MICRO = dict(grid="d_model=16;n_layer=1,2;n_head=2;n_kv_head=2;max_seq_len=32", 
              checkpoints=2, eval_stories=4, real="", probe_sets="fact", probe_n=0, device="cpu")
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_more_seeds_extend_a_finished_sweep_and_other_changes_are_refused(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    sweep(SweepConfig(out=str(out), data=str(dataset), **MICRO))
+    first = out / "points" / "n_layer1-seed0"
+    before = {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()}
+    result = sweep(SweepConfig(out=str(out), seeds=2))
+    assert result["trained"] == 2 and result["finished"] == 4  # only the two seed-1 points trained
+    assert {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()} == before
+    spec = json.loads((out / "sweep.json").read_text())
+    assert spec["settings"]["seeds"] == 2 and len(spec["points"]) == 4
+    with open(out / "results.csv", newline="") as f:
+        assert [r["seed"] for r in csv.DictReader(f)] == ["1337", "1338", "1337", "1338"]
+    assert sweep(SweepConfig(out=str(out)))["trained"] == 0  # --out alone keeps the saved two seeds
+    with pytest.raises(UserError, match=r"other settings \(--lr\); continue it with --out alone \(--seeds may change\)"):
+        sweep(SweepConfig(out=str(out), seeds=3, lr=1e-3))
+
+
 def _scores(out: Path) -> list[dict[str, str]]:
     with open(out / "results.csv", newline="") as f:
         return [{k: v for k, v in row.items() if not k.endswith(("seconds", "_s"))} for row in csv.DictReader(f)]

@@ -78,7 +78,7 @@ from tinystories.pipeline_note import REPORT_FILE, STATE_FILE, closing_note
 from tinystories.recipe import Recipe, builtin_recipes, read_recipe  # noqa: F401  (builtin_recipes: re-exported)
 from tinystories.report import ReportConfig, report
 from tinystories.sample import SampleConfig, sample
-from tinystories.sweep import SweepConfig, sweep
+from tinystories.sweep import EXTENDABLE, SweepConfig, sweep
 from tinystories.synth.coherence import name_consistency
 from tinystories.synth.generate import SynthConfig, synth
 from tinystories.synth.instruct import InstructConfig, instruct
@@ -818,8 +818,8 @@ STAGES: tuple[Stage, ...] = (
         run=_run_sweep,
         fingerprint=_sweep_fingerprint,
         clean=lambda p: _rmtree(p.root / "sweep"),
-        # Only operational settings (workers, torchrun) may change in a sweep that continues.
-        resume_config=lambda p: result_fields(_sweep_config(p)),
+        # More seeds extend the sweep (its trained points stay); any other change starts it over.
+        resume_config=lambda p: {k: v for k, v in result_fields(_sweep_config(p)).items() if k not in EXTENDABLE},
     ),
     Stage(
         "instruct",

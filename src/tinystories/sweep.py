@@ -68,6 +68,9 @@ from tinystories.train_setup import build_model_config
 SPEC_FILE = "sweep.json"
 POINTS_DIR = "points"
 STAGE_DIR = "sweep"
+EXTENDABLE = ("seeds",)
+"""Settings a continuation may change: a point depends only on its own shape and seed, so more seeds add
+points and leave the trained ones as they are (fewer seeds leave the extra points out of the results)."""
 GRID_DATA = "data"
 """The grid key that varies the dataset folder (e.g. one per tokenizer, to compare vocabularies)."""
 
@@ -288,12 +291,13 @@ def resolve_spec(cfg: SweepConfig) -> SweepConfig:
     given = result_fields(cfg)
     if spec_path.is_file():
         saved = json.loads(spec_path.read_text(encoding="utf-8"))["settings"]
-        changed = [k for k, v in given.items() if v != _defaults()[k] and v != saved.get(k)]
+        changed = [k for k, v in given.items() if k not in EXTENDABLE and v != _defaults()[k] and v != saved.get(k)]
         if changed:
             flags = ", ".join("--" + k.replace("_", "-") for k in changed)
-            raise UserError(f"sweep {cfg.out} was made with other settings ({flags}); continue it with --out alone, "
-                            "or start a new --out")
-        return dataclasses.replace(cfg, **{k: v for k, v in saved.items() if k in given})
+            raise UserError(f"sweep {cfg.out} was made with other settings ({flags}); continue it with --out alone "
+                            "(--seeds may change), or start a new --out")
+        keep = {k: v for k, v in saved.items() if k in given and not (k in EXTENDABLE and given[k] != _defaults()[k])}
+        return dataclasses.replace(cfg, **keep)
     if cfg.report:
         raise UserError(f"no sweep at {cfg.out} (no {SPEC_FILE}): run the sweep first")
     if not cfg.data and GRID_DATA not in {k for k, _ in parse_grid(cfg.grid)}:
@@ -477,9 +481,9 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
         return {"out": str(out), "points": len(points), "finished": results["finished"],
                 **write_report(out, results, out / POINTS_DIR)}
     _check_points(cfg, points)
-    if not (out / SPEC_FILE).is_file():
-        atomic_write_json(out / SPEC_FILE, {"settings": result_fields(cfg),
-                                            "points": [p.name for p in points]})
+    spec = {"settings": result_fields(cfg), "points": [p.name for p in points]}
+    if not (out / SPEC_FILE).is_file() or json.loads((out / SPEC_FILE).read_text(encoding="utf-8")) != spec:
+        atomic_write_json(out / SPEC_FILE, spec)
     todo = [p for p in points if not _finished(cfg, out / POINTS_DIR / p.name)]
     print(f"[sweep] {len(points)} points, {len(points) - len(todo)} finished, {len(todo)} to do",
           file=sys.stderr, flush=True)
