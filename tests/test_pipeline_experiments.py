@@ -138,7 +138,7 @@ def test_instruct_recipe_fine_tunes_the_story_model_and_grades_both(tmp_path: Pa
     record = result["records"]["eval_instruct"]["summary"]
     assert set(record) == {"story-id", "story-ood", "instruct-id", "instruct-ood"}
     note = closing_note(root)
-    assert "\n  story-id: all words " in note and "\n  instruct-ood: all words " in note
+    assert "\n  story model, in-distribution: stories with all words " in note and "\n  fine-tuned, OOD (Words + Summary): stories with all words " in note
 
     again = run_pipeline(PipelineConfig(recipe=recipe, out=str(root), device="cpu"))
     assert set(again["stages"].values()) == {"skipped"}

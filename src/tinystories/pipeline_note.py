@@ -146,19 +146,23 @@ def _sweep_lines(folder: Path) -> list[str]:
     return lines
 
 
+CHECKS = {"all_words": "stories with all words", "words_present": "words present",
+          "sentence": "stories with the sentence"}
+
+
 def _instruct_lines(folder: Path) -> list[str]:
     """The required checks of the story model and the fine-tuned one, in- and out-of-distribution."""
-    found = [folder / f"{label}-{kind}.json" for kind in ("id", "ood") for label in ("story", "instruct")]
-    found = [f for f in found if f.is_file()]
-    if not found:
-        return []
-    lines = ["instruct: share of stories (95% interval over sets):"]
-    for f in found:
-        checks = json.loads(f.read_text(encoding="utf-8"))["checks"]
-        cells = ", ".join(f"{name.replace('_', ' ')} {c['mean']:.1%} [{c['ci95'][0]:.1%}, {c['ci95'][1]:.1%}]"
-                          for name, c in checks.items())
-        lines.append(f"  {f.stem}: {cells}")
-    return lines
+    lines = []
+    for kind, sets in (("id", "in-distribution"), ("ood", "OOD (Words + Summary)")):
+        for label, model in (("story", "story model"), ("instruct", "fine-tuned")):
+            f = folder / f"{label}-{kind}.json"
+            if not f.is_file():
+                continue
+            checks = json.loads(f.read_text(encoding="utf-8"))["checks"]
+            cells = ", ".join(f"{CHECKS.get(name, name)} {c['mean']:.1%} [{c['ci95'][0]:.1%}, {c['ci95'][1]:.1%}]"
+                              for name, c in checks.items())
+            lines.append(f"  {model}, {sets}: {cells}")
+    return ["instruct, `eval instruct` checks (95% interval over sets):", *lines] if lines else []
 
 
 def closing_note(root: Path, n_samples: int = 3, bold: bool = False) -> str:
@@ -184,7 +188,9 @@ def closing_note(root: Path, n_samples: int = 3, bold: bool = False) -> str:
     lines += _judge_lines(read_eval(model, JudgeResult, "judge"))
     lines += _target_lines(model)
     lines += experiments
-    lines.append(f"outputs: {model} (eval/, samples/, interp/), records: {root / STATE_FILE}")
+    folders = [f"{model} (eval/, samples/, interp/)"] + [str(root / d) for d in ("sweep", "instruct", "ab")
+                                                          if (root / d).is_dir()]
+    lines.append(f"outputs: {', '.join(folders)}; records: {root / STATE_FILE}")
     report = root / REPORT_FILE
     if report.is_file():
         lines.append(f"report: {report}")
