@@ -174,7 +174,8 @@ def closing_note(root: Path, n_samples: int = 3, bold: bool = False) -> str:
     if (root / "ab" / "results.md").is_file():
         experiments += ["curriculum A/B:", *(root / "ab" / "results.md").read_text(encoding="utf-8").splitlines()]
     if not model.is_dir():
-        return "\n".join(lines + experiments)
+        folders = [str(root / d) for d in ("sweep", "instruct", "ab") if (root / d).is_dir()]
+        return "\n".join([*lines, *experiments, f"outputs: {', '.join(folders)}; records: {root / STATE_FILE}"])
     samples = model / "samples" / "samples.json"
     if samples.is_file():
         lines.append("samples (character names marked):")
