@@ -61,7 +61,8 @@ def test_sweep_recipe_trains_the_grid_and_a_rerun_skips_it(tmp_path: Path) -> No
     assert spec["data"] == str(root / "data") and spec["tokens"] == 512
     assert (root / "sweep" / "report.html").is_file() and (root / "sweep" / "plots" / "frontier.png").is_file()
     note = closing_note(root).splitlines()
-    assert note[1].startswith("sweep: 2 of 2 points finished") and note[-1].endswith("report.html")
+    assert note[1].startswith("sweep: 2 of 2 points finished")
+    assert note[-2].endswith(str(root / "sweep" / "report.html")) and note[-1].startswith(f"outputs: {root / 'sweep'};")
 
     again = run_pipeline(PipelineConfig(recipe=recipe, out=str(root), device="cpu"))
     assert set(again["stages"].values()) == {"skipped"}
