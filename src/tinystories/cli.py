@@ -93,7 +93,8 @@ COMMANDS: dict[str, Command] = {
     ),
     "pipeline": Command(
         "tinystories.pipeline:run_command",
-        "run a recipe's stages (synth, tokenize, train, sample, eval) on one folder; a re-run resumes",
+        "run a recipe's stages (synth, tokenize, train, sample, eval, ...; or an experiment's) on one folder; "
+        "a re-run resumes",
     ),
     "run": Command(
         "tinystories.pipeline:run_command",

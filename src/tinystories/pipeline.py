@@ -90,7 +90,7 @@ class PipelineConfig:
     """`tinystories pipeline`: run the stages of a recipe on one pipeline folder, skipping what is done."""
 
     recipe: str = "demo"
-    """Built-in recipe name (demo, smoke, micro) or a recipe TOML file."""
+    """Built-in recipe name (demo, smoke, micro; the experiments sweep, instruct, curriculum-ab) or a recipe TOML file."""
     out: str | None = field(default=None, metadata={"aliases": ("--run",)})
     """Pipeline folder (default: runs/<recipe name>); a re-run continues it."""
     time: float | None = field(default=None, metadata={"parse": parse_duration})
