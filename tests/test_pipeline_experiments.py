@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import tomllib
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tinystories.config import to_toml
+from tinystories.config import add_options, build, options_from, to_toml
 from tinystories.data.instruct import eval_sets, parse_instruct
 from tinystories.errors import UserError
 from tinystories.pipeline import PipelineConfig, closing_note, load_recipe, run_pipeline, selected_stages
@@ -176,3 +177,30 @@ def test_curriculum_ab_recipe_runs_the_arms_and_more_seeds_extend_it(tmp_path: P
     assert (root / "ab" / "random-s1" / "metrics.jsonl").stat().st_mtime_ns == first
     assert (root / "ab" / "random-s2" / "metrics.jsonl").is_file()
     assert json.loads((root / "ab" / "results.json").read_text())["seeds"] == [1, 2]
+
+
+def test_set_changes_recipe_values_and_the_folder_records_them(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path / "c.toml", {"pipeline": {"stages": ["synth", "tokenize"]}, **CORPUS})
+    root = tmp_path / "p"
+    cfg = build(PipelineConfig, options_from(_parse(["--recipe", recipe, "--out", str(root), "--set", "synth.n=50",
+                                                     "tokenize.val_fraction=0.2", "synth.seed=3"]), PipelineConfig))
+    assert cfg.set == ("synth.n=50", "tokenize.val_fraction=0.2", "synth.seed=3")
+    run_pipeline(cfg)
+    job = json.loads((root / "corpus" / "job.json").read_text())
+    assert job["n"] == 50 and job["seed"] == 3
+    saved = (root / "recipe.toml").read_text()
+    assert "#   --set synth.n=50" in saved
+    assert tomllib.loads(saved)["synth"] == {"backend": "procedural", "n": 50, "seed": 3}
+    assert set(run_pipeline(cfg)["stages"].values()) == {"skipped"}
+    # Counts may be written as on the command line; a bad override is one line.
+    assert load_recipe(recipe, ("tokenize.train_bytes=2M",)).sections["tokenize"]["train_bytes"] == 2_000_000
+    for bad, message in (("synth.n", "write SECTION.FIELD=VALUE"), ("synth.nope=1", "no field 'nope'"),
+                         ("sweep.out=x", "may not set out"), ("pipelines.x=1", "unknown section")):
+        with pytest.raises(UserError, match=message):
+            load_recipe(recipe, (bad,))
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_options(parser, PipelineConfig)
+    return parser.parse_args(argv)

@@ -97,6 +97,8 @@ class PipelineConfig:
     """Safety cap on training wall-clock time (e.g. 10m), over the recipe's; the budget is the recipe's tokens."""
     device: str = "auto"
     """Torch device for training, sampling and evaluation (auto: cuda when available)."""
+    set: tuple[str, ...] = ()
+    """Recipe values to change, SECTION.FIELD=VALUE (e.g. sweep.flops=8e12 finetune.max_steps=400); recipe.toml in the folder records the result."""
 
 
 # --- recipes ----------------------------------------------------------------------
@@ -147,10 +149,10 @@ OWNED: dict[str, tuple[str, ...]] = {
 }
 
 
-def load_recipe(spec: str) -> Recipe:
-    """A built-in recipe by name, or a TOML file; unknown sections and fields, and fields the pipeline
-    chooses, are errors."""
-    return read_recipe(spec, SECTIONS, OWNED)
+def load_recipe(spec: str, overrides: tuple[str, ...] = ()) -> Recipe:
+    """A built-in recipe by name, or a TOML file, with `overrides` (SECTION.FIELD=VALUE) set over it;
+    unknown sections and fields, and fields the pipeline chooses, are errors."""
+    return read_recipe(spec, SECTIONS, OWNED, overrides)
 
 
 STAGES: tuple[Stage, ...] = MODEL_STAGE_LIST + EXPERIMENT_STAGES
@@ -203,7 +205,7 @@ def _check_root(root: Path) -> None:
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     """Run every stage of the recipe on `cfg.out`, skipping stages that are up to date."""
-    recipe = load_recipe(cfg.recipe)
+    recipe = load_recipe(cfg.recipe, cfg.set)
     root = Path(cfg.out or Path("runs") / recipe.name)
     p = Pipeline(root=root, recipe=recipe, device=cfg.device, time_cap=cfg.time)
     _check_root(root)

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from tinystories.config import parse_count
+from tinystories.config import parse_count, to_toml
 from tinystories.errors import UserError
 
 
@@ -52,11 +52,36 @@ def _coerce(cls: type, section: str, values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_recipe(spec: str, known: dict[str, type], owned: dict[str, tuple[str, ...]]) -> Recipe:
+def _override_value(text: str) -> Any:
+    # A TOML value (8e12, true, [1, 2], "x"); anything else is a bare string (openai, runs/x).
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: tuple[str, ...]) -> dict[str, Any]:
+    """`data` with each SECTION.FIELD=VALUE of `overrides` set (a new section when it has none)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not eq or not dot or not section or not name.strip():
+            raise UserError(f"bad override {item!r}: write SECTION.FIELD=VALUE, e.g. sweep.flops=8e12")
+        out.setdefault(section, {})
+        if not isinstance(out[section], dict):
+            raise UserError(f"bad override {item!r}: {section} is not a section")
+        out[section][name.strip()] = _override_value(value.strip())
+    return out
+
+
+def read_recipe(spec: str, known: dict[str, type], owned: dict[str, tuple[str, ...]],
+                overrides: tuple[str, ...] = ()) -> Recipe:
     """A built-in recipe by name, or a TOML file, whose sections are `known`'s config classes.
 
     Unknown sections and fields are errors, and so are the fields `owned` lists per section (the caller
-    chooses them)."""
+    chooses them). `overrides` (SECTION.FIELD=VALUE) are set over the file's values, checked the same way;
+    the recipe's text is then the merged recipe."""
     path = Path(spec)
     if spec.endswith(".toml") or path.is_file():
         if not path.is_file():
@@ -71,6 +96,8 @@ def read_recipe(spec: str, known: dict[str, type], owned: dict[str, tuple[str, .
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"recipe {spec} is not valid TOML: {e}") from None
+    if overrides:
+        data = apply_overrides(data, overrides)
     sections: dict[str, dict[str, Any]] = {}
     for key, value in data.items():
         if key not in known or not isinstance(value, dict):
@@ -79,4 +106,7 @@ def read_recipe(spec: str, known: dict[str, type], owned: dict[str, tuple[str, .
         if chosen:
             raise UserError(f"recipe {spec}: [{key}] may not set {', '.join(chosen)}: the pipeline chooses it")
         sections[key] = _coerce(known[key], key, value)
+    if overrides:
+        settings = "\n".join(f"#   --set {o}" for o in overrides)
+        text = f"# the recipe {spec} with\n{settings}\n\n" + to_toml(data)
     return Recipe(name=name, text=text, sections=sections)
