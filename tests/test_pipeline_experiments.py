@@ -183,7 +183,8 @@ def test_set_changes_recipe_values_and_the_folder_records_them(tmp_path: Path) -
     recipe = write_recipe(tmp_path / "c.toml", {"pipeline": {"stages": ["synth", "tokenize"]}, **CORPUS})
     root = tmp_path / "p"
     cfg = build(PipelineConfig, options_from(_parse(["--recipe", recipe, "--out", str(root), "--set", "synth.n=50",
-                                                     "tokenize.val_fraction=0.2", "synth.seed=3"]), PipelineConfig))
+                                                     "tokenize.val_fraction=0.2", "--set", "synth.seed=3"]),
+                                             PipelineConfig))
     assert cfg.set == ("synth.n=50", "tokenize.val_fraction=0.2", "synth.seed=3")
     run_pipeline(cfg)
     job = json.loads((root / "corpus" / "job.json").read_text())

@@ -97,7 +97,7 @@ class PipelineConfig:
     """Safety cap on training wall-clock time (e.g. 10m), over the recipe's; the budget is the recipe's tokens."""
     device: str = "auto"
     """Torch device for training, sampling and evaluation (auto: cuda when available)."""
-    set: tuple[str, ...] = ()
+    set: tuple[str, ...] = field(default=(), metadata={"repeat": True})
     """Recipe values to change, SECTION.FIELD=VALUE (e.g. sweep.flops=8e12 finetune.max_steps=400); recipe.toml in the folder records the result."""
 
 
