@@ -232,6 +232,27 @@ def result_fields(cfg: Any) -> dict[str, Any]:
     }
 
 
+def continued(cfg: T, saved: dict[str, Any], extendable: tuple[str, ...], what: str) -> T:
+    """`cfg` continuing a folder whose result settings were `saved` (e.g. a sweep or an A/B folder).
+
+    A result setting `cfg` leaves at its default takes the saved value; one given
+    differently is refused in one line, as it would mix runs made differently.
+    The `extendable` settings may change: they choose which runs there are, not
+    how one is made.
+    """
+    given, defaults = result_fields(cfg), result_fields(type(cfg)())
+    changed = [k for k, v in given.items() if k not in extendable and v not in (defaults[k], saved.get(k))]
+    if changed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        may = " and ".join("--" + k.replace("_", "-") for k in extendable)
+        raise UserError(f"{what} was made with other settings ({flags}); continue it with --out alone "
+                        f"({may} may change), or start a new --out")
+    # JSON gives lists where the config holds tuples.
+    kept = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()
+            if k in given and not (k in extendable and given[k] != defaults[k])}
+    return dataclasses.replace(cfg, **kept)  # type: ignore[type-var]  # cfg is a dataclass instance
+
+
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)

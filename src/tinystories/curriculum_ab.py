@@ -36,7 +36,6 @@ The A/B folder:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import shutil
@@ -51,7 +50,7 @@ import numpy as np
 import torch
 
 from tinystories import rundir
-from tinystories.config import OPERATIONAL, build, result_fields
+from tinystories.config import OPERATIONAL, build, continued, result_fields
 from tinystories.data.curriculum import MEASURES
 from tinystories.data.shards import open_dataset
 from tinystories.errors import UserError
@@ -170,20 +169,7 @@ def resolve_settings(cfg: CurriculumABConfig) -> CurriculumABConfig:
             raise UserError("--data is required for a new A/B: the dataset folder every run trains on")
         return cfg
     saved = json.loads(path.read_text(encoding="utf-8"))["settings"]
-    given, defaults = result_fields(cfg), result_fields(CurriculumABConfig())
-    changed = [k for k, v in given.items() if k not in SHARED and v not in (defaults[k], saved.get(k))]
-    if changed:
-        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
-        raise UserError(
-            f"A/B {cfg.out} was made with other settings ({flags}); continue it with --out alone "
-            "(--arms and --seeds may change), or start a new --out"
-        )
-    kept: dict[str, Any] = {
-        k: tuple(v) if isinstance(v, list) else v
-        for k, v in saved.items()
-        if k in given and not (k in SHARED and given[k] != defaults[k])
-    }
-    return dataclasses.replace(cfg, **kept)
+    return continued(cfg, saved, SHARED, f"A/B {cfg.out}")
 
 
 # --- training -------------------------------------------------------------------------------------

@@ -165,17 +165,9 @@ def _instruct_lines(folder: Path) -> list[str]:
     return ["instruct, `eval instruct` checks (95% interval over sets):", *lines] if lines else []
 
 
-def closing_note(root: Path, n_samples: int = 3, bold: bool = False) -> str:
-    """Samples with their names marked, name consistency, loss and bits per byte on procedural vs real
-    text, and the probes, from the stage outputs; an experiment's results when the recipe ran one."""
-    model = root / "model"
-    lines = [f"== {root} =="]
-    experiments = _sweep_lines(root / "sweep") + _instruct_lines(root / "instruct" / "eval")
-    if (root / "ab" / "results.md").is_file():
-        experiments += ["curriculum A/B:", *(root / "ab" / "results.md").read_text(encoding="utf-8").splitlines()]
-    if not model.is_dir():
-        folders = [str(root / d) for d in ("sweep", "instruct", "ab") if (root / d).is_dir()]
-        return "\n".join([*lines, *experiments, f"outputs: {', '.join(folders)}; records: {root / STATE_FILE}"])
+def _model_lines(model: Path, n_samples: int, bold: bool) -> list[str]:
+    """The model's samples with their names marked, name consistency, losses, probes, memorization, judge, targets."""
+    lines = []
     samples = model / "samples" / "samples.json"
     if samples.is_file():
         lines.append("samples (character names marked):")
@@ -188,9 +180,21 @@ def closing_note(root: Path, n_samples: int = 3, bold: bool = False) -> str:
     lines += _diversity_lines(read_eval(model, DiversityResult, "diversity"))
     lines += _judge_lines(read_eval(model, JudgeResult, "judge"))
     lines += _target_lines(model)
-    lines += experiments
-    folders = [f"{model} (eval/, samples/, interp/)"] + [str(root / d) for d in ("sweep", "instruct", "ab")
-                                                          if (root / d).is_dir()]
+    return lines
+
+
+def closing_note(root: Path, n_samples: int = 3, bold: bool = False) -> str:
+    """Samples with their names marked, name consistency, loss and bits per byte on procedural vs real
+    text, and the probes, from the stage outputs; an experiment's results when the recipe ran one."""
+    model = root / "model"
+    lines = [f"== {root} =="]
+    folders = [str(root / d) for d in ("sweep", "instruct", "ab") if (root / d).is_dir()]
+    if model.is_dir():
+        lines += _model_lines(model, n_samples, bold)
+        folders.insert(0, f"{model} (eval/, samples/, interp/)")
+    lines += _sweep_lines(root / "sweep") + _instruct_lines(root / "instruct" / "eval")
+    if (root / "ab" / "results.md").is_file():
+        lines += ["curriculum A/B:", *(root / "ab" / "results.md").read_text(encoding="utf-8").splitlines()]
     lines.append(f"outputs: {', '.join(folders)}; records: {root / STATE_FILE}")
     report = root / REPORT_FILE
     if report.is_file():

@@ -52,7 +52,7 @@ from typing import Any
 import torch
 
 from tinystories import rundir
-from tinystories.config import OPERATIONAL, build, parse_count, parse_duration, result_fields
+from tinystories.config import OPERATIONAL, build, continued, parse_count, parse_duration, result_fields
 from tinystories.data.shards import open_dataset
 from tinystories.errors import UserError
 from tinystories.eval.judge import JudgeConfig, evaluate_judge, read_beginnings
@@ -277,10 +277,6 @@ def check_budget(cfg: SweepConfig) -> None:
 # --- the sweep folder ----------------------------------------------------------------------------
 
 
-def _defaults() -> dict[str, Any]:
-    return result_fields(SweepConfig())
-
-
 def resolve_spec(cfg: SweepConfig) -> SweepConfig:
     """The sweep's settings: the given ones for a new folder; the saved ones (plus operational options) to continue.
 
@@ -288,16 +284,9 @@ def resolve_spec(cfg: SweepConfig) -> SweepConfig:
     mix points trained differently in one table.
     """
     spec_path = Path(cfg.out) / SPEC_FILE
-    given = result_fields(cfg)
     if spec_path.is_file():
         saved = json.loads(spec_path.read_text(encoding="utf-8"))["settings"]
-        changed = [k for k, v in given.items() if k not in EXTENDABLE and v != _defaults()[k] and v != saved.get(k)]
-        if changed:
-            flags = ", ".join("--" + k.replace("_", "-") for k in changed)
-            raise UserError(f"sweep {cfg.out} was made with other settings ({flags}); continue it with --out alone "
-                            "(--seeds may change), or start a new --out")
-        keep = {k: v for k, v in saved.items() if k in given and not (k in EXTENDABLE and given[k] != _defaults()[k])}
-        return dataclasses.replace(cfg, **keep)
+        return continued(cfg, saved, EXTENDABLE, f"sweep {cfg.out}")
     if cfg.report:
         raise UserError(f"no sweep at {cfg.out} (no {SPEC_FILE}): run the sweep first")
     if not cfg.data and GRID_DATA not in {k for k, _ in parse_grid(cfg.grid)}:
