@@ -99,7 +99,7 @@ def test_the_quoted_sorry_story_is_caught():
         # Max introduced a second time
         ("introduction", lambda L: [*L, ("The dog's name was Max.", "recap")]),
         # a name that belongs to nobody in the story
-        ("stranger", lambda L: [*L[:7], ("Kate wagged her tail, and Emma was very happy.", "end:happy")]),
+        ("stranger", lambda L: [*L[:7], ("Jenny wagged her tail, and Emma was very happy.", "end:happy")]),
         # "a boy named Emma"
         ("pronoun", lambda L: [("Once upon a time, there was a little boy named Emma.", "intro"), *L[1:]]),
         # "he" with no male character in focus
@@ -122,9 +122,10 @@ def test_the_quoted_model_sample_has_strangers_and_a_wrong_kind():
         "said Kevin."
     )
     chars = [{"name": "Sara", "kind": "boy", "gender": "female", "role": "protagonist"}]
-    rules = [v.rule for v in check_coherence(text, {"characters": chars, "protagonist": "Sara"})]
+    known = [*GIRL_NAMES, *BOY_NAMES, "Kate", "Ruby", "Kevin"]  # the engine that wrote it knew these too
+    rules = [v.rule for v in check_coherence(text, {"characters": chars, "protagonist": "Sara"}, known)]
     assert rules.count("stranger") == 5 and "pronoun" in rules
-    assert names_in(text, GIRL_NAMES + BOY_NAMES) == ["Sara", "Kate", "Ruby", "Billy", "Jane", "Kevin"]
+    assert names_in(text, known) == ["Sara", "Kate", "Ruby", "Billy", "Jane", "Kevin"]
 
 
 def test_engine_stories_are_coherent():
@@ -142,7 +143,7 @@ def test_ten_thousand_engine_stories_are_coherent():
 
 
 def test_name_consistency_counts_names_and_the_kept_protagonist():
-    known = GIRL_NAMES + BOY_NAMES
+    known = [*GIRL_NAMES, *BOY_NAMES, "Kate", "Kevin"]
     kept = "Once upon a time, there was a girl named Lily. Lily met Tom. Tom waved. Lily smiled at Tom, and Lily ran home."
     lost = "There was a boy named Sara. Kate had a friend. Billy loved to tug things. Jane was playing with Kevin."
     nobody = "Once upon a time, there was a dog. The dog met a cat called Whiskers. Whiskers and the dog played."

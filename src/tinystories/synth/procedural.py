@@ -170,15 +170,12 @@ def _plan_world(rng: random.Random, words: list[str], lex: Lexicon) -> dict[str,
     else:
         kind = rng.choice(W.ANIMAL_KINDS)
     gender = W.CHILD_KINDS.get(kind) or rng.choice(("female", "male"))
-    name = rng.choice(W.GIRL_NAMES if gender == "female" else W.BOY_NAMES)
+    name = W.pick_name(rng, gender)
     hero = Character(name, kind, gender, "protagonist")
 
     fkind = noun if ncls == "animal" else rng.choice(list(W.CHILD_KINDS) + list(W.ANIMAL_KINDS[:8]))
     fgender = W.CHILD_KINDS.get(fkind) or rng.choice(("female", "male"))
-    names = W.GIRL_NAMES if fgender == "female" else W.BOY_NAMES
-    fname = rng.choice(names)
-    while fname.startswith(name) or name.startswith(fname):  # no "Tim" beside "Timmy"
-        fname = rng.choice(names)
+    fname = W.pick_name(rng, fgender, avoid=name)
     friend = Character(fname, fkind, fgender, "friend")
 
     if noun in W.FAMILY:
@@ -259,6 +256,7 @@ def _fields(wd: dict[str, Any]) -> dict[str, str]:
         "F": f.name,
         "fhe": f.he,
         "fHe": f.He,
+        "fHis": f.His,
         "fhim": f.him,
         "fhis": f.his,
         "fkind": f.kind,

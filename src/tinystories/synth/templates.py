@@ -31,28 +31,30 @@ INTRO = (
     "On a bright spring day, {a_kind} named {N} went out to play.",
 )
 FRIEND_INTRO = (
+    "{N} had a friend named {F}.",
+    "{N} had a best friend named {F}.",
     "{N} had a good friend, {a_fkind} named {F}.",
+    "{N} had a friend, {a_fkind} named {F}.",
     "{N}'s best friend was {a_fkind} named {F}.",
-    "Every day, {N} played with {a_fkind} named {F}.",
-    "{N} lived next to {a_fkind} called {F}.",
-    "{N} and {F}, {a_fkind}, were the best of friends.",
-    "{F} was {a_fkind} who lived close by, and {N} liked {fhim} a lot.",
-    "{N} often visited {F}, {a_fkind} from down the road.",
+    "{N} liked to play with {a_fkind} named {F}.",
+    "{N} lived next to {a_fkind} named {F}.",
     "{N} had a friend named {F}. {F} was {a_fkind}.",
-    "{N}'s best friend was {F}, {a_fkind} who lived next door.",
+    "{N} had a friend. {fHis} name was {F}.",
+    "Every day, {N} played with {his} friend, {a_fkind} named {F}.",
 )
 VERB_HABIT_I = (
     "{N} loved to {v}.",
-    "More than anything, {N} liked to {v}.",
-    "Every day, {N} would {v} at the {place}.",
+    "{N} liked to {v} every day.",
+    "{N} loved to {v} with {his} friend.",
+    "{N} liked to {v} in the {place}.",
+    "Every day, {N} would {v} with {F}.",
     "{N} was very good at {ving}.",
-    "{He} liked {ving} with {F} after lunch.",
 )
 VERB_HABIT_T = (
     "{N} loved to {v} things.",
-    "{His} favorite game was to {v} things with {F}.",
-    "Every day, {N} helped {his} {mom} {v} things at home.",
-    "{N} liked to {v} the {obj} every morning.",
+    "{N} liked to {v} things with {F}.",
+    "Every day, {N} helped {his} {mom} {v} things.",
+    "{N} liked to {v} the {obj} every day.",
 )
 VERB_END_I = (
     "Then {N} and {F} {ved} together until the sun went down.",
@@ -67,11 +69,12 @@ VERB_END_T = (
 VERB_END_T_NO_OBJ = ("Later, {N} showed {F} how to {v} things.", "The next day, {N} and {F} {ved} some old boxes.")
 OBJ_INTRO = (
     "{N} had {a_desc}.",
+    "{N} had {a_desc}. {He} loved it very much.",
     "{N}'s favorite toy was {a_desc}.",
-    "{His} {mom} gave {him} {a_desc}.",
-    "{N} loved {his} {desc} very much.",
-    "One day, {N} got {a_desc} from {his} grandma.",
     "{N} had {a_desc} that {he} loved very much.",
+    "{His} {mom} gave {him} {a_desc}.",
+    "One day, {his} {mom} gave {him} {a_desc}.",
+    "{N} loved {his} {desc} very much.",
     "For {his} birthday, {N} got {a_desc}.",
 )
 GOALS_T: dict[str, tuple[str, ...]] = {

@@ -5,6 +5,7 @@ Kept apart from the engine so the probes can build contexts from the same world.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 
@@ -12,14 +13,26 @@ def _words(text: str) -> list[str]:
     return text.split()
 
 
+# Names real TinyStories use often: each reads at low cost to a small model trained on the real
+# stories (llama2.c's stories260K), where rarer names (Noah, Kevin, Ivy) cost it two to three times
+# as much. Lily, Timmy, Tim, Tom, Max and Ben name a third of the real stories.
 GIRL_NAMES = _words(
-    "Lily Mia Sue Anna Lucy Emma Ella Sara Amy Zoe Kim Ruby Rosie Daisy Molly Lila Nora Ivy Jane Maya "
-    "Lola Bella Grace Hannah Chloe Sophie Kate Maddie Pip Poppy Elsie Mina Tara Gina Jill Nina Rita Wendy"
+    "Lily Amy Lucy Sue Mia Sally Anna Emma Lila Daisy Kitty Jane Jenny Lola Poppy Sara Jill Molly Mary "
+    "Ann Pip Mimi Rosie Ella Bella"
 )
 BOY_NAMES = _words(
-    "Tom Tim Ben Max Sam Jack Leo Finn Jake Bob Joe Timmy Billy Danny Alex Ollie Noah Eli Luke Owen "
-    "Ryan Toby Charlie Henry Jimmy Rex Spot Buddy Milo Teddy Ned Ted Dan Gus Rudy Zack Kevin Paul"
+    "Tim Timmy Tom Jack Max Teddy Benny Tommy Sam Bob Spot Toby Billy Ben Joe Jimmy Buddy Bobby Fred "
+    "Mark Zack Ted Charlie Leo"
 )
+
+
+def pick_name(rng: random.Random, gender: str, avoid: str = "") -> str:
+    """A name of this gender; never `avoid` nor one that starts it or that it starts ("Tim", "Timmy")."""
+    names = [
+        n for n in (GIRL_NAMES if gender == "female" else BOY_NAMES)
+        if not avoid or not (n.startswith(avoid) or avoid.startswith(n))
+    ]
+    return rng.choice(names)
 
 # Kinds a named character can be; the gender of girl/boy is fixed, animals get either.
 CHILD_KINDS = {"girl": "female", "boy": "male"}
