@@ -35,6 +35,7 @@ from tinystories.synth.templates import (
     FOODS,
     FRIEND_INTRO,
     GAMES,
+    GOAL_REPLY,
     GOAL_TALK,
     GOALS_T,
     HAPPY_END,
@@ -468,6 +469,8 @@ def tell(
     say(pick(GOALS_T[goal]))
     if dialogue:
         say(pick(GOAL_TALK[goal]))
+        if rng.random() < 0.6:
+            say(pick(GOAL_REPLY[goal]))
     if acls in ("temperature", "weather", "sound", "taste") and not adj_used:
         T.event("adj:" + acls)
         say(pick(ADJ_SLOT[acls]))

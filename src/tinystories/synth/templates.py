@@ -59,12 +59,14 @@ VERB_HABIT_T = (
 VERB_END_I = (
     "Then {N} and {F} {ved} together until the sun went down.",
     "After that, they {ved} all day long.",
-    "Later, {N} {ved} at the {place}, and {F} came too.",
+    "Then they {ved} in the {place} together.",
+    "They {ved} and laughed all day.",
 )
 VERB_END_T = (
     "Then {N} and {F} {ved} the {obj} together.",
     "After that, {N} {ved} the {obj} with great care.",
-    "Later, {N} showed {F} how to {v} things.",
+    "Then {N} showed {F} how to {v} things.",
+    "They {ved} the {obj} together and had lots of fun.",
 )
 VERB_END_T_NO_OBJ = ("Later, {N} showed {F} how to {v} things.", "The next day, {N} and {F} {ved} some old boxes.")
 OBJ_INTRO = (
@@ -112,6 +114,21 @@ GOAL_TALK = {
     "fix": ('"I love my {obj} so much," said {N}.',),
     "visit": ('"Can we go to the {place}, please?" {N} asked {his} {mom}.',),
     "learn": ('"I want to {lv} too!" said {N}.', '"Can you show me how to {lv}?" {N} asked {F}.'),
+}
+GOAL_REPLY = {  # what the friend or the parent says back
+    "find": (
+        '"Let\'s look for it together," said {F}.',
+        '"Don\'t worry, we will find it," said {his} {mom}.',
+        '"I will help you look," said {F}.',
+    ),
+    "reach": ('"Be careful!" said {his} {mom}.', '"Wow, it can go so high!" said {F}.', '"Let me try too!" said {F}.'),
+    "fix": ('"It is a very nice {obj}," said {F}.', '"Be careful with it," said {his} {mom}.', '"Can I see it?" asked {F}.'),
+    "visit": (
+        '"Yes, we can go after lunch," said {his} {mom}.',
+        '"Yes, let\'s go!" said {F}.',
+        '"Okay, but we must be back for dinner," said {his} {mom}.',
+    ),
+    "learn": ('"You can do it!" said {F}.', '"Just try your best," said {his} {mom}.', '"I will show you how," said {F}.'),
 }
 SETUP = {  # Foreshadowing: an early detail the plot comes back to.
     "find": ("{N}'s bag had a small hole in it.", "{N} did not see that {his} pocket had a hole."),
@@ -169,7 +186,9 @@ OBSTACLE_TALK = (
     '"What do I do now?" {N} asked.',
     '"This is too hard," said {N} sadly.',
     '{N} said, "What can I do?"',
-    '"Oh dear, oh dear!" said {N}.',
+    '"Oh no, what will I do?" {N} said.',
+    '{N} was sad. "Can someone help me?" {he} asked.',
+    '"Oh no! This is bad," said {N}.',
 )
 CONFLICT = {
     "obj": (
@@ -347,16 +366,21 @@ HAPPY_END = (
     "{N} and {F} laughed and played until it was time for bed.",
     "{N} gave {his} {mom} a big hug.",
     "It was the best day {N} ever had.",
-    "{N} could not stop smiling all the way home.",
     "{N} and {F} had so much fun that day.",
     "{N} felt proud and happy.",
-    "{N} smiled and said thank you to everyone.",
+    "They played together all day and had lots of fun.",
+    "{N} and {F} were very happy, and they went home together.",
+    "{N} was happy, and {his} {mom} was happy too.",
+    "They all smiled and went home.",
 )
 HAPPY_TALK = (
     '"Thank you so much!" said {N}.',
     '"This is the best day ever!" {N} said.',
     '{N} said, "I am so happy!"',
     '"We did it!" {N} shouted.',
+    '{N} smiled and said, "Thank you for helping me."',
+    '"Yay!" said {N}. "I am so happy now."',
+    '"I love you, {Mom}," said {N}.',
 )
 SAD_END = (
     "{N} went home feeling very sad.",
@@ -373,6 +397,8 @@ SAD_TALK = (
     '"I miss my {obj}," said {N} quietly.',
     '"I wish I had been more careful," {N} said.',
     '{N} said, "Maybe next time."',
+    '"It is not fair," {N} said, and {he} began to cry.',
+    '{N} looked down and said, "I am sad."',
 )
 MORAL = {
     "friend": (
@@ -413,14 +439,13 @@ ADJ_SLOT = {
 
 PLAY = (
     "{N} and {F} played {game} all morning.",
-    "In the morning, {N} and {F} played {game} at the {place}.",
+    "In the morning, {N} and {F} played {game} in the {place}.",
     "They liked to play {game} together.",
-    "{F} and {N} often played {game} after lunch.",
     "They played {game} all day.",
-    "Every afternoon, {F} came over to play {game} with {N}.",
-    "{N} liked to play {game} with {F} near the {place}.",
-    "After school, {N} and {F} liked to play {game}.",
-    "Sometimes they played {game} in the {place}.",
+    "Every day, {F} came over to play {game} with {N}.",
+    "{N} liked to play {game} with {F} in the {place}.",
+    "They loved to play {game} in the {place}.",
+    "One day, {N} and {F} played {game} in the {place}.",
 )
 GAMES = (
     "tag",
@@ -448,14 +473,18 @@ WALK_SEE = (
 )
 WALK = (
     "On the way, {N} saw {x} {y}.",
-    "Near the path, there was {x} {y}.",
+    "On the way, they saw {x} {y}.",
     "{N} and {F} walked past {x} {y}.",
+    "As they walked, they saw {x} {y}.",
+    "Then {N} saw {x} {y}.",
 )
 SNACK = (
     "{His} {mom} made {f1} and {f2} for lunch.",
     "They shared {f1} and {f2}.",
-    "Later, they had {f1} and {f2} for a snack.",
+    "Then they ate {f1} and {f2}.",
     "{F} brought {f1}, and {N} brought {f2}.",
+    "{His} {mom} gave them {f1} and {f2}.",
+    "After that, they sat down and ate {f1} and {f2}.",
 )
 FOODS = (
     "apple",
