@@ -103,7 +103,11 @@ def test_fp32_gguf_greedy_text_equals_tinystories_sample(which, request, tmp_pat
     ours = complete(loaded.model, [[eot]], SampleParams(temperature=0.0, max_new_tokens=200), eot_id=eot)[0].tokens
     assert theirs == ours and len(ours) > 50
     text = sample_greedy(run, capsys)
-    assert llm.detokenize([eot, *theirs]).decode("utf-8") == text
+    # Piece by piece: llama-cpp-python's detokenize drops a leading space whenever the list starts with BOS,
+    # which is right for SentencePiece (its decoder drops the space its encoder put in front) but not for
+    # byte-level BPE, where a first token " upon" keeps its space.
+    pieces = b"".join(llm.detokenize([t]) for t in theirs).decode("utf-8")
+    assert (pieces.removeprefix(" ") if which == "s260k" else pieces) == text
     if which == "s260k":
         golden = data_file("llama2c/stories260K.expected.greedy-n200.txt").read_text(encoding="utf-8")
         assert text == golden.rstrip("\n")

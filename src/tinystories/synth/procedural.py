@@ -186,7 +186,7 @@ def _plan_world(rng: random.Random, words: list[str], lex: Lexicon) -> dict[str,
     parent = Character(pname, pname.lower(), pgender, "parent")
 
     place = noun if ncls == "place" else rng.choice(W.PLACES)
-    holdable = ncls in W.HOLDABLE or noun in W.COLLECTIBLE
+    holdable = (ncls in W.HOLDABLE and noun not in W.FIXED | W.OWN_LINES) or noun in W.COLLECTIBLE
     food = ncls == "food" and holdable
     obj = noun if holdable else rng.choice(W.GOAL_OBJECTS)
     if obj == noun:
@@ -389,6 +389,10 @@ def tell(
     def pick(options: tuple[str, ...] | list[str]) -> str:
         return _pick(rng, options, w)
 
+    def pick_clue(options: tuple[str, ...]) -> str:
+        # "Tim's bag had a hole" cannot explain how the bag itself got lost.
+        return pick([o for o in options if not re.search(rf"\b{wd['obj']}\b", o)] or options)
+
     # Where the item's words go. The verb is always used as a habit or an ending activity.
     verb_at_end = rng.random() < 0.4 and not (goal == "learn" and w["lv"].startswith(wd["verb"]))
     noun_used = wd["noun"] in (wd["obj"], wd["place"], friend.kind, parent.name.lower()) or (
@@ -444,7 +448,7 @@ def tell(
             say(line)
     if "Foreshadowing" in feats:
         T.event("setup")
-        say(pick(SETUP[goal]), "Foreshadowing")
+        say(pick_clue(SETUP[goal]), "Foreshadowing")
 
     # Paragraph 2: the goal and what stands in the way.
     T.para()
@@ -485,16 +489,16 @@ def tell(
     payoff = "Foreshadowing" in feats
     if payoff and goal == "reach":
         T.event("payoff")
-        say(pick(PAYOFF[goal]), "Foreshadowing")
+        say(pick_clue(PAYOFF[goal]), "Foreshadowing")
     if payoff and goal in ("fix", "visit", "learn"):
         T.event("obstacle:payoff")
-        say(pick(PAYOFF[goal]), "Foreshadowing")
+        say(pick_clue(PAYOFF[goal]), "Foreshadowing")
     else:
         T.event("obstacle")
         say(pick(OBSTACLE[goal]))
     if payoff and goal == "find":
         T.event("payoff")
-        say(pick(PAYOFF[goal]), "Foreshadowing")
+        say(pick_clue(PAYOFF[goal]), "Foreshadowing")
     if dialogue:
         say(pick(OBSTACLE_TALK))
     if not noun_used and wd["ncls"] == "body":
@@ -554,6 +558,7 @@ def tell(
     tokens = _tokens(T.text())
     if not _uses(tokens, lex.forms_of(wd["noun"], "noun")):
         slot = wd["ncls"] if wd["ncls"] in ("animal", "person", "nature", "body", "place") else "other"
+        slot = "fixed" if wd["noun"] in W.FIXED else wd["noun"] if wd["noun"] in W.OWN_LINES else slot
         T.event("noun:" + slot)
         say(pick(NOUN_SLOT[slot]))
         tokens |= _tokens(T.paras[-1][-1])

@@ -10,24 +10,25 @@ plot is about, `{place}` the setting and `{v}`/`{ved}`/`{ving}`, `{noun}`,
 from __future__ import annotations
 
 INTRO = (
-    # The openings real stories use most, more often than the rest.
+    "Once upon a time, there was {a_kind} named {N}.",
     "Once upon a time, there was {a_kind} named {N}.",
     "Once upon a time, there was {a_kind} named {N}.",
     "Once upon a time, in a big {place}, there lived {a_kind} named {N}.",
-    "Once upon a time, there was {a_kind} named {N}.",
     "Once upon a time, in a little town, there lived {a_kind} named {N}.",
-    "There was once {a_kind} called {N}.",
-    "{N} was {a_kind} who lived near a big {place}.",
+    "Once upon a time, there lived {a_kind} named {N}.",
+    "Once upon a time, there was {a_kind} called {N}.",
     "Once upon a time, {a_kind} named {N} lived in a small house.",
+    "Once upon a time, near a quiet {place}, there was {a_kind} named {N}.",
+    "Once upon a time, there was {a_kind} named {N} who loved to play.",
+    "Once upon a time, there was {a_kind} named {N}. {He} was very kind.",
+    "Once upon a time, there was {a_kind} named {N}. {He} lived with {his} {mom}.",
+    "There was once {a_kind} called {N}.",
+    "One day, {a_kind} named {N} woke up early.",
     "One sunny morning, {a_kind} named {N} woke up early.",
     "In a small house by the {place}, there lived {a_kind} named {N}.",
-    "Once there was {a_kind}, and {his} name was {N}.",
-    "{N} was a little {kind} with a big smile.",
-    "Not long ago, {a_kind} named {N} lived with {his} {mom}.",
-    "Once upon a time, near a quiet {place}, there was {a_kind} named {N}.",
-    "Long ago, {a_kind} named {N} lived near the {place} with {his} {mom}.",
     "{N} was {a_kind} who liked to laugh.",
-    "Once upon a time, there lived {a_kind} named {N}.",
+    "{N} was a little {kind} with a big smile.",
+    "Long ago, {a_kind} named {N} lived near the {place} with {his} {mom}.",
     "On a bright spring day, {a_kind} named {N} went out to play.",
 )
 FRIEND_INTRO = (
@@ -41,6 +42,11 @@ FRIEND_INTRO = (
     "{N} had a friend named {F}. {F} was {a_fkind}.",
     "{N} had a friend. {fHis} name was {F}.",
     "Every day, {N} played with {his} friend, {a_fkind} named {F}.",
+    "{N} had a new friend, {a_fkind} named {F}.",
+    "{N} and {his} friend {F}, {a_fkind}, liked to play outside.",
+    "{N} often played with {a_fkind} named {F} who lived next door.",
+    "{N} had a friend called {F}, and they played together every day.",
+    "{N}'s friend was {a_fkind} named {F}. {F} was very nice.",
 )
 VERB_HABIT_I = (
     "{N} loved to {v}.",
@@ -78,6 +84,10 @@ OBJ_INTRO = (
     "One day, {his} {mom} gave {him} {a_desc}.",
     "{N} loved {his} {desc} very much.",
     "For {his} birthday, {N} got {a_desc}.",
+    "{N} had {a_desc}. It was {his} favorite.",
+    "{N} liked to play with {his} {desc}.",
+    "{N} always took {his} {desc} with {him}.",
+    "{N} had {a_desc}, and {he} took it everywhere.",
 )
 GOALS_T: dict[str, tuple[str, ...]] = {
     "find": (
@@ -134,19 +144,22 @@ SETUP = {  # Foreshadowing: an early detail the plot comes back to.
     "find": ("{N}'s bag had a small hole in it.", "{N} did not see that {his} pocket had a hole."),
     "reach": (
         "The wind was starting to blow hard.",
+        "It was a very windy day.",
         "There was a very tall tree in the middle of the {place}.",
     ),
     "fix": (
         "{His} {mom} said the {obj} could break if it fell.",
         "The {obj} was old, and one part was loose.",
+        "{His} {mom} said to be careful, because the {obj} could break.",
     ),
     "visit": ("Far away, there were some dark clouds in the sky.", "The sky was getting gray far away."),
     "learn": ("There was a bumpy rock on the path.", "{F} said it was hard at first for everyone."),
 }
 PAYOFF = {
     "find": (
-        "Then {N} remembered the hole: the {obj} had fallen out through it!",
-        "The {obj} had slipped out of the hole in {his} pocket.",
+        "{N}'s bag had a small hole in it.",
+        "{N} did not see that {his} pocket had a hole.",
+        "There was a little hole in {N}'s pocket, but {he} did not know.",
     ),
     "reach": (
         "A big gust of wind blew the {obj} up high.",
@@ -157,8 +170,9 @@ PAYOFF = {
         "The loose part came off, and the {obj} broke.",
     ),
     "visit": (
-        "The dark clouds came closer, and the {weather} began, so they had to stay inside.",
-        "Just as they got ready, the gray clouds came, and the {weather} kept them inside.",
+        "Far away, there were some dark clouds in the sky.",
+        "There were some big gray clouds in the sky.",
+        "The sky was getting dark.",
     ),
     "learn": ("{N} tripped on the bumpy rock and fell down.", "It was hard, just like {F} said."),
 }
@@ -207,6 +221,7 @@ CONFLICT_GOOD = (
     "They said sorry to each other and played together.",
     "{N} and {F} made up and shared the {obj}.",
     "After that, {N} let {F} have a turn too.",
+    "{N} said sorry to {F}, and they played together.",
 )
 CONFLICT_BAD = (
     "They pulled and pulled, and nobody won.",
@@ -267,10 +282,11 @@ HELP_TALK = {
 RESOLVE = {
     "find": (
         "Together they found the {obj} {spot2}.",
-        "At last, the {obj} was {spot2}!",
+        "At last, they found the {obj} {spot2}!",
         "They looked {spot2}, and there it was: the {obj}!",
         "After a while, they found the {obj} {spot2}.",
         "{N} looked {spot2} and found the {obj} at last.",
+        "Then {N} looked {spot2}, and {he} found the {obj}!",
     ),
     "reach": (
         "They used a {tool} to get the {obj} down.",
@@ -304,8 +320,9 @@ FAIL = {
         "The {weather} went on all day, and the trip was over.",
     ),
     "learn": (
-        "{N} fell again and hurt {his} knee, so {he} gave up.",
-        "{N} could not do it, and {he} went home.",
+        "{N} tried, but {he} fell down.",
+        "{N} tried again and again, but {he} kept falling.",
+        "It was very hard, and {N} fell down.",
     ),
 }
 TWIST = {  # with a good ending the surprise itself solves the problem
@@ -392,6 +409,8 @@ SAD_END = (
     "{N} hugged {his} {mom}, but {he} was still sad.",
     "{N} felt sad for a long time.",
     "That night, {N} went to bed with a heavy heart.",
+    "{N} was very sad, and {F} was sad too.",
+    "{N} went home and told {his} {mom}, and {he} cried.",
 )
 SAD_TALK = (
     '"I miss my {obj}," said {N} quietly.',
@@ -404,17 +423,28 @@ MORAL = {
     "friend": (
         "{N} learned that friends are there to help.",
         "The moral of the story is that it is good to help each other.",
+        "{N} learned that it is good to have a friend who helps.",
     ),
     "parent": (
         "{N} learned to ask for help when things are hard.",
         "{N} learned that it is good to listen to {his} {mom}.",
+        "The moral of the story is that it is okay to ask for help.",
     ),
-    "idea": ("{N} learned that a little thinking can fix a big problem.", "{N} learned to never give up."),
+    "idea": (
+        "{N} learned that a little thinking can fix a big problem.",
+        "{N} learned to never give up.",
+        "The moral of the story is to never give up.",
+    ),
     "share": (
         "{N} learned that sharing is better than fighting.",
         "The moral of the story is that sharing makes everyone happy.",
+        "{N} learned that it is more fun to share.",
     ),
-    "bad": ("{N} learned to be more careful.", "The moral of the story is to be careful with the things you love."),
+    "bad": (
+        "{N} learned to be more careful.",
+        "The moral of the story is to be careful with the things you love.",
+        "{N} learned that it is important to be careful.",
+    ),
 }
 # Where each class of noun and adjective goes when it is not the thing the plot is about.
 NOUN_SLOT = {
@@ -424,6 +454,10 @@ NOUN_SLOT = {
     "body": ("{N} had a little mark on {his} {noun}.", "{N} rubbed {his} {noun} and kept going."),
     "place": ("Later, they went to the {noun}.",),
     "other": ("{N} also took {a_noun} along.", "There was {a_noun} by the door."),
+    "fixed": ("On the way, {N} saw {a_noun}.", "They walked past {a_noun}."),
+    "story": ("Later, {his} {mom} told them a story.", "That night, {his} {mom} read {N} a story."),
+    "song": ("On the way, they sang a song.", "{N} sang a happy song."),
+    "pocket": ("{N} put a little stone in {his} pocket.", "{N} kept a shiny coin in {his} pocket."),
 }
 ADJ_SLOT = {
     "temperature": ("It was {a_adj} day.", "The day was {adj}, so {N} stayed close to {his} {mom}."),
@@ -460,6 +494,11 @@ GAMES = (
     "pretend",
     "with a big box",
     "by the water",
+    "dress up",
+    "jump rope",
+    "with a big red ball",
+    "on the swings",
+    "with their cars",
 )
 WALK_SEE = (
     "eating a leaf",
@@ -470,6 +509,12 @@ WALK_SEE = (
     "drinking from a puddle",
     "playing in the grass",
     "hiding behind a tree",
+    "chasing a butterfly",
+    "playing with a stick",
+    "taking a nap",
+    "digging a hole",
+    "jumping in the mud",
+    "rolling in the grass",
 )
 WALK = (
     "On the way, {N} saw {x} {y}.",
@@ -507,4 +552,9 @@ FOODS = (
     "cupcake",
     "honey",
     "toast",
+    "carrot",
+    "egg",
+    "candy",
+    "watermelon",
+    "cookies",
 )

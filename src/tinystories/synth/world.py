@@ -41,7 +41,7 @@ ANIMAL_KINDS = _words(
     "rabbit hen"
 )
 
-PLACES = _words("park garden beach forest yard playground farm lake meadow backyard hill pond field")
+PLACES = _words("park garden beach forest yard playground farm lake meadow backyard hill pond field woods river zoo")
 INDOOR = _words("house kitchen bedroom room attic classroom library")
 HIGH_SPOTS = ("tall tree", "roof", "high fence", "big bush", "tall pole")
 HIDING_SPOTS = (
@@ -53,6 +53,11 @@ HIDING_SPOTS = (
     "behind a rock",
     "under the table",
     "next to the door",
+    "under the chair",
+    "behind the big tree",
+    "under a pile of leaves",
+    "in the sandbox",
+    "near the swings",
 )
 TOOLS = ("long stick", "ladder", "big box to stand on", "chair")
 
@@ -69,6 +74,15 @@ HOLDABLE = {"toy", "object", "food", "clothing", "vehicle"}
 COLLECTIBLE = set(
     _words("stone stick shell feather leaf flower seed acorn pinecone pebble rock petal twig snowflake")
 )
+# Things of those classes that stay where they are (a bridge, a bed): never the plot's thing.
+FIXED = set(
+    _words(
+        "bridge fence gate wall roof step sign tower fountain statue bench oven fridge sink sofa couch cupboard "
+        "shelf carpet rug bath door window bed table"
+    )
+)
+# Nouns of those classes with lines of their own (templates.NOUN_SLOT), never the plot's thing either.
+OWN_LINES = set(_words("story song pocket"))
 WEATHER = set(_words("rain snow wind storm thunder lightning fog"))
 # A family noun becomes the parent, called by that very word ("her grandma").
 FAMILY = {
