@@ -55,12 +55,18 @@ VERB_HABIT_I = (
     "{N} liked to {v} in the {place}.",
     "Every day, {N} would {v} with {F}.",
     "{N} was very good at {ving}.",
+    "{N} liked to {v} after lunch.",
+    "Most of all, {N} loved to {v}.",
+    "{N} and {F} liked to {v} together.",
 )
 VERB_HABIT_T = (
     "{N} loved to {v} things.",
     "{N} liked to {v} things with {F}.",
     "Every day, {N} helped {his} {mom} {v} things.",
     "{N} liked to {v} the {obj} every day.",
+    "{N} liked to {v} things in the {place}.",
+    "{N} could {v} things all by {himself}.",
+    "Every morning, {N} would {v} things with {his} {mom}.",
 )
 VERB_END_I = (
     "Then {N} and {F} {ved} together until the sun went down.",
@@ -95,34 +101,53 @@ GOALS_T: dict[str, tuple[str, ...]] = {
         "One morning, {his} {obj} was gone.",
         "After a long day at the {place}, {N} wanted to play with {his} {obj}, but it was missing.",
         "One day, {N} looked for {his} {obj}, but it was not there.",
+        "When {N} woke up, {his} {obj} was not in {his} room.",
+        "One day, {N} wanted {his} {obj}, but {he} could not find it anywhere.",
     ),
     "reach": (
         "One windy day, {N} took {his} {obj} to the {place}.",
         "On a windy afternoon, {N} and {F} played with the {obj} near the {place}.",
         "One day, {N} played with {his} {obj} in the {place}.",
+        "One sunny day, {N} and {F} went to the {place} with the {obj}.",
+        "{N} threw {his} {obj} up in the air at the {place}.",
     ),
     "fix": (
         "One day, {N} was playing with {his} {obj} at the {place}.",
         "One afternoon, {N} showed {his} {obj} to {F} at the {place}.",
         "{N} took {his} {obj} everywhere, even to the {place}.",
+        "{N} and {F} played with the {obj} all morning.",
+        "One day, {N} took {his} {obj} to the {place} to show {F}.",
     ),
     "visit": (
         "One day, {N} wanted to go to the {place}.",
         "{N} wanted to play at the {place} with {F}.",
         "{N} and {F} made a plan to go to the {place} after lunch.",
         "One morning, {N} asked to go to the {place}.",
+        "{N} wanted to go to the {place} and play all day.",
+        "One day, {F} asked {N} to come to the {place}.",
     ),
     "learn": (
         "{N} wanted to learn to {lv}.",
         "One day, {N} saw {F} {lv} and wanted to try too.",
         "{N} wished {he} could {lv} like the big kids.",
+        "{N} really wanted to {lv}, but {he} did not know how.",
+        "{F} could {lv}, and {N} wanted to {lv} too.",
     ),
 }
 GOAL_TALK = {
     "find": ('"Where is my {obj}?" {N} asked.', '"Has anyone seen my {obj}?" asked {N}.'),
-    "reach": ('"Look how high it goes!" said {N}.',),
-    "fix": ('"I love my {obj} so much," said {N}.',),
-    "visit": ('"Can we go to the {place}, please?" {N} asked {his} {mom}.',),
+    "reach": (
+        '"Look how high it goes!" said {N}.',
+        '"I want to throw it up high!" said {N}.',
+    ),
+    "fix": (
+        '"I love my {obj} so much," said {N}.',
+        '"Look at my {obj}!" {N} said to {F}.',
+    ),
+    "visit": (
+        '"Can we go to the {place}, please?" {N} asked {his} {mom}.',
+        '"I want to go to the {place}!" said {N}.',
+    ),
     "learn": ('"I want to {lv} too!" said {N}.', '"Can you show me how to {lv}?" {N} asked {F}.'),
 }
 GOAL_REPLY = {  # what the friend or the parent says back
@@ -141,7 +166,10 @@ GOAL_REPLY = {  # what the friend or the parent says back
     "learn": ('"You can do it!" said {F}.', '"Just try your best," said {his} {mom}.', '"I will show you how," said {F}.'),
 }
 SETUP = {  # Foreshadowing: an early detail the plot comes back to.
-    "find": ("{N}'s bag had a small hole in it.", "{N} did not see that {his} pocket had a hole."),
+    "find": (
+        "{N}'s bag had a small hole in it.", "{N} did not see that {his} pocket had a hole.",
+        "There was a small hole in {N}'s pocket, but {he} did not know.",
+    ),
     "reach": (
         "The wind was starting to blow hard.",
         "It was a very windy day.",
@@ -152,14 +180,18 @@ SETUP = {  # Foreshadowing: an early detail the plot comes back to.
         "The {obj} was old, and one part was loose.",
         "{His} {mom} said to be careful, because the {obj} could break.",
     ),
-    "visit": ("Far away, there were some dark clouds in the sky.", "The sky was getting gray far away."),
+    "visit": (
+        "Far away, there were some dark clouds in the sky.", "The sky was getting gray far away.",
+        "The sky was blue, but the wind was getting cold.",
+        "{His} {mom} said the weather might change later.",
+    ),
     "learn": ("There was a bumpy rock on the path.", "{F} said it was hard at first for everyone."),
 }
 PAYOFF = {
     "find": (
-        "{N}'s bag had a small hole in it.",
-        "{N} did not see that {his} pocket had a hole.",
-        "There was a little hole in {N}'s pocket, but {he} did not know.",
+        "The {obj} must have fallen out through the hole.",
+        "That was it: the {obj} had slipped out through the little hole.",
+        "Oh no, the {obj} had fallen out of the hole on the way!",
     ),
     "reach": (
         "A big gust of wind blew the {obj} up high.",
@@ -173,6 +205,7 @@ PAYOFF = {
         "Far away, there were some dark clouds in the sky.",
         "There were some big gray clouds in the sky.",
         "The sky was getting dark.",
+        "Soon the sky turned gray, and the wind began to blow.",
     ),
     "learn": ("{N} tripped on the bumpy rock and fell down.", "It was hard, just like {F} said."),
 }
@@ -183,17 +216,27 @@ OBSTACLE = {
         "{N} looked high and low, {spot} and everywhere else, but there was no {obj}.",
         "{N} looked everywhere, but the {obj} was gone.",
     ),
-    "reach": ("The {obj} got stuck on the {spot}.", "Oh no, the {obj} was stuck high up on the {spot}!"),
+    "reach": (
+        "The {obj} got stuck on the {spot}.", "Oh no, the {obj} was stuck high up on the {spot}!",
+        "The {obj} went up, up, up and got stuck on the {spot}.",
+        "The {obj} flew up and got stuck on the {spot}.",
+    ),
     "fix": (
         "{N} dropped the {obj}, and it broke.",
         "The {obj} fell on the ground and broke into two pieces.",
         "Crack went the {obj} when it hit a rock.",
+        "Then the {obj} fell down and broke.",
     ),
     "visit": (
         "But then the {weather} came, and they had to stay inside.",
         "But the {weather} was too strong, so they could not go out.",
+        "Just then, the {weather} started, and they had to go back inside.",
     ),
-    "learn": ("{N} tried, but {he} fell down.", "{N} tried again and again, but {he} kept falling."),
+    "learn": (
+        "{N} tried, but {he} fell down.", "{N} tried again and again, but {he} kept falling.",
+        "It was very hard, and {N} fell down.",
+        "{N} tried and tried, but it was too hard.",
+    ),
 }
 OBSTACLE_TALK = (
     '"Oh no!" cried {N}.',
@@ -209,10 +252,12 @@ CONFLICT = {
         "{F} wanted to play with the {obj} too, but {N} did not want to share.",
         "{F} grabbed the {obj} and said it was {fhis} turn.",
         "{F} wanted the {obj} for {fhimself}, and {N} wanted it too.",
+        "{F} took the {obj} and would not give it back.",
     ),
     "place": (
         "{F} wanted to go to the {place2}, but {N} wanted to go to the {place}.",
         "{N} and {F} could not agree: one wanted the {place}, the other wanted the {place2}.",
+        "{F} said the {place2} was more fun, but {N} did not agree.",
     ),
 }
 CONFLICT_GOOD = (
@@ -251,31 +296,47 @@ HELP = {
         "{N} stopped and thought very hard.",
         "{N} sat down, took a deep breath, and thought.",
         "Then a good idea popped into {N}'s head.",
+        "After a while, {N} had an idea.",
+        "{N} looked around and thought.",
     ),
 }
 IDEA = {  # what the idea was, told right after it
     "find": (
         "{N} decided to look in every place {he} had been that day.",
         "{N} thought about where {he} had played last and went back there.",
+        "{N} went back to the {place} to look again.",
     ),
-    "reach": ("{N} went to get a {tool} to reach the {obj}.", "{N} ran to get a {tool}."),
-    "fix": ("{N} went to find some glue and tape.", "{N} got some tape from the kitchen drawer."),
+    "reach": (
+        "{N} went to get a {tool} to reach the {obj}.", "{N} ran to get a {tool}.",
+        "{N} asked {his} {mom} for a {tool}.",
+    ),
+    "fix": (
+        "{N} went to find some glue and tape.", "{N} got some tape from the kitchen drawer.",
+        "{N} asked {his} {mom} for some glue.",
+    ),
     "visit": (
         "{N} decided to wait by the window until the {weather} stopped.",
         "{N} made a plan to go as soon as the {weather} was over.",
+        "{N} decided to play inside and go to the {place} later.",
     ),
-    "learn": ("{N} decided to practice a little bit every day.", "{N} asked {F} to hold on at the start."),
+    "learn": (
+        "{N} decided to practice a little bit every day.", "{N} asked {F} to hold on at the start.",
+        "{N} decided to try again and again.",
+    ),
 }
 HELP_TALK = {
     "friend": (
         '"Don\'t worry, I will help you," said {F}.',
         '"What is wrong?" {F} asked.',
         '{F} said, "We can do it together!"',
+        '"I can help you," said {F}.',
+        '"Come on, let\'s go," {F} said.',
     ),
     "parent": (
         '"Let\'s do it together," said {his} {mom}.',
         '"Don\'t be sad," {his} {mom} said.',
         '{His} {mom} smiled and said, "I will help you."',
+        '"It will be okay," said {his} {mom}.',
     ),
     "idea": ('"I know what to do!" said {N}.', '{N} said, "I have an idea!"'),
 }
@@ -293,36 +354,49 @@ RESOLVE = {
         "With a {tool}, the {obj} came down at last.",
         "{N} got a {tool}, reached up high, and pulled the {obj} down.",
         "With the help of a {tool}, the {obj} was down at last.",
+        "{N} used a {tool}, and the {obj} came down.",
     ),
     "fix": (
         "They fixed the {obj} with some glue.",
         "With a little tape, the {obj} was as good as new.",
         "They put the pieces back together, and the {obj} was fixed.",
+        "With some glue and a little help, the {obj} was fixed.",
     ),
     "visit": (
         "They waited until the sun came out, and then they went to the {place}.",
         "Soon the {weather} stopped, and they ran to the {place}.",
+        "At last the sun came out, and they went to the {place}.",
     ),
-    "learn": ("{N} tried one more time, and this time {he} did it!", "Step by step, {N} learned to {lv}."),
+    "learn": (
+        "{N} tried one more time, and this time {he} did it!", "Step by step, {N} learned to {lv}.",
+        "{N} kept trying, and at last {he} could {lv}!",
+    ),
 }
 FAIL = {
-    "find": ("They looked and looked, but the {obj} was gone for good.", "The {obj} was never found."),
+    "find": (
+        "They looked and looked, but the {obj} was gone for good.", "The {obj} was never found.",
+        "{N} never found the {obj} again.",
+    ),
     "reach": (
         "Then the wind came back and blew the {obj} far away, where nobody could find it.",
         "They could not reach it, and the {obj} stayed up there forever.",
+        "The {obj} stayed stuck up there, and {N} could not get it back.",
     ),
     "fix": (
         "They tried to fix it, but the {obj} was broken for good.",
         "The glue did not work, and the {obj} stayed broken.",
+        "Nobody could mend the {obj}, and it stayed broken.",
     ),
     "visit": (
         "The {weather} did not stop, and they never got to the {place}.",
         "The {weather} went on all day, and the trip was over.",
+        "The {weather} did not stop until night, so they stayed home.",
     ),
     "learn": (
         "{N} tried, but {he} fell down.",
         "{N} tried again and again, but {he} kept falling.",
         "It was very hard, and {N} fell down.",
+        "{N} could not do it, and {he} went home sad.",
     ),
 }
 TWIST = {  # with a good ending the surprise itself solves the problem
