@@ -52,13 +52,13 @@ CLOSING_TEXT = re.compile(
 IDEA_TEXT = re.compile(r"\bhad an idea\b|\bidea popped\b|\bthought very hard\b|\band thought\b", re.IGNORECASE)
 NEGATIVE = re.compile(r"\b(not|never|no|cannot|nobody)\b|n't\b", re.IGNORECASE)
 RECOVERED = re.compile(
-    r"\b(fixed|as good as new|clicked back|something new|found|there it was|came down|at last|"
+    r"\b(fixed|as good as new|clicked back|something new|found|there it was|came down|at last|finally|"
     r"pulled the [\w-]+ down|took the [\w-]+ down|get the [\w-]+ down|off the|all along|the whole time|fell out of)\b",
     re.IGNORECASE,
 )
 BROKEN = re.compile(r"\b(broke|broken|cracked|came off|into two pieces|crack went)\b", re.IGNORECASE)
 LOST = re.compile(
-    r"\b(gone|missing|not there|could not find|never found|far away|forever|flown away|its nest|"
+    r"\b(gone|missing|not there|could not find|couldn't find|never found|far away|forever|flown away|its nest|"
     r"fallen out|slipped out|stuck|up high|carried it up|there was no)\b",
     re.IGNORECASE,
 )

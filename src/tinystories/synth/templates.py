@@ -97,12 +97,12 @@ OBJ_INTRO = (
 )
 GOALS_T: dict[str, tuple[str, ...]] = {
     "find": (
-        "One day, {N} could not find {his} {obj}.",
+        "One day, {N} couldn't find {his} {obj}.",
         "One morning, {his} {obj} was gone.",
         "After a long day at the {place}, {N} wanted to play with {his} {obj}, but it was missing.",
         "One day, {N} looked for {his} {obj}, but it was not there.",
         "When {N} woke up, {his} {obj} was not in {his} room.",
-        "One day, {N} wanted {his} {obj}, but {he} could not find it anywhere.",
+        "One day, {N} wanted {his} {obj}, but {he} couldn't find it anywhere.",
     ),
     "reach": (
         "One windy day, {N} took {his} {obj} to the {place}.",
@@ -130,7 +130,7 @@ GOALS_T: dict[str, tuple[str, ...]] = {
         "{N} wanted to learn to {lv}.",
         "One day, {N} saw {F} {lv} and wanted to try too.",
         "{N} wished {he} could {lv} like the big kids.",
-        "{N} really wanted to {lv}, but {he} did not know how.",
+        "{N} really wanted to {lv}, but {he} didn't know how.",
         "{F} could {lv}, and {N} wanted to {lv} too.",
     ),
 }
@@ -153,17 +153,17 @@ GOAL_TALK = {
 GOAL_REPLY = {  # what the friend or the parent says back
     "find": (
         '"Let\'s look for it together," said {F}.',
-        '"Don\'t worry, we will find it," said {his} {mom}.',
+        '"Don\'t worry, we will find it," replied {his} {mom}.',
         '"I will help you look," said {F}.',
     ),
     "reach": ('"Be careful!" said {his} {mom}.', '"Wow, it can go so high!" said {F}.', '"Let me try too!" said {F}.'),
-    "fix": ('"It is a very nice {obj}," said {F}.', '"Be careful with it," said {his} {mom}.', '"Can I see it?" asked {F}.'),
+    "fix": ('"It\'s a very nice {obj}," said {F}.', '"Be careful with it," said {his} {mom}.', '"Can I see it?" asked {F}.'),
     "visit": (
-        '"Yes, we can go after lunch," said {his} {mom}.',
-        '"Yes, let\'s go!" said {F}.',
+        '"Yes, we can go after lunch," replied {his} {mom}.',
+        '"Yes, let\'s go!" replied {F}.',
         '"Okay, but we must be back for dinner," said {his} {mom}.',
     ),
-    "learn": ('"You can do it!" said {F}.', '"Just try your best," said {his} {mom}.', '"I will show you how," said {F}.'),
+    "learn": ('"You can do it!" said {F}.', '"Just try your best," replied {his} {mom}.', '"I will show you how," said {F}.'),
 }
 SETUP = {  # Foreshadowing: an early detail the plot comes back to.
     "find": (
@@ -212,7 +212,7 @@ PAYOFF = {
 OBSTACLE = {
     "find": (
         "{N} looked {spot}, but the {obj} was not there.",
-        "{N} searched the whole {place}, but {he} could not find it.",
+        "{N} searched the whole {place}, but {he} couldn't find it.",
         "{N} looked high and low, {spot} and everywhere else, but there was no {obj}.",
         "{N} looked everywhere, but the {obj} was gone.",
     ),
@@ -229,7 +229,7 @@ OBSTACLE = {
     ),
     "visit": (
         "But then the {weather} came, and they had to stay inside.",
-        "But the {weather} was too strong, so they could not go out.",
+        "But the {weather} was too strong, so they couldn't go out.",
         "Just then, the {weather} started, and they had to go back inside.",
     ),
     "learn": (
@@ -249,14 +249,14 @@ OBSTACLE_TALK = (
 )
 CONFLICT = {
     "obj": (
-        "{F} wanted to play with the {obj} too, but {N} did not want to share.",
+        "{F} wanted to play with the {obj} too, but {N} didn't want to share.",
         "{F} grabbed the {obj} and said it was {fhis} turn.",
         "{F} wanted the {obj} for {fhimself}, and {N} wanted it too.",
         "{F} took the {obj} and would not give it back.",
     ),
     "place": (
         "{F} wanted to go to the {place2}, but {N} wanted to go to the {place}.",
-        "{N} and {F} could not agree: one wanted the {place}, the other wanted the {place2}.",
+        "{N} and {F} couldn't agree: one wanted the {place}, the other wanted the {place2}.",
         "{F} said the {place2} was more fun, but {N} did not agree.",
     ),
 }
@@ -271,7 +271,7 @@ CONFLICT_GOOD = (
 CONFLICT_BAD = (
     "They pulled and pulled, and nobody won.",
     "They shouted at each other and both felt bad.",
-    "{N} and {F} were cross with each other and did not talk.",
+    "{N} and {F} were cross with each other and didn't talk.",
 )
 HELP = {
     "friend": (
@@ -379,12 +379,12 @@ FAIL = {
     ),
     "reach": (
         "Then the wind came back and blew the {obj} far away, where nobody could find it.",
-        "They could not reach it, and the {obj} stayed up there forever.",
-        "The {obj} stayed stuck up there, and {N} could not get it back.",
+        "They couldn't reach it, and the {obj} stayed up there forever.",
+        "The {obj} stayed stuck up there, and {N} couldn't get it back.",
     ),
     "fix": (
         "They tried to fix it, but the {obj} was broken for good.",
-        "The glue did not work, and the {obj} stayed broken.",
+        "The glue didn't work, and the {obj} stayed broken.",
         "Nobody could mend the {obj}, and it stayed broken.",
     ),
     "visit": (
@@ -396,7 +396,7 @@ FAIL = {
         "{N} tried, but {he} fell down.",
         "{N} tried again and again, but {he} kept falling.",
         "It was very hard, and {N} fell down.",
-        "{N} could not do it, and {he} went home sad.",
+        "{N} couldn't do it, and {he} went home sad.",
     ),
 }
 TWIST = {  # with a good ending the surprise itself solves the problem
@@ -467,7 +467,7 @@ HAPPY_END = (
 HAPPY_TALK = (
     '"Thank you so much!" said {N}.',
     '"This is the best day ever!" {N} said.',
-    '{N} said, "I am so happy!"',
+    '{N} said, "I\'m so happy!"',
     '"We did it!" {N} shouted.',
     '{N} smiled and said, "Thank you for helping me."',
     '"Yay!" said {N}. "I am so happy now."',
