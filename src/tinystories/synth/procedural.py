@@ -42,6 +42,7 @@ from tinystories.synth.templates import (
     HAPPY_TALK,
     HELP,
     HELP_TALK,
+    HELP_THANKS,
     IDEA,
     INTRO,
     MORAL,
@@ -516,6 +517,8 @@ def tell(
     say(pick(HELP[helper]))
     if dialogue:
         say(pick(HELP_TALK[helper]))
+        if helper in HELP_THANKS and rng.random() < 0.5:
+            say(pick(HELP_THANKS[helper]))
     if helper == "idea":  # an idea is followed by what it was
         T.event("idea")
         say(pick(IDEA[goal]))

@@ -340,6 +340,10 @@ HELP_TALK = {
     ),
     "idea": ('"I know what to do!" said {N}.', '{N} said, "I have an idea!"'),
 }
+HELP_THANKS = {  # the hero answers the helper
+    "friend": ('"Thank you, {F}!" said {N}.', '"Okay, let\'s try," said {N}.', '"You are a good friend," said {N}.'),
+    "parent": ('"Thank you, {Mom}," said {N}.', '"Okay," said {N} with a smile.', '"Thank you," {N} said.'),
+}
 RESOLVE = {
     "find": (
         "Together they found the {obj} {spot2}.",
