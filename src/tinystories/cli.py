@@ -80,7 +80,8 @@ COMMANDS: dict[str, Command] = {
     ),
     "interpret heads": Command(
         "tinystories.interp.heads:interpret_heads",
-        "classify a run's attention heads (distance-based / semantic, with controls) and draw attention maps",
+        "classify a run's attention heads (induction / distance-based / semantic, with controls) and draw attention "
+        "maps",
     ),
     "interpret neurons": Command(
         "tinystories.interp.neurons:interpret_neurons",

@@ -478,6 +478,7 @@ def _run_interpret(p: Pipeline, resume: bool) -> dict[str, Any]:
         "heads": heads["counts"],
         "distance_heads": heads["distance_heads"],
         "semantic_heads": heads["semantic_heads"],
+        "induction_heads": heads["induction_heads"],
         "neurons_layer": neurons["layer"],
         "neurons": neurons["summary"],
     }

@@ -1,4 +1,4 @@
-"""`tinystories interpret heads`: which attention heads attend by distance and which by meaning.
+"""`tinystories interpret heads`: which attention heads attend by distance, which by meaning, which copy.
 
 Per head, over a set of stories (A is a story's attention pattern, A[i, j] the
 weight query i gives key j <= i):
@@ -17,18 +17,31 @@ weight query i gives key j <= i):
   to entities (nouns and names), over what the offset profile predicts for the
   same positions: (observed mass - predicted mass) per query that has such
   earlier positions. The larger of the two excesses is the score, in units of
-  attention mass (0.2 = a fifth of the query's attention).
+  attention mass (0.2 = a fifth of the query's attention);
+- induction score (Olsson et al. 2022, "In-context learning and induction
+  heads"), not on the stories but on `induction_sequences` sequences
+  [eot] + R + R, R being L = min(100, (max_seq_len - 1) // 2) token ids drawn
+  uniformly from the vocabulary (never the end-of-text). The query at q = L + 1
+  + k (k = 0 .. L-2) is the second copy of R[k]; its attention to position
+  k + 2, the token that followed R[k] the first time, averaged over queries
+  and sequences, is the induction score; its attention to k + 1, R[k]'s first
+  occurrence, the duplicate score. On random tokens only copying from context
+  predicts anything, so the model's mean loss on the first copy of R and on
+  the second (`copy_loss`, nats/token) shows whether it uses such heads: a
+  model that copies has a much lower loss on the second copy.
 
 Classification (thresholds are options, stated in the output): a head whose
 attention is nearly uniform (normalised entropy above `max_entropy`) is
-`other`; else `distance` when the positional score reaches
-`positional_threshold`; else `semantic` when the semantic score reaches
-`semantic_threshold`; else `other`.
+`other`; else `induction` when the induction score reaches
+`induction_threshold`, whatever else it does; else `distance` when the
+positional score reaches `positional_threshold`; else `semantic` when the
+semantic score reaches `semantic_threshold`; else `other`.
 
 Controls, run by default: a randomly initialised copy of the model on the same
-stories (it should have no semantic head), and the same stories with their
-tokens shuffled (distance heads keep their positional score: the correlation of
-positional scores across heads, real vs shuffled, is reported).
+stories and random sequences (it should have no semantic and no induction
+head), and the same stories with their tokens shuffled (distance heads keep
+their positional score: the correlation of positional scores across heads,
+real vs shuffled, is reported).
 
 Everything is accumulated story by story in offset coordinates (query i,
 offset d), so memory is O(heads x T^2) per layer whatever the number of stories.
@@ -54,6 +67,7 @@ from tinystories.errors import UserError
 from tinystories.interp.hooks import iter_activations
 from tinystories.interp.text import Story, load_records, prepare
 from tinystories.io import atomic_save, atomic_write_json
+from tinystories.loss import chunked_cross_entropy
 from tinystories.model import GPT
 from tinystories.options import RunOptions
 from tinystories.plotting import pyplot
@@ -68,6 +82,9 @@ PAPER_TEXT = (
 """The text of the paper's Figures 19-20."""
 
 ENTITY_CLASSES = ("noun", "name")
+
+KINDS = ("induction", "distance", "semantic", "other")
+"""Head classes, in the order `classify` tests them (after the uniform check)."""
 
 
 @dataclass
@@ -84,12 +101,16 @@ class HeadsConfig(RunOptions):
     """A head is distance-based when its positional score (R^2 of the offset profile) reaches this."""
     semantic_threshold: float = 0.05
     """A head is semantic when its excess attention to same words / entities reaches this (attention mass)."""
+    induction_threshold: float = 0.3
+    """A head is an induction head when its induction score reaches this (attention mass)."""
+    induction_sequences: int = field(default=20, metadata={"min": 1})
+    """Number of repeated random sequences ([eot] + R + R) the induction score is measured on."""
     max_entropy: float = 0.9
     """Heads whose normalised attention entropy exceeds this are nearly uniform and classified other."""
     controls: bool = True
     """Also score a randomly initialised copy of the model and the stories with shuffled tokens."""
     seed: int = 0
-    """Seed of the random-init control, the token shuffle and procedural stories."""
+    """Seed of the random-init control, the token shuffle, procedural stories and the induction sequences."""
     batch_tokens: int = 8192
     """Padded positions per forward (bounds memory)."""
     out: str = ""
@@ -216,9 +237,84 @@ def semantic_targets(story: Story) -> dict[str, torch.Tensor]:
     return {"same": same, "entity": entity}
 
 
+# --- induction heads -------------------------------------------------------------------
+
+
+@dataclass
+class Induction:
+    """The induction test of one model: every head's scores and the loss on each copy of R."""
+
+    induction: torch.Tensor
+    """(layers * H,) mean attention to the token after R[k]'s first occurrence; head index = layer * H + h."""
+    duplicate: torch.Tensor
+    """(layers * H,) mean attention to R[k]'s first occurrence."""
+    first: float
+    """Mean loss (nats/token) on the first copy of R."""
+    second: float
+    """Mean loss (nats/token) on the second copy of R."""
+    length: int
+    """L, the length of R."""
+
+
+def induction_length(max_seq_len: int) -> int:
+    """L: R twice after the end-of-text fits the context, and at most 100 tokens."""
+    return min(100, (max_seq_len - 1) // 2)
+
+
+def repeated_sequences(n: int, length: int, vocab_size: int, eot_id: int, seed: int) -> torch.Tensor:
+    """(n, 2 * length + 1) sequences [eot] + R + R, R uniform over the vocabulary without the end-of-text."""
+    g = torch.Generator().manual_seed(seed)
+    r = torch.randint(vocab_size - 1, (n, length), generator=g)  # (n, L)
+    r += (r >= eot_id).long()  # ids above the end-of-text move up one: still uniform over the others
+    return torch.cat([torch.full((n, 1), eot_id), r, r], dim=1)
+
+
+def induction_scores(A: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(induction (H,), duplicate (H,)) of patterns A (..., H, T, T) on [eot] + R + R, R of `length` tokens.
+
+    Averaged over the queries q = L + 1 + k, k = 0 .. L-2 (the second copy of R[k]), and any leading dimensions.
+    """
+    L, H = length, A.shape[-3]
+    q = torch.arange(L + 1, 2 * L, device=A.device)  # (L-1,)
+    induction = A[..., q, q - L + 1]  # (..., H, L-1): key k + 2, the token that followed R[k]
+    duplicate = A[..., q, q - L]  # (..., H, L-1): key k + 1, R[k] itself
+    return induction.reshape(-1, H, L - 1).mean(dim=(0, 2)), duplicate.reshape(-1, H, L - 1).mean(dim=(0, 2))
+
+
+@torch.no_grad()
+def induction_test(model: GPT, cfg: HeadsConfig, eot_id: int, vocab_size: int | None = None) -> Induction:
+    """Induction and duplicate scores of every head, and the loss on each copy, on repeated random sequences."""
+    n_layer = model.config.n_layer
+    L = induction_length(model.config.max_seq_len)
+    if L < 2:
+        raise UserError(f"the induction test needs a context of at least 5 tokens, the model has "
+                        f"{model.config.max_seq_len}")
+    seqs = repeated_sequences(cfg.induction_sequences, L, vocab_size or model.config.vocab_size, eot_id, cfg.seed)
+    sites = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layer)]
+    final = "ln_final.hook_normalized"
+    ind = dup = torch.zeros(n_layer * model.config.n_head, dtype=torch.float64)
+    hidden: list[torch.Tensor] = [torch.empty(0)] * len(seqs)
+    for i, acts in iter_activations(model, seqs.tolist(), [*sites, final], batch_tokens=cfg.batch_tokens,
+                                    device=cfg.device):
+        a, d = induction_scores(torch.cat([acts[s] for s in sites]), L)  # (layers * H,) each
+        ind, dup = ind + a.double().cpu(), dup + d.double().cpu()
+        hidden[i] = acts[final].clone()  # (T, C)
+    # Position t predicts token t + 1: positions 0..L-1 the first copy, L..2L-1 the second.
+    h = torch.stack(hidden)[:, :-1]  # (n, 2L, C)
+    targets = seqs[:, 1:].to(h.device)  # (n, 2L)
+    C, W = h.shape[-1], model.classifier_weight
+    first = chunked_cross_entropy(h[:, :L].reshape(-1, C), W, targets[:, :L].reshape(-1))
+    second = chunked_cross_entropy(h[:, L:].reshape(-1, C), W, targets[:, L:].reshape(-1))
+    n = len(seqs)
+    return Induction(induction=ind / n, duplicate=dup / n, first=float(first), second=float(second), length=L)
+
+
 def classify(h: dict[str, Any], cfg: HeadsConfig) -> str:
     if h["norm_entropy"] > cfg.max_entropy:
         return "other"
+    # Heads scored on stories alone (LayerStats) have no induction score.
+    if h.get("induction", 0.0) >= cfg.induction_threshold:
+        return "induction"
     if h["positional"] >= cfg.positional_threshold:
         return "distance"
     if h["semantic"] >= cfg.semantic_threshold:
@@ -227,10 +323,15 @@ def classify(h: dict[str, Any], cfg: HeadsConfig) -> str:
 
 
 def score_heads(model: GPT, stories: Sequence[Story], cfg: HeadsConfig,
-                ids: Sequence[Sequence[int]] | None = None) -> list[dict[str, Any]]:
-    """Statistics and class of every head over `stories` (token ids `ids` when they differ from the stories')."""
+                ids: Sequence[Sequence[int]] | None = None, induction: Induction | None = None) -> list[dict[str, Any]]:
+    """Statistics and class of every head over `stories` (token ids `ids` when they differ from the stories').
+
+    `induction`: the model's induction test; by default run here, with the end-of-text that starts the stories
+    and the model's whole vocabulary.
+    """
     n_layer, n_head = model.config.n_layer, model.config.n_head
     ids = ids or [s.ids for s in stories]
+    induction = induction or induction_test(model, cfg, eot_id=ids[0][0])
     # All layers in one accumulator: (layers * H) heads, head index = layer * H + h.
     stats = LayerStats(n_layer * n_head, max(len(x) for x in ids))
     sites = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layer)]
@@ -238,8 +339,10 @@ def score_heads(model: GPT, stories: Sequence[Story], cfg: HeadsConfig,
         stats.update(torch.cat([acts[s].cpu() for s in sites]), semantic_targets(stories[i]))
     heads = []
     for h in stats.results():
-        layer, head = divmod(h.pop("head"), n_head)
-        h = {"layer": layer, "head": head, **h}
+        index = h.pop("head")
+        layer, head = divmod(index, n_head)
+        h = {"layer": layer, "head": head, **h, "induction": float(induction.induction[index]),
+             "duplicate": float(induction.duplicate[index])}
         h["kind"] = classify(h, cfg)
         heads.append(h)
     return heads
@@ -348,7 +451,9 @@ def interpret_heads(cfg: HeadsConfig) -> dict[str, Any]:
     stories = prepare(records[: cfg.stories], tok, model.config.max_seq_len)
     if not stories:
         raise UserError("no non-empty stories to analyse")
-    heads = score_heads(model, stories, cfg)
+    vocab = min(tok.vocab_size, model.config.vocab_size)
+    ind = induction_test(model, cfg, tok.eot_id, vocab)
+    heads = score_heads(model, stories, cfg, induction=ind)
     result: dict[str, Any] = {
         "run": os.fspath(cfg.run),
         "step": loaded.step,
@@ -356,19 +461,26 @@ def interpret_heads(cfg: HeadsConfig) -> dict[str, Any]:
         "stories": len(stories),
         "tokens": sum(len(s) for s in stories),
         "thresholds": {"positional": cfg.positional_threshold, "semantic": cfg.semantic_threshold,
-                       "max_entropy": cfg.max_entropy},
+                       "induction": cfg.induction_threshold, "max_entropy": cfg.max_entropy},
+        "induction_test": {"sequences": cfg.induction_sequences, "length": ind.length},
+        "copy_loss": {"first": ind.first, "second": ind.second},
         "method": __doc__.split("\n\n", 1)[1].split("\n\nEverything")[0],
         "heads": heads,
         "counts": _counts(heads),
     }
     if cfg.controls:
-        rand = score_heads(random_copy(model, cfg.seed), stories, cfg)
-        shuf = score_heads(model, stories, cfg, ids=shuffled([s.ids for s in stories], cfg.seed))
+        fresh = random_copy(model, cfg.seed)
+        rand_ind = induction_test(fresh, cfg, tok.eot_id, vocab)
+        rand = score_heads(fresh, stories, cfg, induction=rand_ind)
+        # The induction test does not read the stories: shuffling them leaves it as it was.
+        shuf = score_heads(model, stories, cfg, ids=shuffled([s.ids for s in stories], cfg.seed), induction=ind)
         dist = [h for h in heads if h["kind"] == "distance"]
         key = {(h["layer"], h["head"]): h for h in shuf}
         result["controls"] = {
             "random_init": {"counts": _counts(rand), "max_semantic": max(h["semantic"] for h in rand),
-                            "max_positional": max(h["positional"] for h in rand)},
+                            "max_positional": max(h["positional"] for h in rand),
+                            "max_induction": max(h["induction"] for h in rand),
+                            "copy_loss": {"first": rand_ind.first, "second": rand_ind.second}},
             "shuffled": {
                 "correlation_all": pearson([h["positional"] for h in heads], [h["positional"] for h in shuf]),
                 "correlation_distance": pearson([h["positional"] for h in dist],
@@ -393,9 +505,10 @@ def interpret_heads(cfg: HeadsConfig) -> dict[str, Any]:
     summary = {k: v for k, v in result.items() if k not in ("heads", "text", "method")}
     summary["distance_heads"] = [f"{h['layer']}.{h['head']}" for h in heads if h["kind"] == "distance"]
     summary["semantic_heads"] = [f"{h['layer']}.{h['head']}" for h in heads if h["kind"] == "semantic"]
+    summary["induction_heads"] = [f"{h['layer']}.{h['head']}" for h in heads if h["kind"] == "induction"]
     summary["written"] = str(out / "heads.json")
     return summary
 
 
 def _counts(heads: list[dict[str, Any]]) -> dict[str, int]:
-    return {k: sum(h["kind"] == k for h in heads) for k in ("distance", "semantic", "other")}
+    return {k: sum(h["kind"] == k for h in heads) for k in KINDS}

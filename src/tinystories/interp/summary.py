@@ -20,7 +20,7 @@ class Head:
     layer: int = 0
     head: int = 0
     kind: str = "other"
-    """distance, semantic or other."""
+    """induction, distance, semantic or other."""
     positional: float = math.nan
     semantic: float = math.nan
     semantic_same_word: float | None = None
@@ -30,19 +30,35 @@ class Head:
     first_token: float | None = None
     offsets: list[list[float]] = field(default_factory=list)
     """[offset, mean attention] of the head's three most attended offsets."""
+    induction: float | None = field(default=None, metadata=OPTIONAL)
+    """Mean attention to the token after the query's earlier copy, on repeated random tokens (files before the
+    induction test lack it, as they lack every induction field below)."""
+    duplicate: float | None = field(default=None, metadata=OPTIONAL)
+    """Mean attention to the query's earlier copy, on repeated random tokens."""
 
 
 @dataclass
 class HeadCounts:
+    induction: int | None = field(default=None, metadata=OPTIONAL)
     distance: int | None = None
     semantic: int | None = None
     other: int | None = None
 
 
 @dataclass
+class CopyLoss:
+    """Mean loss (nats/token) on the first and on the second copy of repeated random tokens."""
+
+    first: float = math.nan
+    second: float = math.nan
+
+
+@dataclass
 class RandomInitControl:
     counts: HeadCounts | None = None
     max_semantic: float | None = None
+    max_induction: float | None = field(default=None, metadata=OPTIONAL)
+    copy_loss: CopyLoss | None = field(default=None, metadata=OPTIONAL)
 
 
 @dataclass
@@ -77,6 +93,8 @@ class HeadsResult(StageFile):
     thresholds: dict[str, float] = field(default_factory=dict)
     counts: HeadCounts | None = None
     heads: list[Head] = field(default_factory=list)
+    copy_loss: CopyLoss | None = field(default=None, metadata=OPTIONAL)
+    """The induction test's loss on each copy; None in files written before it."""
     controls: HeadControls | None = field(default=None, metadata=OPTIONAL)
     text: AttentionText | None = None
 

@@ -125,8 +125,10 @@ mark.name { background: #ffe08a; border-radius: 2px; }
 .neuron h4 { margin-bottom: .2em; } .neuron p { margin: .2em 0; font-size: 14px; }
 .neuron ol { font-size: 14px; } .act { color: #888; font-size: 11px; }
 .k-distance { color: #1f77b4; } .k-semantic { color: #d62728; font-weight: bold; } .k-other { color: #777; }
+.k-induction { color: #2ca02c; font-weight: bold; }
 table.headmap td { text-align: center; min-width: 3.2em; font-size: 12px; }
 table.headmap td.k-distance { background: #cfe2f3; } table.headmap td.k-semantic { background: #f4cccc; }
+table.headmap td.k-induction { background: #d9ead3; }
 table.headmap td.k-other { background: #f3f3f3; }
 #attn-tokens { line-height: 1.9; margin: .5em 0; } .tok { white-space: pre; border-radius: 2px; }
 #attn-canvas { image-rendering: pixelated; border: 1px solid #ccc; max-width: 100%; }

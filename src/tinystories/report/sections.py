@@ -199,7 +199,7 @@ MAP_SCRIPT = r"""
 
 
 def head_map(heads: list[Head]) -> str:
-    """Layers x heads grid coloured by class, each cell its positional and semantic score."""
+    """Layers x heads grid coloured by class, each cell its positional, semantic and induction score."""
     by = {(h.layer, h.head): h for h in heads}
     layers = sorted({h.layer for h in heads})
     n_head = max(h.head for h in heads) + 1
@@ -212,7 +212,9 @@ def head_map(heads: list[Head]) -> str:
                 cells.append("<td></td>")
                 continue
             tip = f"head {layer}.{hd}: {h.kind}, positional {h.positional:.2f}, semantic {h.semantic:.3f}"
-            short = {"distance": "dist", "semantic": "sem"}.get(h.kind, "·")
+            if h.induction is not None:
+                tip += f", induction {h.induction:.2f}"
+            short = {"induction": "ind", "distance": "dist", "semantic": "sem"}.get(h.kind, "·")
             cells.append(f'<td class="k-{esc(h.kind)}" title="{esc(tip)}">{short}</td>')
         rows.append(f"<tr><th>layer {layer}</th>{''.join(cells)}</tr>")
     head = "".join(f"<th>{i}</th>" for i in range(n_head))
@@ -225,7 +227,7 @@ def head_scatter(heads: list[Head], th: dict[str, float]) -> str:
     if plt is None:
         return ""
     fig, ax = plt.subplots(figsize=(5.6, 3.4))
-    colors = {"distance": "tab:blue", "semantic": "tab:red", "other": "tab:gray"}
+    colors = {"induction": "tab:green", "distance": "tab:blue", "semantic": "tab:red", "other": "tab:gray"}
     for kind, col in colors.items():
         hs = [h for h in heads if h.kind == kind]
         ax.scatter([max(h.positional, -0.5) for h in hs], [h.semantic for h in hs], c=col, label=kind, s=18)
@@ -255,17 +257,31 @@ def section_heads(interp: Interp, run: Path) -> str:
             return not_run("attention heads", f"tinystories interpret heads --run {run}")
         return f"<p class='notrun'>{esc(interp.heads_error)}</p>"
     heads, th, c = data.heads, data.thresholds, data.counts
-    summary = [f"<p><b>{_count(c, 'distance', 0)}</b> distance-based, <b>{_count(c, 'semantic', 0)}</b> semantic "
-               f"and {_count(c, 'other', 0)} other heads, over {fmt(data.stories)} stories "
-               f"({fmt(data.tokens)} tokens).</p>", head_map(heads),
-               how_to_read(f"Blue heads attend by distance (positional score R² ≥ {fmt(th.get('positional'))}), "
+    # Files written before the induction test have no induction count: say nothing rather than "0".
+    induction = "" if _count(c, "induction") is None else f"<b>{_count(c, 'induction')}</b> induction, "
+    copying = ""
+    if data.copy_loss is not None:
+        copying = (f" On random tokens repeated twice, the loss is {fmt(data.copy_loss.first)} nats/token on the "
+                   f"first copy and {fmt(data.copy_loss.second)} on the second (a model that copies from context "
+                   f"predicts the second copy).")
+    summary = [f"<p>{induction}<b>{_count(c, 'distance', 0)}</b> distance-based, "
+               f"<b>{_count(c, 'semantic', 0)}</b> semantic and {_count(c, 'other', 0)} other heads, over "
+               f"{fmt(data.stories)} stories ({fmt(data.tokens)} tokens).{copying}</p>", head_map(heads),
+               how_to_read(f"Green heads are induction heads (on repeated random tokens, attention from a token's "
+                           f"second copy to the token after its first ≥ {fmt(th.get('induction'))}), "
+                           f"blue ones attend by distance (positional score R² ≥ {fmt(th.get('positional'))}), "
                            f"red ones to earlier copies of related words (semantic excess ≥ "
-                           f"{fmt(th.get('semantic'))}), grey dots are neither; hover a cell for its scores."),
+                           f"{fmt(th.get('semantic'))}), grey dots are none of these; hover a cell for its scores."),
                head_scatter(heads, th)]
     ctl = data.controls
     if ctl:
         ri, sh = ctl.random_init or RandomInitControl(), ctl.shuffled or ShuffledControl()
+        rand_loss = ri.copy_loss
         summary.append(table([
+            ["random-init copy: induction heads", _or_dash(_count(ri.counts, "induction"))],
+            ["random-init copy: largest induction score", _or_dash(ri.max_induction)],
+            ["random-init copy: loss on the first / second copy",
+             "-" if rand_loss is None else f"{fmt(rand_loss.first)} / {fmt(rand_loss.second)}"],
             ["random-init copy: semantic heads", _count(ri.counts, "semantic")],
             ["random-init copy: largest semantic score", ri.max_semantic],
             ["shuffled tokens: correlation of positional scores (all heads)", sh.correlation_all],
@@ -273,12 +289,13 @@ def section_heads(interp: Interp, run: Path) -> str:
             ["shuffled tokens: semantic heads left", _count(sh.counts, "semantic")],
         ], ["control", "value"], "fig"))
     rows = [[f"{h.layer}.{h.head}", Raw(f'<span class="k-{esc(h.kind)}">{esc(h.kind)}</span>'),
+             _or_dash(h.induction), _or_dash(h.duplicate),
              h.positional, h.semantic, h.semantic_same_word, h.semantic_entity,
              h.mean_distance, h.norm_entropy, h.first_token,
              ", ".join(f"{d}:{w:.2f}" for d, w in h.offsets)] for h in heads]
     summary.append("<details><summary>all heads</summary>" + table(
-        rows, ["head", "class", "positional", "semantic", "same word", "entity", "mean distance",
-               "norm. entropy", "first token", "top offsets: weight"], "num") + "</details>")
+        rows, ["head", "class", "induction", "duplicate", "positional", "semantic", "same word", "entity",
+               "mean distance", "norm. entropy", "first token", "top offsets: weight"], "num") + "</details>")
     text = data.text
     if text is not None and text.patterns_u8:
         payload = {"tokens": text.tokens, "shape": text.shape, "patterns_u8": text.patterns_u8,
@@ -396,16 +413,25 @@ def findings(interp: Interp) -> str:
         hs = heads.heads
         dist = [h for h in hs if h.kind == "distance"]
         sem = [h for h in hs if h.kind == "semantic"]
+        ind = [h for h in hs if h.kind == "induction"]
         offs = ", ".join(map(str, sorted({h.offsets[0][0] for h in dist if h.offsets}))) or "-"
         dist_names = ", ".join(f"{h.layer}.{h.head}" for h in dist) or "none"
         sem_names = ", ".join(f"{h.layer}.{h.head}" for h in sem) or "none"
+        ind_names = ", ".join(f"{h.layer}.{h.head}" for h in ind) or "none"
         txt = (f"{len(dist)} of {len(hs)} heads are distance-based ({dist_names}; preferred offsets {offs}), "
-               f"{len(sem)} semantic ({sem_names}).")
+               f"{len(sem)} semantic ({sem_names})")
+        if heads.copy_loss is not None:
+            txt += (f", {len(ind)} induction ({ind_names}): on random tokens repeated twice the loss goes from "
+                    f"{fmt(heads.copy_loss.first)} on the first copy to {fmt(heads.copy_loss.second)} nats/token on "
+                    f"the second")
+        txt += "."
         ctl = heads.controls
         if ctl and ctl.random_init and ctl.shuffled:
+            rand_ind = _count(ctl.random_init.counts, "induction")
             txt += (f" Controls: the random-init copy has {_count(ctl.random_init.counts, 'semantic')} semantic "
-                    f"heads; shuffling tokens keeps positional scores (r = {fmt(ctl.shuffled.correlation_all)}) and "
-                    f"leaves {_count(ctl.shuffled.counts, 'semantic')} semantic heads.")
+                    + ("" if rand_ind is None else f"and {rand_ind} induction ")
+                    + f"heads; shuffling tokens keeps positional scores (r = {fmt(ctl.shuffled.correlation_all)}) "
+                    f"and leaves {_count(ctl.shuffled.counts, 'semantic')} semantic heads.")
         txt += (" The paper (1-layer, 16-head model) saw several distance heads with different distances and three "
                 "semantic heads (the/a to 'banana', to 'park', to the names).")
         items.append(txt)
