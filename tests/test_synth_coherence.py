@@ -152,13 +152,3 @@ def test_name_consistency_counts_names_and_the_kept_protagonist():
     assert [(p["protagonist"], p["kept"]) for p in r["per_sample"]] == [("Lily", True), ("Sara", False), (None, False)]
     assert r["median_distinct_names"] == 2.0 and r["protagonist_kept_share"] == 0.5 and r["n_samples"] == 3
     assert story_names(lost, known) == ["Sara", "Kate", "Billy", "Jane", "Kevin"]
-
-
-def test_a_child_and_a_pet_named_together_introduce_both():
-    """'Emma and her dog, Max, ...' introduces both; 'Emma and her dog' without the name introduces no Max."""
-    both = [("Emma and her dog, Max, were best friends.", "intro"), ("Max followed Emma everywhere.", "friend"),
-            *GOOD[2:]]
-    assert check_coherence(*_story(both)) == []
-    unnamed = [("Emma and her dog were best friends.", "intro"), ("Max followed Emma everywhere.", "friend"),
-               *GOOD[2:]]
-    assert "introduction" in _rules(unnamed)

@@ -93,7 +93,7 @@ def _is_intro(name: str, s: str) -> bool:
     n = re.escape(name)
     return re.search(
         rf"\b(named|called) {n}\b|\bname was {n}\b|(^|, |\band ){n} was (a|an)\b|\b{n}, (a|an)\b|"
-        rf"^{n} and \w+, (a|an)\b|(^|, ){n} and (his|her) \w+, \w+,|\b(his|her) \w+, {n},",
+        rf"^{n} and \w+, (a|an)\b",
         s,
     ) is not None
 

@@ -50,8 +50,6 @@ from tinystories.synth.templates import (
     OBJ_INTRO,
     OBSTACLE,
     OBSTACLE_TALK,
-    PAIR_INTRO,
-    PAIR_MORE,
     PAYOFF,
     PLAY,
     RESOLVE,
@@ -329,8 +327,6 @@ def _kind_phrase(rng: random.Random, c: Character) -> str:
 # trained on these stories can learn to track them. Each is a decoration, not part of the plot.
 SCENE_P = 0.35
 """Chance of each scene in a story."""
-PAIR_P = 0.4
-"""Chance that a child with a pet friend opens the story together with it ("Lily and her dog, Max, ...")."""
 PRONOUN_P = 0.6
 """Chance that a sentence about the protagonist right after another starts with the pronoun."""
 
@@ -413,11 +409,6 @@ def tell(
         say(f"Once upon a time, there was {a(hero.kind)} and {a(friend.kind)}.")
         T.event("friend")
         say(f"The {hero.kind}'s name was {hero.name}, and the {friend.kind}'s name was {friend.name}.")
-    elif hero.kind in W.CHILD_KINDS and friend.kind in W.ANIMAL_KINDS and rng.random() < PAIR_P:
-        T.event("intro")
-        say(pick(PAIR_INTRO))
-        T.event("friend")
-        say(pick(PAIR_MORE))
     else:
         T.event("intro")
         say(pick(INTRO))

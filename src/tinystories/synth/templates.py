@@ -31,19 +31,6 @@ INTRO = (
     "Long ago, {a_kind} named {N} lived near the {place} with {his} {mom}.",
     "On a bright spring day, {a_kind} named {N} went out to play.",
 )
-PAIR_INTRO = (  # a child and a pet named together, as real stories open ("Lily and her dog, Max, ...")
-    "{N} and {his} {fkind}, {F}, were best friends.",
-    "{N} and {his} {fkind}, {F}, lived in a small house near the {place}.",
-    "{N} and {his} {fkind}, {F}, loved to play together.",
-    "Once upon a time, {N} and {his} {fkind}, {F}, lived near the {place}.",
-    "One day, {N} and {his} {fkind}, {F}, woke up early.",
-)
-PAIR_MORE = (
-    "{F} followed {N} everywhere.",
-    "{N} loved {F} very much.",
-    "{F} was always happy to see {N}.",
-    "They did everything together.",
-)
 FRIEND_INTRO = (
     "{N} had a friend named {F}.",
     "{N} had a best friend named {F}.",
