@@ -503,9 +503,8 @@ def interpret_heads(cfg: HeadsConfig) -> dict[str, Any]:
     result["text"] = {"text": cfg.text, **maps}
     atomic_write_json(out / "heads.json", result)
     summary = {k: v for k, v in result.items() if k not in ("heads", "text", "method")}
-    summary["distance_heads"] = [f"{h['layer']}.{h['head']}" for h in heads if h["kind"] == "distance"]
-    summary["semantic_heads"] = [f"{h['layer']}.{h['head']}" for h in heads if h["kind"] == "semantic"]
-    summary["induction_heads"] = [f"{h['layer']}.{h['head']}" for h in heads if h["kind"] == "induction"]
+    for kind in ("distance", "semantic", "induction"):
+        summary[f"{kind}_heads"] = [f"{h['layer']}.{h['head']}" for h in heads if h["kind"] == kind]
     summary["written"] = str(out / "heads.json")
     return summary
 

@@ -187,7 +187,7 @@ def _plan_world(rng: random.Random, words: list[str], lex: Lexicon) -> dict[str,
     parent = Character(pname, pname.lower(), pgender, "parent")
 
     place = noun if ncls == "place" else rng.choice(W.PLACES)
-    holdable = (ncls in W.HOLDABLE and noun not in W.FIXED | W.OWN_LINES) or noun in W.COLLECTIBLE
+    holdable = (ncls in W.HOLDABLE and noun not in W.FIXED and noun not in W.OWN_LINES) or noun in W.COLLECTIBLE
     food = ncls == "food" and holdable
     obj = noun if holdable else rng.choice(W.GOAL_OBJECTS)
     if obj == noun:
@@ -560,8 +560,14 @@ def tell(
         say(rng.choice(retrieve).format(n=X.name, p=X.his, t=owned[X.name]))
     tokens = _tokens(T.text())
     if not _uses(tokens, lex.forms_of(wd["noun"], "noun")):
-        slot = wd["ncls"] if wd["ncls"] in ("animal", "person", "nature", "body", "place") else "other"
-        slot = "fixed" if wd["noun"] in W.FIXED else wd["noun"] if wd["noun"] in W.OWN_LINES else slot
+        if wd["noun"] in W.FIXED:
+            slot = "fixed"
+        elif wd["noun"] in W.OWN_LINES:
+            slot = wd["noun"]
+        elif wd["ncls"] in ("animal", "person", "nature", "body", "place"):
+            slot = wd["ncls"]
+        else:
+            slot = "other"
         T.event("noun:" + slot)
         say(pick(NOUN_SLOT[slot]))
         tokens |= _tokens(T.paras[-1][-1])
