@@ -9,7 +9,7 @@ plot is about, `{place}` the setting and `{v}`/`{ved}`/`{ving}`, `{noun}`,
 
 from __future__ import annotations
 
-INTRO = (
+INTRO = (  # the first line three times: most real stories open this way (choices are uniform)
     "Once upon a time, there was {a_kind} named {N}.",
     "Once upon a time, there was {a_kind} named {N}.",
     "Once upon a time, there was {a_kind} named {N}.",
