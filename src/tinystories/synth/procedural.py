@@ -560,14 +560,9 @@ def tell(
         say(rng.choice(retrieve).format(n=X.name, p=X.his, t=owned[X.name]))
     tokens = _tokens(T.text())
     if not _uses(tokens, lex.forms_of(wd["noun"], "noun")):
-        if wd["noun"] in W.FIXED:
-            slot = "fixed"
-        elif wd["noun"] in W.OWN_LINES:
-            slot = wd["noun"]
-        elif wd["ncls"] in ("animal", "person", "nature", "body", "place"):
-            slot = wd["ncls"]
-        else:
-            slot = "other"
+        noun, ncls = wd["noun"], wd["ncls"]
+        own = "fixed" if noun in W.FIXED else noun if noun in W.OWN_LINES else None
+        slot = own or (ncls if ncls in ("animal", "person", "nature", "body", "place") else "other")
         T.event("noun:" + slot)
         say(pick(NOUN_SLOT[slot]))
         tokens |= _tokens(T.paras[-1][-1])
