@@ -43,6 +43,7 @@ from tinystories.train_setup import (
     Dist,
     barrier,
     build_model,
+    compile_model,
     compute_dtype,
     config_hash,
     dist_from_env,
@@ -345,7 +346,7 @@ def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str,
         ddp = DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
         model = ddp
     if cfg.compile:
-        model = torch.compile(model)  # type: ignore[assignment]
+        model = compile_model(model, device)
 
     dtype = compute_dtype(cfg.dtype, device)
 
