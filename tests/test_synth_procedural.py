@@ -41,7 +41,8 @@ def test_record_schema(records):
     assert r["id"] == "proc-11-00000000"
     ann = r["annotations"]
     assert {"characters", "protagonist", "objects", "skeleton", "feature_sentences"} <= set(ann)
-    assert set(ann["feature_sentences"]) == set(feats)
+    # Dialogue may come unasked, as in most real stories; every other feature is there exactly when asked.
+    assert set(ann["feature_sentences"]) - {"Dialogue"} == set(feats) - {"Dialogue"}
 
 
 def test_every_story_uses_its_three_words(records):
@@ -128,6 +129,9 @@ def test_feature_sentences_point_at_the_feature(records):
         "MoralValue": lambda s: "learned" in s or "lesson" in s or "moral" in s,
         "Twist": lambda s: any(w in s for w in ("surprise", "But", "Then", "Suddenly")),
     }
+    unasked = [r for r in records[:1000] if "Dialogue" not in r["features"]]
+    talking = sum('"' in r["story"] for r in unasked) / len(unasked)
+    assert 0.3 < talking < 0.5, talking  # EXTRA_DIALOGUE_P = 0.4
     for r in records[:1000]:
         sents = sentences(r["story"])
         assert r["annotations"]["n_sentences"] == len(sents)
@@ -137,8 +141,8 @@ def test_feature_sentences_point_at_the_feature(records):
                 assert 0 <= k < len(sents)
                 if feat in markers:
                     assert markers[feat](sents[k]), (feat, sents[k])
-        if "Dialogue" not in r["features"]:
-            assert '"' not in r["story"]
+        if "Dialogue" in r["features"]:
+            assert '"' in r["story"]
         if "Foreshadowing" in r["features"]:
             setup, payoff = r["annotations"]["feature_sentences"]["Foreshadowing"][:2]
             assert setup < payoff

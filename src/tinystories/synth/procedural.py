@@ -53,6 +53,7 @@ from tinystories.synth.templates import (
     PAYOFF,
     PLAY,
     RESOLVE,
+    RETRIEVE,
     SAD_END,
     SAD_TALK,
     SETUP,
@@ -326,15 +327,14 @@ def _kind_phrase(rng: random.Random, c: Character) -> str:
 # characters: the in-context facts the procedural probes ask about (`synth/probes.py`), so a model
 # trained on these stories can learn to track them. Each is a decoration, not part of the plot.
 SCENE_P = 0.35
-"""Chance of each scene in a story."""
+"""Chance of each context scene in a story (who is which animal, who has which toy)."""
+REASON_P = 0.1
+"""Chance of each reasoning scene (a choice between two things, two needs met): rarer than the
+others, since "wanted a boat or a dog" and "gave a sandwich to Tom" read least like a story."""
+EXTRA_DIALOGUE_P = 0.4
+"""Chance that a story not asked for dialogue has some anyway, as most real TinyStories do."""
 PRONOUN_P = 0.6
 """Chance that a sentence about the protagonist right after another starts with the pronoun."""
-
-RETRIEVE = (
-    "Later, {n} wanted to play with {p} own toy again. {n} picked up the {t}.",
-    "Before going home, {n} picked up the {t}.",
-    "At bedtime, {n} held the {t} close.",
-)
 
 
 def _choice_scene(rng: random.Random, hero: Character, parent: Character) -> list[str]:
@@ -384,7 +384,7 @@ def tell(
         )
     goal = wd["goal"]
     T = _Teller([hero, friend, parent], rng)
-    dialogue = "Dialogue" in feats
+    dialogue = "Dialogue" in feats or rng.random() < EXTRA_DIALOGUE_P
     say: Callable[..., None] = T.say
 
     def pick(options: tuple[str, ...] | list[str]) -> str:
@@ -443,7 +443,7 @@ def tell(
         owned = {A.name: t1, B.name: t2}
         T.event("toys")
         say(f"{A.name} had {a(c1 + ' ' + t1)}, and {B.name} had {a(c2 + ' ' + t2)}.")
-    if rng.random() < SCENE_P:
+    if rng.random() < REASON_P:
         T.event("choice")
         for line in _choice_scene(rng, hero, parent):
             say(line)
@@ -548,7 +548,7 @@ def tell(
     if rng.random() < 0.35:
         T.event("snack")
         say(_snack(rng, w))
-    if rng.random() < SCENE_P:
+    if rng.random() < REASON_P:
         T.event("needs")
         for line in _needs_scene(rng, hero, friend, parent):
             say(line)

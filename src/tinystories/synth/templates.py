@@ -22,29 +22,29 @@ INTRO = (  # the first line three times: most real stories open this way (choice
     "Once upon a time, there was {a_kind} named {N} who loved to play.",
     "Once upon a time, there was {a_kind} named {N}. {He} was very kind.",
     "Once upon a time, there was {a_kind} named {N}. {He} lived with {his} {mom}.",
-    "There was once {a_kind} called {N}.",
+    "Once there was {a_kind} named {N}.",
     "One day, {a_kind} named {N} woke up early.",
     "One sunny morning, {a_kind} named {N} woke up early.",
     "In a small house by the {place}, there lived {a_kind} named {N}.",
     "{N} was {a_kind} who liked to laugh.",
     "{N} was a little {kind} with a big smile.",
-    "Long ago, {a_kind} named {N} lived near the {place} with {his} {mom}.",
-    "On a bright spring day, {a_kind} named {N} went out to play.",
+    "Once upon a time, {a_kind} named {N} lived near the {place} with {his} {mom}.",
+    "One sunny day, {a_kind} named {N} went out to play.",
 )
 FRIEND_INTRO = (
     "{N} had a friend named {F}.",
     "{N} had a best friend named {F}.",
     "{N} had a good friend, {a_fkind} named {F}.",
     "{N} had a friend, {a_fkind} named {F}.",
-    "{N}'s best friend was {a_fkind} named {F}.",
+    "{N} had a best friend, {a_fkind} named {F}.",
     "{N} liked to play with {a_fkind} named {F}.",
-    "{N} lived next to {a_fkind} named {F}.",
+    "{N} had a friend, {a_fkind} named {F}, who lived nearby.",
     "{N} had a friend named {F}. {F} was {a_fkind}.",
     "{N} had a friend. {fHis} name was {F}.",
     "Every day, {N} played with {his} friend, {a_fkind} named {F}.",
     "{N} had a new friend, {a_fkind} named {F}.",
     "{N} and {his} friend {F}, {a_fkind}, liked to play outside.",
-    "{N} often played with {a_fkind} named {F} who lived next door.",
+    "{N} had a friend, {a_fkind} named {F}, who lived next door.",
     "{N} had a friend called {F}, and they played together every day.",
     "{N}'s friend was {a_fkind} named {F}. {F} was very nice.",
 )
@@ -56,7 +56,7 @@ VERB_HABIT_I = (
     "Every day, {N} would {v} with {F}.",
     "{N} was very good at {ving}.",
     "{N} liked to {v} after lunch.",
-    "Most of all, {N} loved to {v}.",
+    "{N} loved to {v} more than anything.",
     "{N} and {F} liked to {v} together.",
 )
 VERB_HABIT_T = (
@@ -89,7 +89,7 @@ OBJ_INTRO = (
     "{His} {mom} gave {him} {a_desc}.",
     "One day, {his} {mom} gave {him} {a_desc}.",
     "{N} loved {his} {desc} very much.",
-    "For {his} birthday, {N} got {a_desc}.",
+    "{N} got {a_desc} for {his} birthday.",
     "{N} had {a_desc}. It was {his} favorite.",
     "{N} liked to play with {his} {desc}.",
     "{N} always took {his} {desc} with {him}.",
@@ -106,7 +106,7 @@ GOALS_T: dict[str, tuple[str, ...]] = {
     ),
     "reach": (
         "One windy day, {N} took {his} {obj} to the {place}.",
-        "On a windy afternoon, {N} and {F} played with the {obj} near the {place}.",
+        "One windy afternoon, {N} and {F} played with the {obj} near the {place}.",
         "One day, {N} played with {his} {obj} in the {place}.",
         "One sunny day, {N} and {F} went to the {place} with the {obj}.",
         "{N} threw {his} {obj} up in the air at the {place}.",
@@ -135,14 +135,22 @@ GOALS_T: dict[str, tuple[str, ...]] = {
     ),
 }
 GOAL_TALK = {
-    "find": ('"Where is my {obj}?" {N} asked.', '"Has anyone seen my {obj}?" asked {N}.'),
+    "find": (
+        '"Where is my {obj}?" {N} asked.',
+        '"Where did my {obj} go?" asked {N}.',
+        '"{Mom}, have you seen my {obj}?" asked {N}.',
+        '"I can\'t find my {obj}!" {N} said.',
+    ),
     "reach": (
         '"Look how high it goes!" said {N}.',
         '"I want to throw it up high!" said {N}.',
+        '"Watch this!" {N} said to {F}.',
+        '"Let\'s see how high it can go!" said {N}.',
     ),
     "fix": (
         '"I love my {obj} so much," said {N}.',
         '"Look at my {obj}!" {N} said to {F}.',
+        '"This is my best {obj}," {N} said.',
     ),
     "visit": (
         '"Can we go to the {place}, please?" {N} asked {his} {mom}.',
@@ -181,17 +189,17 @@ SETUP = {  # Foreshadowing: an early detail the plot comes back to.
         "{His} {mom} said to be careful, because the {obj} could break.",
     ),
     "visit": (
-        "Far away, there were some dark clouds in the sky.", "The sky was getting gray far away.",
+        "There were some dark clouds in the sky.", "The sky was getting gray.",
         "The sky was blue, but the wind was getting cold.",
         "{His} {mom} said the weather might change later.",
     ),
-    "learn": ("There was a bumpy rock on the path.", "{F} said it was hard at first for everyone."),
+    "learn": ("There was a big rock on the path.", "{F} said it was hard at first for everyone."),
 }
 PAYOFF = {
     "find": (
         "The {obj} must have fallen out through the hole.",
-        "That was it: the {obj} had slipped out through the little hole.",
-        "Oh no, the {obj} had fallen out of the hole on the way!",
+        "Now {N} knew that the {obj} had slipped out through the little hole.",
+        "The {obj} had fallen out of the hole on the way!",
     ),
     "reach": (
         "A big gust of wind blew the {obj} up high.",
@@ -202,12 +210,12 @@ PAYOFF = {
         "The loose part came off, and the {obj} broke.",
     ),
     "visit": (
-        "Far away, there were some dark clouds in the sky.",
+        "There were some dark clouds far away in the sky.",
         "There were some big gray clouds in the sky.",
         "The sky was getting dark.",
         "Soon the sky turned gray, and the wind began to blow.",
     ),
-    "learn": ("{N} tripped on the bumpy rock and fell down.", "It was hard, just like {F} said."),
+    "learn": ("{N} tripped on the big rock and fell down.", "It was hard, just like {F} said."),
 }
 OBSTACLE = {
     "find": (
@@ -217,14 +225,14 @@ OBSTACLE = {
         "{N} looked everywhere, but the {obj} was gone.",
     ),
     "reach": (
-        "The {obj} got stuck on the {spot}.", "Oh no, the {obj} was stuck high up on the {spot}!",
+        "The {obj} got stuck on the {spot}.", "Now the {obj} was stuck high up on the {spot}!",
         "The {obj} went up, up, up and got stuck on the {spot}.",
         "The {obj} flew up and got stuck on the {spot}.",
     ),
     "fix": (
         "{N} dropped the {obj}, and it broke.",
         "The {obj} fell on the ground and broke into two pieces.",
-        "Crack went the {obj} when it hit a rock.",
+        "The {obj} hit a rock and broke.",
         "Then the {obj} fell down and broke.",
     ),
     "visit": (
@@ -240,6 +248,8 @@ OBSTACLE = {
 }
 OBSTACLE_TALK = (
     '"Oh no!" cried {N}.',
+    '"Oh no! What can I do?" said {N}.',
+    '"Help!" {N} cried.',
     '"What do I do now?" {N} asked.',
     '"This is too hard," said {N} sadly.',
     '{N} said, "What can I do?"',
@@ -338,7 +348,12 @@ HELP_TALK = {
         '{His} {mom} smiled and said, "I will help you."',
         '"It will be okay," said {his} {mom}.',
     ),
-    "idea": ('"I know what to do!" said {N}.', '{N} said, "I have an idea!"'),
+    "idea": (
+        '"I know what to do!" said {N}.',
+        '{N} said, "I have an idea!"',
+        '"I know!" said {N}.',
+        '{N} smiled and said, "I know how we can do it!"',
+    ),
 }
 HELP_THANKS = {  # the hero answers the helper
     "friend": ('"Thank you, {F}!" said {N}.', '"Okay, let\'s try," said {N}.', '"You are a good friend," said {N}.'),
@@ -389,7 +404,7 @@ FAIL = {
     "fix": (
         "They tried to fix it, but the {obj} was broken for good.",
         "The glue didn't work, and the {obj} stayed broken.",
-        "Nobody could mend the {obj}, and it stayed broken.",
+        "Nobody could fix the {obj}, and it stayed broken.",
     ),
     "visit": (
         "The {weather} did not stop, and they never got to the {place}.",
@@ -411,18 +426,18 @@ TWIST = {  # with a good ending the surprise itself solves the problem
     ),
     "reach": (
         "Then a bird flew down and pushed the {obj} off the {spot}!",
-        "Then, to everyone's surprise, a kind giraffe walked by and took the {obj} down!",
+        "Suddenly, a kind giraffe walked by and took the {obj} down!",
     ),
     "fix": (
         "But when {N} looked closer, the {obj} was not broken at all, and the parts clicked back together!",
         "Then {N} found that the broken parts of the {obj} made something new and even better.",
     ),
     "visit": (
-        "Then, to their surprise, the {weather} stopped and a big rainbow came out over the {place}!",
+        "Suddenly, the {weather} stopped and a big rainbow came out over the {place}!",
         "But when they got to the {place}, all their friends were waiting with a surprise under a big tent!",
     ),
     "learn": (
-        "Then, to everyone's surprise, {N} did it on the very first try!",
+        "Then {N} tried one more time, and to everyone's surprise, {he} did it!",
         "Then {N} saw that {F} had been holding on the whole time, and {N} could do it alone!",
     ),
 }
@@ -440,11 +455,11 @@ TWIST_BAD = {  # with a bad ending the surprise makes things worse
         "Then, to {his} surprise, a third piece fell off!",
     ),
     "visit": (
-        "Then, to everyone's surprise, the {place} was closed!",
+        "Then {N} heard that the {place} was closed!",
         "Suddenly, the wind blew their picnic away!",
     ),
     "learn": (
-        "Then, to everyone's surprise, {F} fell down too!",
+        "Suddenly, {F} fell down too!",
         "Then {N} saw that it was much harder than it looked!",
     ),
 }
@@ -476,6 +491,8 @@ HAPPY_TALK = (
     '{N} smiled and said, "Thank you for helping me."',
     '"Yay!" said {N}. "I am so happy now."',
     '"I love you, {Mom}," said {N}.',
+    '"That was so much fun!" said {N}.',
+    '"Thank you for being my friend," {N} said to {F}.',
 )
 SAD_END = (
     "{N} went home feeling very sad.",
@@ -483,7 +500,7 @@ SAD_END = (
     "It was a sad day for {N}.",
     "{N} did not play for the rest of the day.",
     "{N} walked home slowly, with tears in {his} eyes.",
-    "Nothing could cheer {N} up that night.",
+    "{N} was sad all night.",
     "{N} hugged {his} {mom}, but {he} was still sad.",
     "{N} felt sad for a long time.",
     "That night, {N} went to bed with a heavy heart.",
@@ -496,6 +513,7 @@ SAD_TALK = (
     '{N} said, "Maybe next time."',
     '"It is not fair," {N} said, and {he} began to cry.',
     '{N} looked down and said, "I am sad."',
+    '"Why did this happen?" {N} asked.',
 )
 MORAL = {
     "friend": (
@@ -527,7 +545,7 @@ MORAL = {
 # Where each class of noun and adjective goes when it is not the thing the plot is about.
 NOUN_SLOT = {
     "animal": ("Near the {place}, {N} saw {a_noun}.", "{A_noun} was sitting by the {place}."),
-    "person": ("{N} waved to {the_noun} on the way.", "On the way, they met {a_noun} who smiled at them."),
+    "person": ("{N} waved to {the_noun}.", "Soon they met {a_noun} who smiled at them."),
     "nature": ("{N} looked at the {noun} for a long time.", "They sat near the {noun} and talked."),
     "body": ("{N} had a little mark on {his} {noun}.", "{N} rubbed {his} {noun} and kept going."),
     "place": ("Later, they went to the {noun}.",),
@@ -595,8 +613,8 @@ WALK_SEE = (
     "rolling in the grass",
 )
 WALK = (
-    "On the way, {N} saw {x} {y}.",
-    "On the way, they saw {x} {y}.",
+    "Soon {N} saw {x} {y}.",
+    "While they walked, they saw {x} {y}.",
     "{N} and {F} walked past {x} {y}.",
     "As they walked, they saw {x} {y}.",
     "Then {N} saw {x} {y}.",
@@ -635,4 +653,9 @@ FOODS = (
     "candy",
     "watermelon",
     "cookies",
+)
+RETRIEVE = (  # the toys scene's end: {n} picks up {p} own toy {t} (the possession probes)
+    "Later, {n} wanted to play with {p} own toy again. {n} picked up the {t}.",
+    "Before going home, {n} picked up the {t}.",
+    "That night, {n} hugged the {t} and went to sleep.",
 )
