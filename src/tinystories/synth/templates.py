@@ -9,10 +9,10 @@ plot is about, `{place}` the setting and `{v}`/`{ved}`/`{ving}`, `{noun}`,
 
 from __future__ import annotations
 
-INTRO = (  # the first line three times: most real stories open this way (choices are uniform)
+INTRO = (  # "Once upon a time, there was" three times: most real stories open this way (choices are uniform)
     "Once upon a time, there was {a_kind} named {N}.",
     "Once upon a time, there was {a_kind} named {N}.",
-    "Once upon a time, there was {a_kind} named {N}.",
+    "Once upon a time, there was {a_kind} named {N}. {He} lived in a small house with {his} family.",
     "Once upon a time, in a big {place}, there lived {a_kind} named {N}.",
     "Once upon a time, in a little town, there lived {a_kind} named {N}.",
     "Once upon a time, there lived {a_kind} named {N}.",
@@ -24,6 +24,8 @@ INTRO = (  # the first line three times: most real stories open this way (choice
     "Once upon a time, there was {a_kind} named {N}. {He} lived with {his} {mom}.",
     "Once there was {a_kind} named {N}.",
     "One day, {a_kind} named {N} woke up early.",
+    "One day, {N}, {a_kind}, woke up early and went outside to play.",
+    "One day, {N}, {a_kind}, went to the {place} with {his} {mom}.",
     "One sunny morning, {a_kind} named {N} woke up early.",
     "In a small house by the {place}, there lived {a_kind} named {N}.",
     "{N} was {a_kind} who liked to laugh.",
@@ -207,7 +209,7 @@ PAYOFF = {
     ),
     "fix": (
         "Just like {his} {mom} said, the {obj} fell and broke.",
-        "The loose part came off, and the {obj} broke.",
+        "Soon the loose part fell off, and the {obj} broke.",
     ),
     "visit": (
         "There were some dark clouds far away in the sky.",
@@ -286,7 +288,7 @@ CONFLICT_BAD = (
 HELP = {
     "friend": (
         "{F} came to help {him}.",
-        "Then {F} came by and said {fhe} would help.",
+        "{F} came by and said {fhe} would help.",
         "{F} saw that {N} was sad and came to help.",
         "{F} heard {N} and ran over as fast as {fhe} could.",
         "Just then, {F} walked by and stopped to help.",
@@ -437,7 +439,7 @@ TWIST = {  # with a good ending the surprise itself solves the problem
         "But when they got to the {place}, all their friends were waiting with a surprise under a big tent!",
     ),
     "learn": (
-        "Then {N} tried one more time, and to everyone's surprise, {he} did it!",
+        "{N} tried one more time, and to everyone's surprise, {he} did it!",
         "Then {N} saw that {F} had been holding on the whole time, and {N} could do it alone!",
     ),
 }
@@ -545,7 +547,7 @@ MORAL = {
 # Where each class of noun and adjective goes when it is not the thing the plot is about.
 NOUN_SLOT = {
     "animal": ("Near the {place}, {N} saw {a_noun}.", "{A_noun} was sitting by the {place}."),
-    "person": ("{N} waved to {the_noun}.", "Soon they met {a_noun} who smiled at them."),
+    "person": ("{N} waved to {the_noun}.", "Then they met {a_noun} who smiled at them."),
     "nature": ("{N} looked at the {noun} for a long time.", "They sat near the {noun} and talked."),
     "body": ("{N} had a little mark on {his} {noun}.", "{N} rubbed {his} {noun} and kept going."),
     "place": ("Later, they went to the {noun}.",),
