@@ -73,7 +73,7 @@ class TrainConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Autocast dtype for forward/backward; weights stay fp32 (auto: bfloat16 on CUDA where supported, else float16 with a gradient scaler; float32 on CPU)."""
     compile: bool = False
-    """Compile the model with torch.compile: about 20 s to start, then faster steps (a third more tokens/s for the demo model on 2 CPU cores); on a CPU it needs a C++ compiler and runs eager without one."""
+    """Compile the model with torch.compile: 20-35 s to start (35 the first time on a machine; the compiled kernels are cached), then faster steps (a third more tokens/s for the demo model on 2 CPU cores); on a CPU it needs a C++ compiler and runs eager without one."""
     progress: bool = field(default=True, metadata=OPERATIONAL)
     """Show a progress bar (only on a terminal, only on rank 0)."""
     tensorboard: bool = field(default=False, metadata=OPERATIONAL)
