@@ -60,7 +60,6 @@ from tinystories.synth.templates import (
     SNACK,
     TWIST,
     TWIST_BAD,
-    USE_SOON,
     VERB_END_I,
     VERB_END_T,
     VERB_END_T_NO_OBJ,
@@ -222,11 +221,27 @@ def _plan_world(rng: random.Random, words: list[str], lex: Lexicon) -> dict[str,
     elif holdable:
         goals = ["find", "reach", "fix", "find", "reach", "fix", "visit", "learn"]
     goal = rng.choice(goals)
-    return dict(
-        hero=hero, friend=friend, parent=parent, place=place, obj=obj, objs=objs, color=color, desc=desc,
-        goal=goal, verb=verb, vcls=vcls, vforms=vforms, noun=noun, ncls=ncls, plural=plural,
-        adj=adj, acls=acls, adj_on_obj=adj_on_obj, owner=hero.name,
-    )
+    return {
+        "hero": hero,
+        "friend": friend,
+        "parent": parent,
+        "place": place,
+        "obj": obj,
+        "objs": objs,
+        "color": color,
+        "desc": desc,
+        "goal": goal,
+        "verb": verb,
+        "vcls": vcls,
+        "vforms": vforms,
+        "noun": noun,
+        "ncls": ncls,
+        "plural": plural,
+        "adj": adj,
+        "acls": acls,
+        "adj_on_obj": adj_on_obj,
+        "owner": hero.name,
+    }
 
 
 def _fields(wd: dict[str, Any]) -> dict[str, str]:
@@ -428,9 +443,6 @@ def tell(
         owned = {A.name: t1, B.name: t2}
         T.event("toys")
         say(f"{A.name} had {a(c1 + ' ' + t1)}, and {B.name} had {a(c2 + ' ' + t2)}.")
-        if rng.random() < 0.5:  # used at once too: who has which is easier to learn close by
-            X = rng.choice((A, B))
-            say(rng.choice(USE_SOON).format(n=X.name, p=X.his, t=owned[X.name]))
     if rng.random() < REASON_P:
         T.event("choice")
         for line in _choice_scene(rng, hero, parent):

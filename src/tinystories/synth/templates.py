@@ -661,9 +661,3 @@ RETRIEVE = (  # the toys scene's end: {n} picks up {p} own toy {t} (the possessi
     "Before going home, {n} picked up the {t}.",
     "That night, {n} hugged the {t} and went to sleep.",
 )
-USE_SOON = (  # right after the toys line: one of the two plays with {p} own toy {t}
-    "{n} threw the {t} up high.",
-    "{n} hugged the {t}.",
-    "Then {n} played with the {t}.",
-    "{n} showed everyone the {t}.",
-)
