@@ -17,10 +17,10 @@ import torch
 
 import conftest
 from test_train import MICRO, losses, make_dataset, micro_cfg, open_split, weights
-from tinystories import rundir, train_setup
+from tinystories import rundir
 from tinystories.data.loader import Layout, TrainBatches, to_device
 from tinystories.train import BatchLoader, TrainConfig, optimizer_step, peak_flops, train
-from tinystories.train_setup import compile_model, compute_dtype, make_optimizer, make_scaler
+from tinystories.train_setup import compute_dtype, make_optimizer, make_scaler
 
 
 @pytest.fixture(scope="module")
@@ -141,11 +141,11 @@ def test_compiled_training_matches_eager(dataset: Path, tmp_path: Path, monkeypa
 def test_compile_without_a_cpp_compiler_runs_eager(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """Inductor builds its CPU kernels with a C++ compiler; without one the run stays eager instead of failing."""
     model = torch.nn.Linear(2, 2)
-    monkeypatch.setattr(train_setup.shutil, "which", lambda name: None)
-    assert compile_model(model, torch.device("cpu")) is model
+    monkeypatch.setattr(rundir.shutil, "which", lambda name: None)
+    assert rundir.compiled(model, torch.device("cpu")) is model
     assert "no C++ compiler" in capsys.readouterr().err
-    monkeypatch.setattr(train_setup.shutil, "which", lambda name: "/usr/bin/" + name)
-    assert compile_model(model, torch.device("cpu")) is not model
+    monkeypatch.setattr(rundir.shutil, "which", lambda name: "/usr/bin/" + name)
+    assert rundir.compiled(model, torch.device("cpu")) is not model
 
 
 @pytest.mark.slow

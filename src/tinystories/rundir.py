@@ -24,6 +24,7 @@ import random
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,17 @@ def resolve_device(name: str | torch.device, local_rank: int | None = None) -> t
 def with_device(cfg: Any) -> Any:
     """A command's config with its `device` resolved (`auto` -> cuda or cpu), so outputs name the real device."""
     return dataclasses.replace(cfg, device=str(resolve_device(cfg.device)))
+
+
+def compiled(fn: Any, device: torch.device, **kwargs: Any) -> Any:
+    """torch.compile(fn, **kwargs); on the CPU only where a C++ compiler is found, since inductor builds its
+    CPU kernels with one (without it the first call would fail): otherwise `fn` itself, saying so."""
+    if device.type == "cpu" and not any(
+        shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "clang++", "c++") if c
+    ):
+        print("no C++ compiler (g++, clang++ or $CXX) for torch.compile on the CPU; running eager", file=sys.stderr)
+        return fn
+    return torch.compile(fn, **kwargs)
 
 
 def environment(device: str | torch.device = "cpu", world_size: int = 1) -> dict[str, Any]:

@@ -56,7 +56,7 @@ from tinystories.flops import count_params
 from tinystories.io import atomic_write_json
 from tinystories.model import GPT
 from tinystories.options import RunOptions, SamplingOptions
-from tinystories.rundir import load_run, with_device
+from tinystories.rundir import compiled, load_run, with_device
 
 MAX_LOGPROBS = 20
 """Most alternatives a sequence may ask log-probabilities for."""
@@ -609,7 +609,7 @@ class SampleConfig(RunOptions, SamplingOptions):
     batch: int = 64
     """Sequences decoded together at most."""
     compile: bool = False
-    """Run the model under torch.compile (faster decoding after a compile of ~30 s or more)."""
+    """Run the model under torch.compile (faster decoding after a compile of ~30 s or more; on a CPU it needs a C++ compiler and runs eager without one)."""
     stream: bool | None = None
     """Print tokens as they come; default: when there is one completion and stdout is a terminal."""
     out: str | None = None
@@ -627,7 +627,7 @@ def sample(cfg: SampleConfig) -> None:
     model, tok = loaded.model, loaded.tokenizer
     if cfg.compile:
         # One-token steps then take the compiled forward too, not the decode step (see decode.lean).
-        model.forward = torch.compile(model.forward, dynamic=True)  # type: ignore[method-assign]
+        model.forward = compiled(model.forward, torch.device(cfg.device), dynamic=True)  # type: ignore[method-assign]
     texts = [p for p in cfg.prompt for _ in range(cfg.n)]
     ids = [prompt_ids(tok, t) for t in texts]
     base = SampleParams(cfg.temperature, cfg.top_k, cfg.top_p, cfg.max_new_tokens, seed=cfg.seed)

@@ -43,7 +43,6 @@ from tinystories.train_setup import (
     Dist,
     barrier,
     build_model,
-    compile_model,
     compute_dtype,
     config_hash,
     dist_from_env,
@@ -346,7 +345,7 @@ def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str,
         ddp = DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
         model = ddp
     if cfg.compile:
-        model = compile_model(model, device)
+        model = rundir.compiled(model, device)
 
     dtype = compute_dtype(cfg.dtype, device)
 

@@ -15,7 +15,6 @@ import hashlib
 import importlib
 import json
 import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,17 +80,6 @@ def compute_dtype(name: str, device: torch.device) -> torch.dtype:
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def compile_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """torch.compile(model); on the CPU only where a C++ compiler is found, since inductor
-    builds its CPU kernels with one (without it the run would fail at its first step)."""
-    if device.type == "cpu" and not any(
-        shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "clang++", "c++") if c
-    ):
-        print("train: no C++ compiler (g++, clang++ or $CXX) for torch.compile; running eager", file=sys.stderr)
-        return model
-    return torch.compile(model)  # type: ignore[return-value]
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
