@@ -66,8 +66,9 @@ def evaluated(bare_run, tmp_path_factory):
     evaluate_diversity(DiversityConfig(run=str(run), data=(str(data_file(REAL)),), n=4, max_new_tokens=30,
                                        plot=False))
     (run / "eval" / "consistency.json").write_text(json.dumps({
-        "median_distinct_names": 2.0, "protagonist_kept_share": 0.75, "n_samples": 4,
-        "reference": {"median_distinct_names": 2.5, "source": "real TinyStories"}, "per_sample": [2, 2, 3, 1]}))
+        "median_distinct_names": 2.0, "protagonist_kept_share": 0.75, "said_once_share": 0.625, "n_samples": 4,
+        "reference": {"median_distinct_names": 2.5, "said_once_share": 0.025, "source": "real TinyStories"},
+        "per_sample": [2, 2, 3, 1]}))
     (run / "eval" / "custom.json").write_text(json.dumps({
         "score": 0.61, "environment": {"host": "x"},
         "spread": {"histogram": {"edges": [0, 0.25, 0.5, 0.75, 1.0], "counts": [1, 4, 2, 1]}},
@@ -188,6 +189,7 @@ def test_names_and_character_consistency(full_page):
     assert "Tommy" in page and '<mark class="name">Tommy' not in page  # whole words only
     block = dict(stages(page))["eval-consistency"].split("<details")[0]
     assert "Character consistency" in block and "75.0%" in block and "2.5" in block and "real TinyStories" in block
+    assert "name someone only once" in block and "62.5%" in block and "2.5%" in block
 
 
 

@@ -151,4 +151,7 @@ def test_name_consistency_counts_names_and_the_kept_protagonist():
     assert [p["distinct_names"] for p in r["per_sample"]] == [2, 5, 1]  # "Whiskers": a name mid-sentence
     assert [(p["protagonist"], p["kept"]) for p in r["per_sample"]] == [("Lily", True), ("Sara", False), (None, False)]
     assert r["median_distinct_names"] == 2.0 and r["protagonist_kept_share"] == 0.5 and r["n_samples"] == 3
+    # Names said once: none in the first (Lily 3 times, Tom 3), all five in the second, none in the third.
+    assert [p["said_once"] for p in r["per_sample"]] == [[], ["Sara", "Kate", "Billy", "Jane", "Kevin"], []]
+    assert r["said_once_share"] == 1 / 3
     assert story_names(lost, known) == ["Sara", "Kate", "Billy", "Jane", "Kevin"]

@@ -51,11 +51,16 @@ def _consistency_lines(r: ConsistencyResult | None) -> list[str]:
     ref = r.reference
     line = (
         f"names: median {r.median_distinct_names:g} distinct names per sample, "
-        f"{r.protagonist_kept_share:.0%} keep the protagonist's name to the end ({r.n_samples} samples)"
+        f"{r.protagonist_kept_share:.0%} keep the protagonist's name to the end"
+        + (f", {r.said_once_share:.0%} name someone only once" if r.said_once_share is not None else "")
+        + f" ({r.n_samples} samples)"
     )
     if ref:
         kept = ref.protagonist_kept_share if ref.protagonist_kept_share is not None else float("nan")
-        line += f"; real stories: median {ref.median_distinct_names:g}, {kept:.0%} keep it ({ref.source})"
+        line += f"; real stories: median {ref.median_distinct_names:g}, {kept:.0%} keep it"
+        if ref.said_once_share is not None:
+            line += f", {ref.said_once_share:.0%} name someone once"
+        line += f" ({ref.source})"
     return [line]
 
 

@@ -463,6 +463,8 @@ class JudgeResult(StageFile):
 class NameFigures:
     median_distinct_names: float | None = None
     protagonist_kept_share: float | None = None
+    said_once_share: float | None = field(default=None, metadata=OPTIONAL)
+    """The share of stories that name someone only once (a stranger, or a dropped hero)."""
 
 
 @dataclass

@@ -252,13 +252,16 @@ def consistency_stage(data: ConsistencyResult) -> str:
         ["stories that keep their protagonist", pct(data.protagonist_kept_share),
          pct(ref.protagonist_kept_share)],
     ]
+    if data.said_once_share is not None:
+        rows.append(["stories that name someone only once", pct(data.said_once_share), pct(ref.said_once_share)])
     n = data.n_samples
     src = f" (reference: {esc(ref.source)})" if ref.source else ""
     summary = (table(rows, ["", "model", "reference"], "fig")
                + (f"<p>{fmt(n)} samples{src}.</p>" if n is not None else (f"<p>{src}</p>" if src else ""))
                + how_to_read("A model that keeps its characters names about as many of them per story as the "
                              "reference and keeps its protagonist to the end; more names and a lower share mean "
-                             "characters appear and vanish."))
+                             "characters appear and vanish. A name said only once is a stranger who comes and "
+                             "goes, often a wrong name for a character the story already has."))
     detail = bookkeeping_table(data.raw) + "".join(
         f"<p>{esc(k)}: {len(v)} per-sample values.</p>" for k, v in data.raw.items() if isinstance(v, list))
     return stage("eval-consistency", "Character consistency", summary, detail)

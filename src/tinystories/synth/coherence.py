@@ -307,16 +307,21 @@ def protagonist_kept(text: str, names: Sequence[str]) -> tuple[str | None, bool]
 
 
 def name_consistency(texts: Sequence[str], known: Iterable[str]) -> dict[str, Any]:
-    """Distinct names per story (median) and the share of stories that keep their protagonist.
+    """Distinct names per story (median), the share of stories that keep their protagonist, and
+    the share that name someone only once.
 
-    The share counts the stories with a protagonist (a name in the first sentence).
+    The protagonist share counts the stories with a protagonist (a name in the first sentence). A
+    name said only once is a character who comes from nowhere and is gone again, or a hero dropped
+    after the first sentence: the distinct-name count does not see a wrong name given to a character
+    the story already has, this does.
     """
     known = list(known)
     per: list[dict[str, Any]] = []
     for t in texts:
         names = story_names(t, known)
         hero, kept = protagonist_kept(t, names)
-        per.append({"distinct_names": len(names), "protagonist": hero, "kept": kept, "names": names})
+        once = [n for n in names if len(re.findall(rf"\b{re.escape(n)}\b", t)) == 1]
+        per.append({"distinct_names": len(names), "protagonist": hero, "kept": kept, "said_once": once, "names": names})
     counts = sorted(p["distinct_names"] for p in per)
     median = 0.0
     if counts:
@@ -326,6 +331,7 @@ def name_consistency(texts: Sequence[str], known: Iterable[str]) -> dict[str, An
     return {
         "median_distinct_names": median,
         "protagonist_kept_share": sum(p["kept"] for p in with_hero) / len(with_hero) if with_hero else 0.0,
+        "said_once_share": sum(bool(p["said_once"]) for p in per) / len(per) if per else 0.0,
         "n_samples": len(per),
         "per_sample": per,
     }
