@@ -131,6 +131,28 @@ def test_an_epoch_sees_every_window_once(dataset: Path) -> None:
     assert nxt != starts
 
 
+def test_story_windows_start_at_each_story_once_an_epoch(dataset: Path) -> None:
+    split = open_split(dataset, "train")
+    batches = TrainBatches(split, 64, seed=1, story_starts=True)
+    n = batches.windows_per_epoch
+    starts = [batches.window_start(g) for g in range(n)]
+    # One window per story that has a full window of tokens left in the split, each at the story's [eot].
+    fits = [int(s) for s in split.index[:-1] if s + 65 <= split.n_tokens]
+    assert sorted(starts) == fits and n == len(fits) > 100
+    eot = int(split.tokens(0, 1)[0])
+    windows = batches.batch(3, Layout(micro_batch=8, grad_accum=1))
+    assert (windows[:, 0] == eot).all()
+    # Another epoch, another order of the same stories; a pure function of the seed.
+    assert [batches.window_start(g) for g in range(n, 2 * n)] != starts
+    again = TrainBatches(split, 64, seed=1, story_starts=True)
+    assert np.array_equal(again.batch(3, Layout(micro_batch=8, grad_accum=1)), windows)
+
+
+def test_story_windows_refuse_a_curriculum(dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="--windows stories"):
+        resolve(micro_cfg(dataset, tmp_path / "r", windows="stories", curriculum="length", max_steps=4), 64)
+
+
 def test_val_windows_are_fixed_and_spread(dataset: Path) -> None:
     val = open_split(dataset, "val")
     a = val_windows(val, 64, max_tokens=640)

@@ -25,6 +25,8 @@ class TrainConfig:
     """Model preset; any model field can be overridden with --model-<field>."""
     seq_len: int | None = None
     """Tokens per training window (default: the model's max_seq_len)."""
+    windows: Literal["stream", "stories"] = "stream"
+    """Where training windows start: stream cuts the token stream at a seeded offset (every token is predicted once an epoch; most windows begin mid-story); stories starts each window at a story's first token, so the model reads every story from its beginning (the window's rest is the next story's opening; a story longer than the window is cut)."""
     batch_size: int = 32
     """Windows per optimizer step over all processes and micro-steps (the global batch)."""
     # Operational: micro-steps and processes only regroup the same global batch (equal up to rounding).
@@ -93,7 +95,7 @@ class TrainConfig:
 
 
 # Fields added after runs existed: left out of the config hash while at their defaults, so those runs still resume.
-LATER_FIELDS = ("init", "curriculum", "curriculum_steps", "curriculum_start", "curriculum_reverse")
+LATER_FIELDS = ("init", "curriculum", "curriculum_steps", "curriculum_start", "curriculum_reverse", "windows")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -128,6 +130,8 @@ def resolve(cfg: TrainConfig, seq_len: int) -> TrainConfig:
     if warmup is None:
         warmup = 100 if horizon is None else min(100, horizon // 10)
     min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10
+    if cfg.curriculum and cfg.windows == "stories":
+        raise UserError("--curriculum orders stream windows; it cannot be combined with --windows stories")
     span = cfg.curriculum_steps
     if cfg.curriculum and span is None:
         if planned is None:

@@ -377,7 +377,7 @@ def train_batches(dataset: Dataset, cfg: TrainConfig, state: dict[str, Any]) -> 
         )
         if state and state.get("data", {}).get("curriculum") != curriculum.fingerprint:
             raise UserError(f"--curriculum {cfg.curriculum}: its scores differ from those the run was trained with")
-    return TrainBatches(split, cfg.seq_len, cfg.seed, curriculum)
+    return TrainBatches(split, cfg.seq_len, cfg.seed, curriculum, story_starts=cfg.windows == "stories")
 
 
 def write_run_files(

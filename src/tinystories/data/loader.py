@@ -12,6 +12,11 @@ the `micro_batch` windows starting at `(r * grad_accum + m) * micro_batch`.
 Nothing depends on what was read before, so a resumed run and any DDP split of
 the same global batch see exactly the same tokens.
 
+With story windows (`story_starts`) an epoch is one window per story that
+has `seq_len + 1` tokens left in the split, starting at the story's first
+token (its `[eot]`), in seeded random order: the model always reads a story
+from its beginning, as it does when it writes one or answers a probe.
+
 With a curriculum (`tinystories.data.curriculum`) the first `span` global
 windows are drawn from the easiest stories first; global window `g >= span`
 is then window `g - span` of the uniform order above.
@@ -55,7 +60,10 @@ class Layout:
 class TrainBatches:
     """Training windows of a split, a pure function of (seed, step, rank, micro-step)."""
 
-    def __init__(self, split: Split, seq_len: int, seed: int, curriculum: Curriculum | None = None):
+    def __init__(
+        self, split: Split, seq_len: int, seed: int, curriculum: Curriculum | None = None,
+        story_starts: bool = False,
+    ):
         self.split = split
         self.seq_len = seq_len
         self.seed = seed
@@ -73,6 +81,11 @@ class TrainBatches:
         self._epoch = -1
         self._offset = 0
         self._order = np.empty(0, dtype=np.int64)
+        self.story_starts: np.ndarray | None = None
+        if story_starts:
+            starts = split.index[:-1].astype(np.int64)
+            self.story_starts = starts[starts + seq_len + 1 <= n]  # (windows,)
+            self.windows_per_epoch, self.offsets = len(self.story_starts), 1
 
     def _set_epoch(self, epoch: int) -> None:
         if epoch != self._epoch:
@@ -89,6 +102,8 @@ class TrainBatches:
             g -= self.curriculum.span
         epoch, i = divmod(g, self.windows_per_epoch)
         self._set_epoch(epoch)
+        if self.story_starts is not None:
+            return int(self.story_starts[self._order[i]])
         return self._offset + int(self._order[i]) * self.seq_len
 
     def windows(self, first: int, count: int) -> np.ndarray:
