@@ -118,11 +118,14 @@ def test_every_stage_writes_its_outputs_and_a_rerun_skips_them(done):
         assert per["distinct_names"] == len(s["names"])
         assert all(n in s["prompt"] + s["completion"] for n in s["names"])
         assert per["protagonist"] is None or per["protagonist"] in s["names"]
-        assert set(per["said_once"]) <= set(s["names"])
-    assert consistency["said_once_share"] == sum(bool(p["said_once"]) for p in consistency["per_sample"]) / len(samples)
+        assert set(per["said_once"]) <= set(s["names"]) and set(per["one_name_for_two"]) <= set(s["names"])
+    for key in ("said_once", "one_name_for_two"):
+        shares = sum(bool(p[key]) for p in consistency["per_sample"]) / len(samples)
+        assert consistency[f"{key}_share"] == shares
     note = closing_note(root)
     assert "Once upon a time" in note and "bits per byte" in note and "probes:" in note
     assert "distinct names per sample" in note and "name someone only once" in note and "targets:" in note
+    assert "give two characters one name" in note
     assert "procedural" in note and "real" in note
     assert "memorization:" in note and "judge" not in note
     assert note.splitlines()[-1] == f"report: {root / 'report.html'}"

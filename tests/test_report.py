@@ -67,7 +67,9 @@ def evaluated(bare_run, tmp_path_factory):
                                        plot=False))
     (run / "eval" / "consistency.json").write_text(json.dumps({
         "median_distinct_names": 2.0, "protagonist_kept_share": 0.75, "said_once_share": 0.625, "n_samples": 4,
-        "reference": {"median_distinct_names": 2.5, "said_once_share": 0.025, "source": "real TinyStories"},
+        "one_name_for_two_share": 0.375,
+        "reference": {"median_distinct_names": 2.5, "said_once_share": 0.025, "one_name_for_two_share": 0.01,
+                      "source": "real TinyStories"},
         "per_sample": [2, 2, 3, 1]}))
     (run / "eval" / "custom.json").write_text(json.dumps({
         "score": 0.61, "environment": {"host": "x"},
@@ -190,6 +192,7 @@ def test_names_and_character_consistency(full_page):
     block = dict(stages(page))["eval-consistency"].split("<details")[0]
     assert "Character consistency" in block and "75.0%" in block and "2.5" in block and "real TinyStories" in block
     assert "name someone only once" in block and "62.5%" in block and "2.5%" in block
+    assert "give two characters one name" in block and "37.5%" in block and "1.0%" in block
 
 
 

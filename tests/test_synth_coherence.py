@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from tinystories.data.instruct import sentences
-from tinystories.synth.coherence import RULES, check_coherence, name_consistency, names_in, story_names
+from tinystories.synth.coherence import (
+    RULES,
+    check_coherence,
+    name_consistency,
+    names_in,
+    one_name_for_two,
+    story_names,
+)
 from tinystories.synth.lexicon import load_lexicon
 from tinystories.synth.procedural import story_record
 from tinystories.synth.world import BOY_NAMES, GIRL_NAMES
@@ -155,3 +162,28 @@ def test_name_consistency_counts_names_and_the_kept_protagonist():
     assert [p["said_once"] for p in r["per_sample"]] == [[], ["Sara", "Kate", "Billy", "Jane", "Kevin"], []]
     assert r["said_once_share"] == 1 / 3
     assert story_names(lost, known) == ["Sara", "Kate", "Billy", "Jane", "Kevin"]
+    assert [p["one_name_for_two"] for p in r["per_sample"]] == [[], [], []]
+
+
+def test_one_name_for_two_characters():
+    known = [*GIRL_NAMES, *BOY_NAMES]
+    # The demo model's mistakes: the hero's name given to the friend, to the toys line's second
+    # owner, to both sides of "and", and as the object of the hero's own verb.
+    again = "Once upon a time, there was a boy named Jimmy. Jimmy had a friend, a cat named Jimmy. They played."
+    toys = "One day, Tom went out. Tom had a friend named Sue. Tom had a blue doll, and Tom had a purple teddy."
+    pair = "Lily had a friend named Ben. Lily and Lily made a plan to go to the park. Ben came too."
+    verb = "One day, Tom saw Tom climb a tree and wanted to try too. Tom had a friend named Sue. Sue waved."
+    # Right uses of a name twice in one sentence, and a story with two characters.
+    fine = ("Tom told Sue a joke and Tom laughed. Tom saw that Sue had been holding on the whole time, and Tom "
+            "smiled. Sue's doll was red, and Sue loved it. Tom had a ball, and Sue had a kite.")
+    r = name_consistency([again, toys, pair, verb, fine], known)
+    found = [p["one_name_for_two"] for p in r["per_sample"]]
+    assert found == [["Jimmy"], ["Tom"], ["Lily"], ["Tom"], []]
+    assert r["one_name_for_two_share"] == 4 / 5
+    assert one_name_for_two(again, ["Jimmy"]) == ["Jimmy"] and one_name_for_two(fine, ["Tom", "Sue"]) == []
+
+
+def test_engine_stories_never_give_one_name_to_two_characters():
+    lex = load_lexicon()
+    stories = [story_record(5, i, lex)["story"] for i in range(1000)]
+    assert name_consistency(stories, [*GIRL_NAMES, *BOY_NAMES])["one_name_for_two_share"] == 0.0

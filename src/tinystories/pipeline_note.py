@@ -53,6 +53,8 @@ def _consistency_lines(r: ConsistencyResult | None) -> list[str]:
         f"names: median {r.median_distinct_names:g} distinct names per sample, "
         f"{r.protagonist_kept_share:.0%} keep the protagonist's name to the end"
         + (f", {r.said_once_share:.0%} name someone only once" if r.said_once_share is not None else "")
+        + (f", {r.one_name_for_two_share:.0%} give two characters one name"
+           if r.one_name_for_two_share is not None else "")
         + f" ({r.n_samples} samples)"
     )
     if ref:
@@ -60,6 +62,8 @@ def _consistency_lines(r: ConsistencyResult | None) -> list[str]:
         line += f"; real stories: median {ref.median_distinct_names:g}, {kept:.0%} keep it"
         if ref.said_once_share is not None:
             line += f", {ref.said_once_share:.0%} name someone once"
+        if ref.one_name_for_two_share is not None:
+            line += f", {ref.one_name_for_two_share:.0%} give two one name"
         line += f" ({ref.source})"
     return [line]
 

@@ -307,7 +307,8 @@ def _run_sample(p: Pipeline, resume: bool) -> dict[str, Any]:
     data = json.loads(_samples_path(p).read_text())
     consistency = _name_consistency(p, data["samples"])
     atomic_write_json(_samples_path(p), data)  # now with each sample's names
-    summary = {k: consistency[k] for k in ("median_distinct_names", "protagonist_kept_share", "said_once_share")}
+    summary = {k: consistency[k] for k in ("median_distinct_names", "protagonist_kept_share", "said_once_share",
+                                                 "one_name_for_two_share")}
     return {"samples": len(data["samples"]), "file": str(_samples_path(p)), **summary}
 
 
@@ -324,6 +325,7 @@ def _name_consistency(p: Pipeline, samples: list[dict[str, Any]]) -> dict[str, A
             "median_distinct_names": ref["median_distinct_names"],
             "protagonist_kept_share": ref["protagonist_kept_share"],
             "said_once_share": ref["said_once_share"],
+            "one_name_for_two_share": ref["one_name_for_two_share"],
             "n_stories": ref["n_samples"],
             "source": f"{ref['n_samples']} real TinyStories validation stories",
         }

@@ -465,6 +465,8 @@ class NameFigures:
     protagonist_kept_share: float | None = None
     said_once_share: float | None = field(default=None, metadata=OPTIONAL)
     """The share of stories that name someone only once (a stranger, or a dropped hero)."""
+    one_name_for_two_share: float | None = field(default=None, metadata=OPTIONAL)
+    """The share of stories that give one name to two characters ("Tom had a best friend named Tom")."""
 
 
 @dataclass

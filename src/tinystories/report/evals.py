@@ -254,6 +254,9 @@ def consistency_stage(data: ConsistencyResult) -> str:
     ]
     if data.said_once_share is not None:
         rows.append(["stories that name someone only once", pct(data.said_once_share), pct(ref.said_once_share)])
+    if data.one_name_for_two_share is not None:
+        rows.append(["stories that give two characters one name", pct(data.one_name_for_two_share),
+                     pct(ref.one_name_for_two_share)])
     n = data.n_samples
     src = f" (reference: {esc(ref.source)})" if ref.source else ""
     summary = (table(rows, ["", "model", "reference"], "fig")

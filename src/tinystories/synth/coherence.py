@@ -306,14 +306,37 @@ def protagonist_kept(text: str, names: Sequence[str]) -> tuple[str | None, bool]
     return hero, back and counts[hero] >= max(counts.values())
 
 
+# Narrow forms only: "Tom told Sue a joke and Tom laughed" or "Tom saw that Sue had it, and Tom
+# smiled" are right, so a name twice in a sentence is not enough.
+_OBJECT_VERBS = "saw|heard|asked|told|helped|hugged|thanked|called|watched|followed|met"
+
+
+def one_name_for_two(text: str, names: Sequence[str]) -> list[str]:
+    """The names a story gives to two characters: a name introduced again after it was already used
+    ("Tom had a best friend named Tom"), or one that stands for two people in one sentence ("Tom
+    had a blue doll, and Tom had a purple teddy", "Tom saw Tom climb a tree")."""
+    out = []
+    for n in names:
+        w = re.escape(n)
+        first = re.search(rf"\b{w}\b", text)
+        again = re.search(rf"\b(?:named|name was|name is) {w}\b", text[first.end():]) if first else None
+        both = re.search(rf"\b{w} and {w}\b|\b{w} had [^.!?\"\n,]*, and {w} had\b", text)
+        self_object = re.search(rf"\b{w} (?:{_OBJECT_VERBS}) {w}\b", text)
+        if again or both or self_object:
+            out.append(n)
+    return out
+
+
 def name_consistency(texts: Sequence[str], known: Iterable[str]) -> dict[str, Any]:
-    """Distinct names per story (median), the share of stories that keep their protagonist, and
-    the share that name someone only once.
+    """Distinct names per story (median), the share of stories that keep their protagonist, the
+    share that name someone only once, and the share that give one name to two characters.
 
     The protagonist share counts the stories with a protagonist (a name in the first sentence). A
     name said only once is a character who comes from nowhere and is gone again, or a hero dropped
     after the first sentence: the distinct-name count does not see a wrong name given to a character
-    the story already has, this does.
+    the story already has, this does. Neither sees the hero's name given to a second character
+    ("a cat named Jimmy" in Jimmy's story), which keeps the name count low and the protagonist
+    "kept"; `one_name_for_two` does.
     """
     known = list(known)
     per: list[dict[str, Any]] = []
@@ -321,7 +344,8 @@ def name_consistency(texts: Sequence[str], known: Iterable[str]) -> dict[str, An
         names = story_names(t, known)
         hero, kept = protagonist_kept(t, names)
         once = [n for n in names if len(re.findall(rf"\b{re.escape(n)}\b", t)) == 1]
-        per.append({"distinct_names": len(names), "protagonist": hero, "kept": kept, "said_once": once, "names": names})
+        per.append({"distinct_names": len(names), "protagonist": hero, "kept": kept, "said_once": once,
+                    "one_name_for_two": one_name_for_two(t, names), "names": names})
     counts = sorted(p["distinct_names"] for p in per)
     median = 0.0
     if counts:
@@ -332,6 +356,7 @@ def name_consistency(texts: Sequence[str], known: Iterable[str]) -> dict[str, An
         "median_distinct_names": median,
         "protagonist_kept_share": sum(p["kept"] for p in with_hero) / len(with_hero) if with_hero else 0.0,
         "said_once_share": sum(bool(p["said_once"]) for p in per) / len(per) if per else 0.0,
+        "one_name_for_two_share": sum(bool(p["one_name_for_two"]) for p in per) / len(per) if per else 0.0,
         "n_samples": len(per),
         "per_sample": per,
     }
