@@ -106,8 +106,9 @@ def test_fp32_gguf_greedy_text_equals_tinystories_sample(which, request, tmp_pat
     # Piece by piece: llama-cpp-python's detokenize drops a leading space whenever the list starts with BOS,
     # which is right for SentencePiece (its decoder drops the space its encoder put in front) but not for
     # byte-level BPE, where a first token " upon" keeps its space.
+    # `text` is the command's output less its surrounding newlines (a micro model may write little else).
     pieces = b"".join(llm.detokenize([t]) for t in theirs).decode("utf-8")
-    assert (pieces.removeprefix(" ") if which == "s260k" else pieces) == text
+    assert (pieces.removeprefix(" ") if which == "s260k" else pieces).strip("\n") == text
     if which == "s260k":
         golden = data_file("llama2c/stories260K.expected.greedy-n200.txt").read_text(encoding="utf-8")
         assert text == golden.rstrip("\n")
