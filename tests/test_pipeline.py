@@ -376,3 +376,16 @@ def test_smoke_recipe_end_to_end(tmp_path, valid_stories):
     probes = json.loads((model / "eval" / "probes.json").read_text())
     assert probes["n"] >= 500
     assert "probes:" in closing_note(root)
+
+
+def test_a_kept_protagonist_is_qualified_when_others_get_its_name(tmp_path: Path) -> None:
+    from tinystories.pipeline_note import _target_lines
+
+    figures = {"median_distinct_names": 2.0, "protagonist_kept_share": 0.96, "n_samples": 90}
+    (tmp_path / "eval").mkdir()
+    for doubled, caveat in ((0.42, "; but 42% of samples give two characters one name"), (0.02, ""), (None, "")):
+        extra = {} if doubled is None else {"one_name_for_two_share": doubled}
+        (tmp_path / "eval" / "consistency.json").write_text(json.dumps({**figures, **extra}))
+        lines = _target_lines(tmp_path)
+        assert f"  samples keeping the protagonist: 96% (>= 80%: met{caveat})" in lines
+        assert "  distinct names per sample (median): 2 (<= 3: met)" in lines
