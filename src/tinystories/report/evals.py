@@ -264,7 +264,9 @@ def consistency_stage(data: ConsistencyResult) -> str:
                + how_to_read("A model that keeps its characters names about as many of them per story as the "
                              "reference and keeps its protagonist to the end; more names and a lower share mean "
                              "characters appear and vanish. A name said only once is a stranger who comes and "
-                             "goes, often a wrong name for a character the story already has."))
+                             "goes, often a wrong name for a character the story already has. One name for "
+                             "two characters (\"a cat named Jimmy\" in Jimmy's story) keeps the protagonist "
+                             "share high without keeping the characters apart."))
     detail = bookkeeping_table(data.raw) + "".join(
         f"<p>{esc(k)}: {len(v)} per-sample values.</p>" for k, v in data.raw.items() if isinstance(v, list))
     return stage("eval-consistency", "Character consistency", summary, detail)
