@@ -389,3 +389,7 @@ def test_a_kept_protagonist_is_qualified_when_others_get_its_name(tmp_path: Path
         lines = _target_lines(tmp_path)
         assert f"  samples keeping the protagonist: 96% (>= 80%: met{caveat})" in lines
         assert "  distinct names per sample (median): 2 (<= 3: met)" in lines
+    # A missed target needs no qualifying.
+    (tmp_path / "eval" / "consistency.json").write_text(json.dumps({**figures, "protagonist_kept_share": 0.71,
+                                                                    "one_name_for_two_share": 0.17}))
+    assert "  samples keeping the protagonist: 71% (>= 80%: missed by 9 points)" in _target_lines(tmp_path)

@@ -71,7 +71,7 @@ def _consistency_lines(r: ConsistencyResult | None) -> list[str]:
 def _target_lines(model: Path) -> list[str]:
     """What a small model trained on this corpus should reach, and by how much each is met or missed."""
     found: list[tuple[str, float, float, bool, str]] = []  # name, value, target, higher is better, unit
-    caveats: dict[str, str] = {}  # name -> what a met figure does not show
+    caveats: dict[str, str] = {}  # name -> what the figure does not show when it is met
     probes = read_eval(model, ProbesResult, "probes")
     context = probes.by_category.get("context") if probes else None
     if context and context.ci95:
@@ -96,7 +96,7 @@ def _target_lines(model: Path) -> list[str]:
         ok = value >= target if higher else value <= target
         gap = "met" if ok else f"missed by {abs(value - target):.3g}{' points' if unit else ''}"
         lines.append(f"  {name}: {value:.3g}{unit} ({'>=' if higher else '<='} {target:g}{unit}: {gap}"
-                     f"{caveats.get(name, '')})")
+                     f"{caveats.get(name, '') if ok else ''})")
     return lines
 
 
