@@ -41,6 +41,7 @@ from tinystories.pipeline_note import REPORT_FILE
 from tinystories.recipe import Recipe
 from tinystories.report import ReportConfig, report
 from tinystories.sample import SampleConfig, sample
+from tinystories.summaries import NameFigures
 from tinystories.synth.coherence import name_consistency
 from tinystories.synth.generate import SynthConfig, synth
 from tinystories.synth.world import BOY_NAMES, GIRL_NAMES
@@ -300,6 +301,10 @@ def _sample_config(p: Pipeline) -> SampleConfig:
     return build(SampleConfig, {**values, "device": p.torch_device()})
 
 
+# The figures the sample stage reports, for the model and for the real stories alike.
+_NAME_FIGURES = tuple(f.name for f in dataclasses.fields(NameFigures))
+
+
 def _run_sample(p: Pipeline, resume: bool) -> dict[str, Any]:
     # The closing note shows the samples; keep the command's own printing out of the log.
     with contextlib.redirect_stdout(io.StringIO()):
@@ -307,8 +312,7 @@ def _run_sample(p: Pipeline, resume: bool) -> dict[str, Any]:
     data = json.loads(_samples_path(p).read_text())
     consistency = _name_consistency(p, data["samples"])
     atomic_write_json(_samples_path(p), data)  # now with each sample's names
-    summary = {k: consistency[k] for k in ("median_distinct_names", "protagonist_kept_share", "said_once_share",
-                                                 "one_name_for_two_share")}
+    summary = {k: consistency[k] for k in _NAME_FIGURES}
     return {"samples": len(data["samples"]), "file": str(_samples_path(p)), **summary}
 
 
@@ -322,10 +326,7 @@ def _name_consistency(p: Pipeline, samples: list[dict[str, Any]]) -> dict[str, A
     if real is not None:
         ref = name_consistency(list(iter_stories([str(real)])), known)
         result["reference"] = {
-            "median_distinct_names": ref["median_distinct_names"],
-            "protagonist_kept_share": ref["protagonist_kept_share"],
-            "said_once_share": ref["said_once_share"],
-            "one_name_for_two_share": ref["one_name_for_two_share"],
+            **{k: ref[k] for k in _NAME_FIGURES},
             "n_stories": ref["n_samples"],
             "source": f"{ref['n_samples']} real TinyStories validation stories",
         }
