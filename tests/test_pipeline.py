@@ -272,9 +272,9 @@ SLOW_CHILD = """
 import sys, time
 import tinystories.train as train
 lr_at = train.lr_at
-def slow(step, cfg):  # training slowed down so that the kill lands mid-run
+def slow(*args):  # training slowed down so that the kill lands mid-run
     time.sleep(0.15)
-    return lr_at(step, cfg)
+    return lr_at(*args)
 train.lr_at = slow
 from tinystories.pipeline import PipelineConfig, run_pipeline
 run_pipeline(PipelineConfig(recipe=sys.argv[1], out=sys.argv[2]))

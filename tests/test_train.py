@@ -185,6 +185,24 @@ def test_default_warmup_and_cosine_schedule() -> None:
         resolve(TrainConfig(time=60), seq_len=64)
 
 
+def test_decay_by_time_follows_the_larger_of_steps_and_clock() -> None:
+    cfg = resolve(TrainConfig(max_steps=1000, time=60, decay_by_time=True), seq_len=64)
+    assert cfg.warmup == 100
+    # Early in the steps but late on the clock: the clock's progress decides (0.8 of the 900 decay steps).
+    assert lr_at(200, cfg, 0.8) == pytest.approx(lr_at(100 + 720, cfg))
+    assert lr_at(200, cfg, 0.8) < lr_at(200, cfg)
+    # Ahead in steps: the steps decide; the clock spent ends the decay at min_lr.
+    assert lr_at(900, cfg, 0.1) == pytest.approx(lr_at(900, cfg))
+    assert lr_at(150, cfg, 1.0) == pytest.approx(5e-5)
+    assert lr_at(50, cfg, 1.0) == pytest.approx(5e-4 * 51 / 100)  # warmup is by steps only
+    plain = resolve(TrainConfig(max_steps=1000, time=60), seq_len=64)
+    assert lr_at(200, plain, 0.8) == lr_at(200, plain)
+    for bad in (TrainConfig(max_steps=1000, decay_by_time=True),
+                TrainConfig(time=60, schedule="constant", decay_by_time=True)):
+        with pytest.raises(UserError, match="--decay-by-time needs --time and the cosine schedule"):
+            resolve(bad, seq_len=64)
+
+
 # --- training ---------------------------------------------------------------------
 
 
@@ -254,6 +272,20 @@ def test_time_budget_is_cumulative_across_resumes(dataset: Path, tmp_path: Path)
     more = train(micro_cfg(dataset, run, time=1.5, resume=True, log_interval=1000), {})
     assert more is not None and more["step"] > first["step"] and more["elapsed_s"] >= 1.5
     assert [r["step"] for r in metrics(run)] == [first["step"], more["step"]]
+
+
+def test_a_run_stopped_by_the_clock_ends_decayed_with_decay_by_time(dataset: Path, tmp_path: Path) -> None:
+    # A schedule planned for far more steps than 1.5 s allows: stopped by the clock, it ends at min_lr
+    # only when the decay follows the clock.
+    ends = {}
+    for by_time in (False, True):
+        run = tmp_path / f"run{by_time}"
+        cfg = micro_cfg(dataset, run, time=1.5, max_steps=1_000_000, warmup=1, decay_by_time=by_time)
+        summary = train(cfg, MICRO)
+        assert summary is not None and 1 < summary["step"] < 1_000_000
+        ends[by_time] = metrics(run)[-1]["lr"]
+    assert ends[False] > 0.99 * 3e-3
+    assert ends[True] < 3e-4 + 0.1 * (3e-3 - 3e-4)  # the last 10% of the cosine's fall, or less
 
 
 def test_golden_loss_curve(dataset: Path, tmp_path: Path) -> None:

@@ -401,19 +401,24 @@ def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str,
             rundir.prune_checkpoints(run_dir, cfg.keep_ckpts)
         last_ckpt = step
 
+    time_used = elapsed_before / cfg.time if cfg.time else 0.0  # share of the time cap spent, on rank 0's clock
+
     def out_of_budget(elapsed: float, check_time: bool) -> bool:
+        nonlocal time_used
         if cfg.max_steps is not None and step >= cfg.max_steps:
             return True
         if cfg.max_tokens is not None and step * tokens_per_step >= cfg.max_tokens:
             return True
         if cfg.time is None or not check_time:
             return False
-        if not dist.active:
-            return elapsed >= cfg.time
-        # Wall clocks differ per rank; rank 0 decides so that all stop together.
-        over = torch.tensor([elapsed >= cfg.time], dtype=torch.float32, device=device)
-        torch.distributed.broadcast(over, 0)
-        return bool(over.item())
+        if dist.active:
+            # Wall clocks differ per rank; rank 0's decides, so that all stop together (and, with
+            # decay_by_time, all use one learning rate).
+            clock = torch.tensor([elapsed], dtype=torch.float32, device=device)
+            torch.distributed.broadcast(clock, 0)
+            elapsed = float(clock.item())
+        time_used = elapsed / cfg.time
+        return time_used >= 1.0
 
     raw.train()
     # On a GPU a background thread gathers (and pins) the next batches while the step runs;
@@ -425,7 +430,7 @@ def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str,
     try:
         # Nothing in this loop reads a value back from the device except at log steps, so a GPU never waits on the host.
         while not out_of_budget(elapsed_before + time.perf_counter() - t0, not dist.active or step % cfg.log_interval == 0):
-            lr = lr_at(step, cfg)
+            lr = lr_at(step, cfg, time_used)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             torch.manual_seed(step_seed(cfg.seed, step, dist.rank))
@@ -463,7 +468,7 @@ def _train(cfg: TrainConfig, overrides: dict[str, Any], dist: Dist) -> dict[str,
         elapsed = elapsed_before + time.perf_counter() - t0
         if last_row.get("step") != step and step > int(state.get("step", 0)):
             last_row = _metrics_row(
-                step, tokens_per_step, loss_sum, lr_at(step - 1, cfg), None, t_mark, tokens_mark, flops_per_token,
+                step, tokens_per_step, loss_sum, lr_at(step - 1, cfg, time_used), None, t_mark, tokens_mark, flops_per_token,
                 peak, dist, elapsed,
             )
             if val is not None:

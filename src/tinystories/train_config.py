@@ -42,6 +42,8 @@ class TrainConfig:
     """Linear warmup steps (default: min(100, a tenth of the run))."""
     decay_steps: int | None = None
     """Length of the schedule in steps, warmup included; lr stays at min_lr after it (default: the run's max_steps or max_tokens)."""
+    decay_by_time: bool = False
+    """With --time, the cosine decay follows the clock as well as the steps: its progress is the larger of the two, so a run the time cap stops has still decayed to min_lr (a slow machine trains fewer tokens rather than stopping mid-schedule); the learning rate then depends on the machine's speed."""
     weight_decay: float = 0.1
     """AdamW weight decay, applied to matrices and embeddings only (parameters with >= 2 dims)."""
     beta1: float = 0.9
@@ -95,11 +97,14 @@ class TrainConfig:
 
 
 # Fields added after runs existed: left out of the config hash while at their defaults, so those runs still resume.
-LATER_FIELDS = ("init", "curriculum", "curriculum_steps", "curriculum_start", "curriculum_reverse", "windows")
+LATER_FIELDS = (
+    "init", "curriculum", "curriculum_steps", "curriculum_start", "curriculum_reverse", "windows", "decay_by_time",
+)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate for optimizer step `step` (0-based) of a resolved config."""
+def lr_at(step: int, cfg: TrainConfig, time_used: float = 0.0) -> float:
+    """Learning rate for optimizer step `step` (0-based) of a resolved config; `time_used` is the share of
+    the time cap spent so far, which the decay follows too when `cfg.decay_by_time`."""
     warmup = cfg.warmup or 0
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
@@ -108,6 +113,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     assert cfg.decay_steps is not None and cfg.min_lr is not None
     span = max(1, cfg.decay_steps - warmup)
     progress = min(1.0, (step - warmup) / span)
+    if cfg.decay_by_time:
+        progress = max(progress, min(1.0, time_used))
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
@@ -130,6 +137,8 @@ def resolve(cfg: TrainConfig, seq_len: int) -> TrainConfig:
     if warmup is None:
         warmup = 100 if horizon is None else min(100, horizon // 10)
     min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10
+    if cfg.decay_by_time and (cfg.time is None or cfg.schedule != "cosine"):
+        raise UserError("--decay-by-time needs --time and the cosine schedule")
     if cfg.curriculum and cfg.windows == "stories":
         raise UserError("--curriculum orders stream windows; it cannot be combined with --windows stories")
     span = cfg.curriculum_steps
