@@ -372,6 +372,18 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
     return r
 
 
+def test_two_ranks_stopped_by_the_clock_end_decayed_with_decay_by_time(dataset: Path, tmp_path: Path) -> None:
+    """Rank 0's clock, broadcast every log_interval steps, stops both ranks and sets the decay."""
+    run = tmp_path / "ddp"
+    args = ddp_args(dataset, run, steps=1_000_000)
+    args[args.index("--log-interval") + 1] = "5"
+    r = torchrun(*args, "--time", "3s", "--decay-by-time", "--warmup", "1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = metrics(run)
+    assert 5 <= rows[-1]["step"] < 1_000_000 and rows[-1]["elapsed_s"] >= 3.0
+    assert rows[-1]["lr"] < 3e-4 + 0.15 * (3e-3 - 3e-4)  # near the cosine's end, though far from its steps
+
+
 # Each rank writes its own file: two ranks printing to one pipe can interleave their lines.
 PROBE = """
 import json, os, sys
