@@ -393,3 +393,58 @@ def test_a_kept_protagonist_is_qualified_when_others_get_its_name(tmp_path: Path
     (tmp_path / "eval" / "consistency.json").write_text(json.dumps({**figures, "protagonist_kept_share": 0.71,
                                                                     "one_name_for_two_share": 0.17}))
     assert "  samples keeping the protagonist: 71% (>= 80%: missed by 9 points)" in _target_lines(tmp_path)
+
+
+def test_a_missed_target_comes_with_the_figures_that_show_why(tmp_path: Path) -> None:
+    from tinystories.pipeline_note import _target_lines
+
+    model = tmp_path / "model"
+    (model / "eval").mkdir(parents=True)
+    (tmp_path / "corpus").mkdir()
+
+    def acc(a: float, lo: float, hi: float) -> dict:
+        return {"n": 200, "accuracy": a, "ci95": [lo, hi], "chance": 0.5}
+
+    def write(name: str, record: dict) -> None:
+        (model / "eval" / f"{name}.json").write_text(json.dumps(record))
+
+    write("probes", {**acc(0.6, 0.57, 0.63), "by_category": {"context": acc(0.55, 0.51, 0.60)},
+                     "by_kind": {"possession": acc(0.5, 0.43, 0.57), "names": acc(0.64, 0.57, 0.70),
+                                 "color": acc(0.5, 0.43, 0.57)}})
+    write("consistency", {"median_distinct_names": 11.0, "protagonist_kept_share": 0.12, "n_samples": 300})
+    write("loss_real", {"per_story": {"loss": 7.6, "bits_per_byte": 2.97}})
+    write("loss_procedural", {"per_story": {"loss": 0.57, "bits_per_byte": 0.21}})
+    (tmp_path / "corpus" / "job.json").write_text(json.dumps({"backend": "procedural"}))
+    train = {"step": 3087, "tokens": 6322176, "stopped_by_time_cap": True}
+    (tmp_path / "pipeline.json").write_text(json.dumps({"stages": {"train": {"summary": train}}}))
+    lines = _target_lines(model)
+    why = [line for line in lines if line.startswith("  why")]
+    assert why[0] == ("  why (context): procedural context items by kind: possession 50.0% (at chance), names 64.0%; "
+                      "at chance, possession is not learned yet: copying a name is learned long before binding a "
+                      "thing or a name to its owner")  # color is a fact kind, not a context one
+    assert why[1].startswith("  why (names): the time cap stopped training at 6,322,176 tokens, short of")
+    assert why[2].startswith("  why (real text): the corpus is the procedural engine's; the model reads its stories "
+                             "at 0.21 bits per byte and real ones at 2.97")
+    # Met targets, a run that used its whole budget, an LLM-written corpus: nothing to explain.
+    write("probes", {**acc(0.7, 0.67, 0.73), "by_category": {"context": acc(0.7, 0.65, 0.75)},
+                     "by_kind": {"possession": acc(0.7, 0.63, 0.76)}})
+    write("consistency", {"median_distinct_names": 2.0, "protagonist_kept_share": 0.95, "n_samples": 300})
+    (tmp_path / "corpus" / "job.json").write_text(json.dumps({"backend": "openai"}))
+    assert not [line for line in _target_lines(model) if line.startswith("  why")]
+    # A kind above chance is listed but not called unlearned.
+    write("probes", {**acc(0.6, 0.57, 0.63), "by_category": {"context": acc(0.55, 0.51, 0.60)},
+                     "by_kind": {"possession": acc(0.56, 0.51, 0.62)}})
+    assert [line for line in _target_lines(model) if line.startswith("  why")] == [
+        "  why (context): procedural context items by kind: possession 56.0%"]
+
+
+def test_a_later_train_field_at_its_default_leaves_the_train_key_as_it_was(tmp_path: Path) -> None:
+    # A folder trained before the field existed must not start its model over after an upgrade.
+    from tinystories.pipeline_stages import Pipeline, train_key, train_resume_key
+
+    plain = Pipeline(root=tmp_path, recipe=load_recipe("demo"))
+    for key in (train_key(plain)["train"], train_resume_key(plain)["train"]):
+        assert "decay_by_time" not in key and "windows" not in key and key["lr"] == 2e-3
+    asked = Pipeline(root=tmp_path, recipe=load_recipe("demo", ("train.decay_by_time=true",)))
+    assert train_key(asked)["train"]["decay_by_time"] is True
+    assert train_key(asked) != train_key(plain)

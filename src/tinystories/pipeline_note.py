@@ -12,9 +12,11 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 from tinystories.interp.summary import read_interp
 from tinystories.summaries import (
+    Accuracy,
     ConsistencyResult,
     DiversityResult,
     JudgeResult,
@@ -25,6 +27,7 @@ from tinystories.summaries import (
     read_eval,
     read_samples_file,
 )
+from tinystories.synth.probes import CATEGORY as PROBE_CATEGORY
 
 STATE_FILE = "pipeline.json"
 """The pipeline folder's record of its stages."""
@@ -92,12 +95,66 @@ def _target_lines(model: Path) -> list[str]:
     if real and real.per_story and real.per_story.bits_per_byte is not None:
         found.append(("bits per byte on real stories", real.per_story.bits_per_byte, 2.0, False, ""))
     lines = ["targets:"] if found else []
+    missed = []
     for name, value, target, higher, unit in found:
         ok = value >= target if higher else value <= target
         gap = "met" if ok else f"missed by {abs(value - target):.3g}{' points' if unit else ''}"
         lines.append(f"  {name}: {value:.3g}{unit} ({'>=' if higher else '<='} {target:g}{unit}: {gap}"
                      f"{caveats.get(name, '') if ok else ''})")
+        if not ok:
+            missed.append(name)
+    return lines + _why_lines(model, missed, probes, real)
+
+
+def _at_chance(a: Accuracy) -> bool:
+    return a.ci95 is not None and a.chance is not None and a.ci95[0] <= a.chance <= a.ci95[1]
+
+
+def _why_lines(model: Path, missed: list[str], probes: ProbesResult | None, real: LossResult | None) -> list[str]:
+    """For each missed target, the figures of this run that show why (nothing that the run did not measure)."""
+    lines = []
+    if any(name.startswith("context probes") for name in missed) and probes:
+        kinds = {k: a for k, a in probes.by_kind.items() if PROBE_CATEGORY.get(k) == "context" and a.accuracy is not None}
+        if kinds:
+            cells = ", ".join(f"{k} {a.accuracy:.1%}" + (" (at chance)" if _at_chance(a) else "")
+                              for k, a in kinds.items())
+            flat = [k for k, a in kinds.items() if _at_chance(a)]
+            lines.append(f"  why (context): procedural context items by kind: {cells}"
+                         + (f"; at chance, {' and '.join(flat)} is not learned yet: copying a name is learned long "
+                            "before binding a thing or a name to its owner" if flat else ""))
+    stopped = _train_summary(model).get("stopped_by_time_cap")
+    copying = ("induction or semantic heads", "distinct names per sample (median)", "samples keeping the protagonist")
+    if stopped and any(name in copying for name in missed):
+        tokens = _train_summary(model).get("tokens")
+        lines.append(f"  why (names): the time cap stopped training at {tokens:,} tokens, short of the recipe's "
+                     "budget; copying names from the context comes late in training (more time, or a faster "
+                     "machine, trains the rest)")
+    if any(name.startswith("bits per byte on real") for name in missed) and real and real.per_story:
+        procedural = read_eval(model, LossResult, "loss_procedural")
+        backend = _corpus_backend(model)
+        if backend == "procedural" and procedural and procedural.per_story:
+            lines.append(f"  why (real text): the corpus is the procedural engine's; the model reads its stories at "
+                         f"{procedural.per_story.bits_per_byte:.2f} bits per byte and real ones at "
+                         f"{real.per_story.bits_per_byte:.2f}: real stories use words and phrasing the engine does "
+                         "not write, which only real or LLM-written stories in the corpus teach")
     return lines
+
+
+def _train_summary(model: Path) -> dict[str, Any]:
+    """The train stage's summary in the pipeline folder's record ({} when there is none)."""
+    path = model.parent / STATE_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["stages"]["train"]["summary"] or {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _corpus_backend(model: Path) -> str | None:
+    path = model.parent / "corpus" / "job.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("backend")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _loss_lines(model: Path) -> list[str]:

@@ -46,6 +46,7 @@ from tinystories.synth.coherence import name_consistency
 from tinystories.synth.generate import SynthConfig, synth
 from tinystories.synth.world import BOY_NAMES, GIRL_NAMES
 from tinystories.train import TrainConfig, train
+from tinystories.train_config import without_later_defaults
 
 REAL_STORIES = "tinystories/TinyStories-valid.first201.txt"
 """Default real stories for the side-by-side loss, under $TINYSTORIES_TESTDATA."""
@@ -242,14 +243,17 @@ def _model_section(p: Pipeline, section: str) -> dict[str, Any]:
 
 def train_key(p: Pipeline, section: str = "train") -> dict[str, Any]:
     return {
-        "train": asdict_without(_train_config(p, section=section), ("data", "run", "resume", "device", "progress")),
+        # A field added to TrainConfig later leaves the key of a folder that never set it unchanged.
+        "train": without_later_defaults(
+            asdict_without(_train_config(p, section=section), ("data", "run", "resume", "device", "progress"))
+        ),
         "model": _model_section(p, section),
     }
 
 
 def train_resume_key(p: Pipeline, section: str = "train") -> dict[str, Any]:
     # The training config's operational fields (budget, intervals, paths) continue the run when changed.
-    cfg = result_fields(_train_config(p, section=section))
+    cfg = without_later_defaults(result_fields(_train_config(p, section=section)))
     return {"train": {k: v for k, v in cfg.items() if k != "device"}, "model": _model_section(p, section)}
 
 

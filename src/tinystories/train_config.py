@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from tinystories.config import OPERATIONAL, parse_duration
 from tinystories.errors import UserError
@@ -100,6 +100,12 @@ class TrainConfig:
 LATER_FIELDS = (
     "init", "curriculum", "curriculum_steps", "curriculum_start", "curriculum_reverse", "windows", "decay_by_time",
 )
+
+
+def without_later_defaults(fields: dict[str, Any]) -> dict[str, Any]:
+    """A TrainConfig's fields as hashed into a key: the later ones left out while at their defaults."""
+    defaults = TrainConfig()
+    return {k: v for k, v in fields.items() if not (k in LATER_FIELDS and v == getattr(defaults, k))}
 
 
 def lr_at(step: int, cfg: TrainConfig, time_used: float = 0.0) -> float:

@@ -33,7 +33,7 @@ from tinystories.errors import UserError
 from tinystories.io import atomic_write_text
 from tinystories.model import GPT, ModelConfig
 from tinystories.presets import preset
-from tinystories.train_config import LATER_FIELDS, TrainConfig, resolve
+from tinystories.train_config import TrainConfig, resolve, without_later_defaults
 
 # --- processes and devices ------------------------------------------------------------
 
@@ -129,10 +129,7 @@ def build_model(model_cfg: ModelConfig, cfg: TrainConfig, ckpt: Path | None) -> 
 
 def config_hash(model_cfg: ModelConfig, cfg: TrainConfig, content_hash: str) -> str:
     """Hash of everything that determines the trajectory (stored in each checkpoint)."""
-    defaults = TrainConfig()
-    train = {
-        k: v for k, v in result_fields(cfg).items() if not (k in LATER_FIELDS and v == getattr(defaults, k))
-    }
+    train = without_later_defaults(result_fields(cfg))
     blob = json.dumps(
         {"model": rundir.config_dict(model_cfg), "train": train, "data": content_hash},
         sort_keys=True,
