@@ -410,7 +410,12 @@ def test_a_missed_target_comes_with_the_figures_that_show_why(tmp_path: Path) ->
 
     write("probes", {**acc(0.6, 0.57, 0.63), "by_category": {"context": acc(0.55, 0.51, 0.60)},
                      "by_kind": {"possession": acc(0.5, 0.43, 0.57), "names": acc(0.64, 0.57, 0.70),
-                                 "color": acc(0.5, 0.43, 0.57)}})
+                                 "color": acc(0.5, 0.43, 0.57)},
+                     "items": [{"id": f"context-{i:02d}", "category": "context", "outcome": float(i < 22),
+                                "scores": [-1.0, -2.0] if i % 2 else [-1.0, -2.0, -3.0]} for i in range(48)]
+                     + [{"id": "fact-01", "category": "fact", "outcome": 1.0, "scores": [-1.0, -2.0]},
+                        {"id": "proc-1-000000-possession", "category": "context", "outcome": 1.0,
+                         "scores": [-1.0, -2.0]}]})
     write("consistency", {"median_distinct_names": 11.0, "protagonist_kept_share": 0.12, "n_samples": 300})
     write("loss_real", {"per_story": {"loss": 7.6, "bits_per_byte": 2.97}})
     write("loss_procedural", {"per_story": {"loss": 0.57, "bits_per_byte": 0.21}})
@@ -419,9 +424,10 @@ def test_a_missed_target_comes_with_the_figures_that_show_why(tmp_path: Path) ->
     (tmp_path / "pipeline.json").write_text(json.dumps({"stages": {"train": {"summary": train}}}))
     lines = _target_lines(model)
     why = [line for line in lines if line.startswith("  why")]
-    assert why[0] == ("  why (context): procedural context items by kind: possession 50.0% (at chance), names 64.0%; "
-                      "at chance, possession is not learned yet: copying a name is learned long before binding a "
-                      "thing or a name to its owner")  # color is a fact kind, not a context one
+    # color is a fact kind, not a context one; hand-written: 22 of the 48 built-in context items (chance 5/12).
+    assert why[0] == ("  why (context): context items by kind: possession 50.0% (at chance), names 64.0%, "
+                      "hand-written 45.8% (at chance); at chance, possession and hand-written are not learned yet: "
+                      "copying a name is learned long before binding a thing or a name to its owner")
     assert why[1].startswith("  why (names): the time cap stopped training at 6,322,176 tokens, short of")
     assert why[2].startswith("  why (real text): the corpus is the procedural engine's; the model reads its stories "
                              "at 0.21 bits per byte and real ones at 2.97")
@@ -435,7 +441,7 @@ def test_a_missed_target_comes_with_the_figures_that_show_why(tmp_path: Path) ->
     write("probes", {**acc(0.6, 0.57, 0.63), "by_category": {"context": acc(0.55, 0.51, 0.60)},
                      "by_kind": {"possession": acc(0.56, 0.51, 0.62)}})
     assert [line for line in _target_lines(model) if line.startswith("  why")] == [
-        "  why (context): procedural context items by kind: possession 56.0%"]
+        "  why (context): context items by kind: possession 56.0%"]
 
 
 def test_a_later_train_field_at_its_default_leaves_the_train_key_as_it_was(tmp_path: Path) -> None:

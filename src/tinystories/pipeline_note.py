@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from tinystories.eval.probes import wilson_interval
 from tinystories.interp.summary import read_interp
 from tinystories.summaries import (
     Accuracy,
@@ -115,18 +116,22 @@ def _why_lines(model: Path, missed: list[str], probes: ProbesResult | None, real
     lines = []
     if any(name.startswith("context probes") for name in missed) and probes:
         kinds = {k: a for k, a in probes.by_kind.items() if PROBE_CATEGORY.get(k) == "context" and a.accuracy is not None}
+        handwritten = _handwritten_context(probes)
+        if handwritten:
+            kinds["hand-written"] = handwritten
         if kinds:
             cells = ", ".join(f"{k} {a.accuracy:.1%}" + (" (at chance)" if _at_chance(a) else "")
                               for k, a in kinds.items())
             flat = [k for k, a in kinds.items() if _at_chance(a)]
-            lines.append(f"  why (context): procedural context items by kind: {cells}"
-                         + (f"; at chance, {' and '.join(flat)} is not learned yet: copying a name is learned long "
-                            "before binding a thing or a name to its owner" if flat else ""))
-    stopped = _train_summary(model).get("stopped_by_time_cap")
+            line = f"  why (context): context items by kind: {cells}"
+            if flat:
+                line += (f"; at chance, {' and '.join(flat)} {'is' if len(flat) == 1 else 'are'} not learned yet: "
+                         "copying a name is learned long before binding a thing or a name to its owner")
+            lines.append(line)
+    train = _train_summary(model)
     copying = ("induction or semantic heads", "distinct names per sample (median)", "samples keeping the protagonist")
-    if stopped and any(name in copying for name in missed):
-        tokens = _train_summary(model).get("tokens")
-        lines.append(f"  why (names): the time cap stopped training at {tokens:,} tokens, short of the recipe's "
+    if train.get("stopped_by_time_cap") and any(name in copying for name in missed):
+        lines.append(f"  why (names): the time cap stopped training at {train.get('tokens', 0):,} tokens, short of the recipe's "
                      "budget; copying names from the context comes late in training (more time, or a faster "
                      "machine, trains the rest)")
     if any(name.startswith("bits per byte on real") for name in missed) and real and real.per_story:
@@ -138,6 +143,17 @@ def _why_lines(model: Path, missed: list[str], probes: ProbesResult | None, real
                          f"{real.per_story.bits_per_byte:.2f}: real stories use words and phrasing the engine does "
                          "not write, which only real or LLM-written stories in the corpus teach")
     return lines
+
+
+def _handwritten_context(probes: ProbesResult) -> Accuracy | None:
+    """The built-in (hand-written) context items' accuracy, from the per-item record."""
+    items = [it for it in probes.items or [] if it.get("category") == "context" and not it["id"].startswith("proc-")]
+    if not items:
+        return None
+    right = sum(it["outcome"] for it in items)
+    chance = sum(1 / len(it["scores"]) for it in items) / len(items)
+    return Accuracy(n=len(items), accuracy=right / len(items), ci95=list(wilson_interval(right, len(items))),
+                    chance=chance)
 
 
 def _train_summary(model: Path) -> dict[str, Any]:
