@@ -44,7 +44,7 @@ def headline(run: Path, train: TrainSummary | None = None) -> list[tuple[str, st
 
 def _collect(run: Path, train: TrainSummary, out: list[tuple[str, str]]) -> None:
     if train.sizes is not None:
-        out.append(("parameters (non-embedding)", f"{train.sizes.params:,} ({train.sizes.non_embedding:,})"))
+        out.append(("parameters, all (non-embedding)", f"{train.sizes.params:,} ({train.sizes.non_embedding:,})"))
     rows = train.metrics
     if rows:
         last = rows[-1]
