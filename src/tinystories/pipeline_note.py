@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tinystories.eval.probes import wilson_interval
+from tinystories.eval.probes import summarize
 from tinystories.interp.summary import read_interp
 from tinystories.summaries import (
     Accuracy,
@@ -150,10 +150,9 @@ def _handwritten_context(probes: ProbesResult) -> Accuracy | None:
     items = [it for it in probes.items or [] if it.get("category") == "context" and not it["id"].startswith("proc-")]
     if not items:
         return None
-    right = sum(it["outcome"] for it in items)
-    chance = sum(1 / len(it["scores"]) for it in items) / len(items)
-    return Accuracy(n=len(items), accuracy=right / len(items), ci95=list(wilson_interval(right, len(items))),
-                    chance=chance)
+    # Each item's scores are its options' (answer first), so chance is one over their number.
+    r = summarize([it["outcome"] for it in items], [1 / len(it["scores"]) for it in items])
+    return Accuracy(n=r["n"], accuracy=r["accuracy"], ci95=r["ci95"], chance=r["chance"], significant=r["significant"])
 
 
 def _train_summary(model: Path) -> dict[str, Any]:
